@@ -1,0 +1,94 @@
+"""Ingest flow: list a dataset's videos and decode each into the clip store, one task per video."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm import tqdm
+
+from storage import ClipStore
+from tasks.datasets import VideoSource, discover
+from tasks.errors import FFmpegError
+from tasks.ingest import IngestResult, Preprocess, describe_failure, ingest_video, parse_size
+from tasks.workspace import default_root, store_url
+
+Format = Literal["auto", "ucsd", "avenue", "shanghaitech", "ucf-crime", "folder"]
+
+
+def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry hook signature
+    """Retry only FFmpeg failures marked transient (killed, I/O error), never a corrupt file."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, FFmpegError) and exc.transient
+
+
+@task(
+    name="ingest-video", task_run_name="ingest-{source.video_id}", retries=2, retry_delay_seconds=2,
+    retry_condition_fn=_transient, cache_policy=NO_CACHE,
+)
+def ingest_video_task(store: str, source: VideoSource, prep: Preprocess, dataset: str, force: bool) -> IngestResult:
+    return ingest_video(store, source, prep, dataset=dataset, force=force)
+
+
+@dataclass
+class IngestSummary:
+    dataset: str
+    store: str
+    results: list[IngestResult] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # video id -> one-line reason
+    seconds: float = 0.0
+
+    @property
+    def frames(self) -> int:
+        return sum(r.frames for r in self.results if r.status == "ingested")
+
+    @property
+    def skipped(self) -> int:
+        return sum(r.status == "skipped" for r in self.results)
+
+
+@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 2))
+def ingest_flow(
+    source: str,
+    dataset: str,
+    root: str | None = None,
+    format: Format = "auto",
+    size: str | None = None,
+    gray: bool = False,
+    fps: float | None = None,
+    chunk_frames: int = 16,
+    force: bool = False,
+) -> State:
+    """Ingest every video of the dataset at `source` into `<root>/stores/<dataset>.zarr`.
+
+    Videos that fail are reported in the summary and the others complete; the run ends Failed
+    (carrying the summary) when any video failed.
+    """
+    t0 = time.perf_counter()
+    prep = Preprocess(size=parse_size(size) if size else None, gray=gray, fps=fps, chunk_frames=chunk_frames)
+    videos = discover(source, format)
+    url = store_url(root or default_root(), dataset)
+    ClipStore.open_or_create(url, dataset=dataset)  # once, before the per-video writers start
+    futures = {ingest_video_task.submit(url, v, prep, dataset, force): v.video_id for v in videos}
+    summary = IngestSummary(dataset, url)
+    with tqdm(total=len(futures), unit="video", desc=f"ingest {dataset}", disable=None) as bar:
+        for future in as_completed(list(futures)):
+            outcome = future.result(raise_on_failure=False)
+            if isinstance(outcome, IngestResult):
+                summary.results.append(outcome)
+            else:
+                summary.failures[futures[future]] = describe_failure(outcome)
+            bar.update()
+    summary.results.sort(key=lambda r: (r.split != "train", r.video_id))
+    summary.seconds = time.perf_counter() - t0
+    if summary.failures:
+        return Failed(message=f"{len(summary.failures)} of {len(videos)} videos failed", data=summary)
+    return Completed(message=f"{len(videos)} videos", data=summary)
+

@@ -1,0 +1,63 @@
+"""The project's error hierarchy.
+
+Every error the pipeline raises on purpose derives from `PipelineError`, so a batch can tell an
+expected per-video failure (bad input) from a bug. Callers branch on the class, never on message text.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class of every error raised on purpose by the pipeline."""
+
+
+class ParameterError(PipelineError, ValueError):
+    """A parameter is out of range or malformed (validated at a public boundary)."""
+
+
+class NotFoundError(PipelineError, FileNotFoundError):
+    """A file, folder, store or video that should exist does not."""
+
+
+class StoreNotFoundError(NotFoundError):
+    """A clip store (or a video group inside it) does not exist."""
+
+
+class IncompleteVideoError(PipelineError):
+    """A video group exists but its ingest never finished; re-run the ingest."""
+
+
+class DatasetLayoutError(PipelineError):
+    """A dataset folder does not match the layout its adapter expects."""
+
+
+class LabelMismatchError(PipelineError):
+    """A video's frame labels do not match its frames."""
+
+    def __init__(self, video: str, labels: int, frames: int, source: str = "") -> None:
+        self.video, self.labels, self.frames, self.source = video, labels, frames, source
+        where = f" ({source})" if source else ""
+        super().__init__(
+            f"video {video!r}{where}: the labels cover {labels} frames but the video has {frames}"
+        )
+
+
+class FFmpegError(PipelineError):
+    """FFmpeg failed on an input; carries the command and FFmpeg's own message.
+
+    `transient` marks failures worth retrying (FFmpeg killed by a signal, an I/O error reading the
+    source); a corrupt or empty file is not transient.
+    """
+
+    def __init__(
+        self, path: str, message: str, *, cmd: list[str] | None = None, stderr: str = "",
+        transient: bool = False,
+    ) -> None:
+        self.path, self.cmd, self.stderr, self.transient = path, cmd or [], stderr, transient
+        detail = _last_lines(stderr)
+        super().__init__(f"{path}: {message}" + (f"\nFFmpeg said: {detail}" if detail else ""))
+
+
+def _last_lines(text: str, n: int = 3) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-n:])

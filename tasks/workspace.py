@@ -1,0 +1,28 @@
+"""Where outputs live: one workspace root (local folder or fsspec URL) holding stores, checkpoints,
+score tables and reports, so a whole run moves or is deleted as one folder."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from tasks.errors import ParameterError
+
+DEFAULT_ROOT = "./vad-workspace"
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def default_root() -> str:
+    """`$VAD_ROOT`, else `./vad-workspace`."""
+    return os.environ.get("VAD_ROOT") or DEFAULT_ROOT
+
+
+def check_dataset_name(name: str) -> str:
+    if not _DATASET_NAME.match(name):
+        raise ParameterError(f"dataset name {name!r} must be letters, digits, '_', '-' or '.' (used in paths)")
+    return name
+
+
+def store_url(root: str, dataset: str) -> str:
+    """The clip store of `dataset` under workspace `root`: `<root>/stores/<dataset>.zarr`."""
+    return f"{root.rstrip('/')}/stores/{check_dataset_name(dataset)}.zarr"

@@ -1,0 +1,70 @@
+"""Session-wide fixtures: tiny synthetic videos made once, one Prefect test server, shared data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+from tasks.ffmpeg_io import ffmpeg_exe  # noqa: E402
+from tasks.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
+
+SHARED = Path(os.environ.get("VAD_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+TINY = SyntheticSpec(n_train=2, n_test=2, frames=40, height=48, width=64, objects=2, seed=1)
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test with the reason when it is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs the shared data at {path} (set VAD_SHARED to its folder)")
+    return path
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 25, codec: str = "libx264") -> Path:
+    """Encode (N, H, W, 3) uint8 frames to a video file with FFmpeg (for fixtures)."""
+    n, h, w, _ = frames.shape
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:", "-c:v", codec, "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(cmd, input=frames.tobytes(), check=True, capture_output=True)
+    return path
+
+
+def write_frames(folder: Path, frames: np.ndarray, pattern: str = "%d.png") -> Path:
+    """Write frames as an image sequence (default names 1.png, 2.png, ... 10.png: unpadded)."""
+    n, h, w, _ = frames.shape
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{w}x{h}", "-i", "pipe:", "-start_number", "1", str(folder / pattern)]
+    subprocess.run(cmd, input=frames.tobytes(), check=True, capture_output=True)
+    return folder
+
+
+def ramp_frames(n: int, h: int = 32, w: int = 48) -> np.ndarray:
+    """n flat frames whose brightness rises 10 levels a frame: frame i has value 10 * i + 5."""
+    return np.broadcast_to((np.arange(n) * 10 + 5).astype(np.uint8)[:, None, None, None], (n, h, w, 3)).copy()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 train + 2 test synthetic videos of 40 frames at 48x64, with labels.csv."""
+    root = tmp_path_factory.mktemp("tiny") / "synthetic"
+    make_synthetic(root, TINY)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect API for the whole session (starting one costs 10-20 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
