@@ -15,13 +15,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Video anomal
 
 RootOpt = Annotated[
     Optional[str],
-    typer.Option("--root", help="Workspace for stores, checkpoints, scores and reports [default: $VAD_ROOT or ./vad-workspace]."),
+    typer.Option("--root", help="Workspace for stores, checkpoints, scores and reports (default: $VAD_ROOT, else ./vad-workspace)."),
 ]
 
 
 def _prefect_defaults() -> None:
     """Quiet, offline-friendly Prefect defaults for a one-machine run; the user's settings win."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # The temporary server logs its own shutdown races (events it had not flushed) as errors with
+    # tracebacks; they concern Prefect's bookkeeping, not the run, so keep them off the terminal.
+    os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -35,6 +38,15 @@ def _root(root: str | None) -> str:
 
 def _run_ingest(source: str, dataset: str, root: str, **options: object) -> int:
     """Run the ingest flow, print its summary; 0 when every video went in, 1 when some failed."""
+    from tasks.datasets._base import require_dir
+    from tasks.ingest import parse_size
+    from tasks.workspace import check_dataset_name
+
+    # Fail in a second, before starting Prefect's server, on what can be checked cheaply.
+    check_dataset_name(dataset)
+    require_dir(Path(source).expanduser(), "dataset folder")
+    if options.get("size"):
+        parse_size(str(options["size"]))
     _prefect_defaults()
     from flows.ingest import ingest_flow
 
@@ -42,13 +54,11 @@ def _run_ingest(source: str, dataset: str, root: str, **options: object) -> int:
     summary = state.result(raise_on_failure=False)
     if isinstance(summary, BaseException):
         raise summary
-    done = [r for r in summary.results if r.status == "ingested"]
-    seconds = sum(r.seconds for r in done) or 1e-9
     n = len(summary.results) + len(summary.failures)
     typer.echo(
-        f"ingest {dataset}: {n} videos, {summary.frames:,} frames decoded in {summary.seconds:.1f} s "
-        f"({summary.frames / seconds:,.0f} frames/s per worker); ingested {len(done)}, "
-        f"skipped {summary.skipped} (unchanged), failed {len(summary.failures)}"
+        f"ingest {dataset}: {n} videos; ingested {len(summary.results) - summary.skipped}, "
+        f"skipped {summary.skipped} (unchanged), failed {len(summary.failures)}; "
+        f"{summary.frames:,} frames in {summary.seconds:.1f} s ({summary.frames / max(summary.seconds, 1e-9):,.0f} frames/s)"
     )
     typer.echo(f"store: {summary.store}")
     for video, reason in summary.failures.items():
@@ -61,7 +71,7 @@ def ingest(
     source: Annotated[str, typer.Argument(help="Dataset folder (or a folder of videos / frame folders).")],
     dataset: Annotated[str, typer.Option(help="Dataset name; the store is <root>/stores/<name>.zarr.")],
     format: Annotated[str, typer.Option("--format", help="auto|ucsd|avenue|shanghaitech|ucf-crime|folder")] = "auto",
-    size: Annotated[Optional[str], typer.Option(help="Stored frame size HEIGHTxWIDTH [default: the source's, at most 480 rows].")] = None,
+    size: Annotated[Optional[str], typer.Option(help="Stored frame size HEIGHTxWIDTH (default: the source's, scaled down to 480 rows if taller).")] = None,
     gray: Annotated[bool, typer.Option("--gray/--rgb", help="Store one gray channel or three RGB channels.")] = False,
     fps: Annotated[Optional[float], typer.Option(help="Resample to this frame rate (unlabelled footage only).")] = None,
     force: Annotated[bool, typer.Option(help="Re-ingest videos even when unchanged.")] = False,
@@ -73,7 +83,7 @@ def ingest(
 
 @app.command()
 def synth(
-    out_dir: Annotated[Optional[str], typer.Argument(help="Where to write it [default: <root>/datasets/synthetic].")] = None,
+    out_dir: Annotated[Optional[str], typer.Argument(help="Where to write it (default: <root>/datasets/synthetic).")] = None,
     train: Annotated[int, typer.Option(help="Normal training videos.")] = 6,
     test: Annotated[int, typer.Option(help="Test videos, each with one anomalous event.")] = 6,
     frames: Annotated[int, typer.Option(help="Frames per video.")] = 150,
@@ -108,7 +118,8 @@ def demo(root: RootOpt = None) -> None:
 def main() -> None:
     """Console entry point: expected errors print one line and exit 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns the code of a typer.Exit instead of raising it
+        sys.exit(code if isinstance(code, int) else 0)
     except PipelineError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -124,3 +135,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+
+
+if __name__ == "__main__":
+    main()

@@ -79,7 +79,12 @@ def natural_key(name: str) -> list[object]:
 
 def frame_files(folder: Path) -> tuple[str, ...]:
     """The image files of a frame folder in natural order, as absolute paths (all one extension)."""
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    # Dot-files are skipped: copies unpacked on a Mac carry a `._000.tif` resource fork beside
+    # every frame, with an image extension but no image inside.
+    files = [
+        p for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    ]
     suffixes = {p.suffix.lower() for p in files}
     if len(suffixes) > 1:
         raise DatasetLayoutError(f"{folder}: frame folder mixes image types {sorted(suffixes)}")
@@ -129,3 +134,20 @@ def read_labels_csv(path: Path) -> dict[str, np.ndarray]:
             raise DatasetLayoutError(f"{path}: video {video!r} has frames missing from 0..{n - 1}")
         out[video] = np.array([frames[i] for i in range(n)], dtype=np.int8)
     return out
+
+
+def load_mat(path: Path, key: str) -> np.ndarray:
+    """Variable `key` of a MATLAB v5 file, with errors that name the file."""
+    import scipy.io  # imported here: it costs ~0.4 s and only label reading needs it
+    from scipy.io.matlab import MatReadError
+
+    try:
+        data = scipy.io.loadmat(path)
+    except NotImplementedError as exc:  # scipy's answer to MATLAB v7.3 (HDF5) files
+        raise DatasetLayoutError(f"{path}: MATLAB v7.3 files are not supported; re-save with -v7") from exc
+    except (MatReadError, OSError, ValueError, TypeError, IndexError) as exc:
+        raise DatasetLayoutError(f"{path}: not a readable MATLAB file ({exc})") from exc
+    if key not in data:
+        names = sorted(k for k in data if not k.startswith("__"))
+        raise DatasetLayoutError(f"{path}: no variable {key!r} (the file has {names})")
+    return np.asarray(data[key])

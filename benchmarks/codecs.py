@@ -1,0 +1,96 @@
+"""Which Zarr codec for the `frames` arrays: compression ratio, write and read speed.
+
+    python benchmarks/codecs.py [--ped2 ../shared/datasets/ped2]
+
+Frames are decoded once (Ped2 test videos 01 and 03; a synthetic 720p clip), then written to a
+fresh array per codec in 16-frame chunks, the way ingest writes them (several chunks per write),
+and read back whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import zarr  # noqa: E402
+from zarr.codecs import BloscCodec, ZstdCodec  # noqa: E402
+
+from tasks.datasets import discover  # noqa: E402
+from tasks.ffmpeg_io import DecodeSpec, read_frames  # noqa: E402
+from tasks.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
+
+REPEATS = 3
+CODECS = {
+    "none": None,
+    "zstd-1": ZstdCodec(level=1),
+    "zstd-3": ZstdCodec(level=3),
+    "zstd-9": ZstdCodec(level=9),
+    "blosc-lz4": BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),
+    "blosc-zstd-1": BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle"),
+    "blosc-zstd-1-bitshuffle": BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),
+}
+
+
+def _decode(uri: str, spec: DecodeSpec, frame_files=None) -> np.ndarray:
+    return np.concatenate(list(read_frames(uri, spec, batch_frames=64, frame_files=frame_files)))
+
+
+def measure(name: str, frames: np.ndarray, work: Path) -> list[dict]:
+    rows = []
+    batch = 16 * max(1, (32 << 20) // (16 * frames[0].nbytes))
+    for codec_name, codec in CODECS.items():
+        path = work / f"{name}-{codec_name}.zarr"
+        shutil.rmtree(path, ignore_errors=True)
+        arr = zarr.create_array(
+            str(path), shape=frames.shape, chunks=(16, *frames.shape[1:]), dtype="uint8",
+            compressors=codec, config={"write_empty_chunks": True},
+        )
+        write = read = float("inf")
+        for _ in range(REPEATS):  # best of a few: the machine has other work on its 2 cores
+            t0 = time.perf_counter()
+            for i in range(0, len(frames), batch):
+                arr[i : i + batch] = frames[i : i + batch]
+            write = min(write, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            back = arr[:]
+            read = min(read, time.perf_counter() - t0)
+        assert np.array_equal(back, frames)
+        stored = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        rows.append({
+            "frames": name, "codec": codec_name, "ratio": frames.nbytes / stored,
+            "write_fps": len(frames) / write, "read_fps": len(frames) / read,
+            "write_MBps": frames.nbytes / write / 1e6, "read_MBps": frames.nbytes / read / 1e6,
+        })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ped2", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ped2"))
+    args = parser.parse_args()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="vad-codecs-") as tmp:
+        work = Path(tmp)
+        if Path(args.ped2).is_dir():
+            videos = {v.video_id: v for v in discover(args.ped2, "ucsd")}
+            ped2 = np.concatenate([
+                _decode(videos[v].uri, DecodeSpec(240, 360, 3), videos[v].frame_files) for v in ("Test001", "Test003")
+            ])
+            rows += measure("ped2 240x360 RGB", ped2, work)
+            rows += measure("ped2 240x360 gray", ped2[..., :1].copy(), work)
+        synth = make_synthetic(work / "synth", SyntheticSpec(n_train=1, n_test=1, frames=100, height=720, width=1280))
+        rows += measure("synthetic 720p RGB", _decode(synth[0].path, DecodeSpec(720, 1280, 3)), work)
+    with pd.option_context("display.width", 200):
+        print(pd.DataFrame(rows).round(2).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Ingest speed against FFmpeg's own decode speed, on Ped2 and on a synthetic 1280x720 video.
+
+    python benchmarks/ingest.py [--ped2 ../shared/datasets/ped2] [--seconds 20]
+
+For each input it times (1) FFmpeg decoding to null, (2) FFmpeg decoding, scaling and converting
+to the stored pixel format, to null (the work ingest asks of FFmpeg), and (3) our ingest into a
+fresh clip store (decode + scene cuts + compression + writes), with one and with two videos at a
+time (the ingest flow runs one task per video on a thread pool). The figure of merit is (3) / (2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+from tasks.datasets import VideoSource, discover  # noqa: E402
+from tasks.ffmpeg_io import ffmpeg_exe, numbered_pattern, probe  # noqa: E402
+from tasks.ingest import Preprocess, ingest_video  # noqa: E402
+from tasks.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
+
+
+def _ffmpeg_null(source: VideoSource, scale: tuple[int, int] | None) -> None:
+    if source.kind == "frames":
+        pattern, start = numbered_pattern(source.frame_files)  # type: ignore[misc, arg-type]
+        inp = ["-framerate", "25", "-start_number", str(start), "-f", "image2", "-i", pattern]
+    else:
+        inp = ["-i", source.uri]
+    filters = ["-vf", f"scale={scale[1]}:{scale[0]}:flags=area,format=rgb24"] if scale else []
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", *inp, *filters, "-f", "null", "-"], check=True)
+
+
+def _timed(fn, items, workers: int = 1) -> float:
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(fn, items))
+    return time.perf_counter() - t0
+
+
+def bench(name: str, sources: list[VideoSource], prep: Preprocess, frames: int, out: Path) -> list[dict]:
+    first = sources[0].frame_files[0] if sources[0].kind == "frames" else sources[0].uri
+    info = probe(first, image_sequence=sources[0].kind == "frames")
+    size = prep.output_size(info.height, info.width)
+    decode = _timed(lambda s: _ffmpeg_null(s, None), sources)
+    scale = _timed(lambda s: _ffmpeg_null(s, size), sources)
+    rows = []
+    for workers in (1, 2):
+        url = str(out / f"{name}-{workers}.zarr")
+        seconds = _timed(lambda s: ingest_video(url, s, prep, dataset=name), sources, workers)
+        stored = sum(f.stat().st_size for f in Path(url).rglob("*") if f.is_file())
+        raw = frames * size[0] * size[1] * (1 if prep.gray else 3)
+        rows.append({
+            "input": name, "videos": len(sources), "frames": frames, "stored_size": f"{size[0]}x{size[1]}",
+            "ingest_workers": workers, "ffmpeg_decode_fps": frames / decode, "ffmpeg_decode_scale_fps": frames / scale,
+            "ingest_fps": frames / seconds, "ingest_vs_ffmpeg": (frames / seconds) / (frames / scale),
+            "compression_ratio": raw / stored,
+        })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ped2", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ped2"))
+    parser.add_argument("--seconds", type=int, default=20, help="length of the synthetic 720p video")
+    parser.add_argument("--out", default="benchmarks/results/ingest.parquet")
+    args = parser.parse_args()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="vad-bench-") as tmp:
+        work = Path(tmp)
+        if Path(args.ped2).is_dir():
+            videos = discover(args.ped2, "ucsd")
+            rows += bench("ped2", videos, Preprocess(), 4560, work)
+        else:
+            print(f"skipping Ped2: {args.ped2} not found")
+        spec = SyntheticSpec(n_train=1, n_test=1, frames=25 * args.seconds, height=720, width=1280, objects=4)
+        synth = make_synthetic(work / "synth720", spec)
+        video = VideoSource("synth720", "train", synth[0].path, "file")
+        rows += bench("synthetic-720p", [video], Preprocess(), spec.frames, work)
+        rows += bench("synthetic-720p-native", [video], Preprocess(size=(720, 1280)), spec.frames, work)
+    table = pd.DataFrame(rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(args.out)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.round(2).to_string(index=False))
+    print(f"\n{os.cpu_count()} cores; results saved to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

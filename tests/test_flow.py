@@ -1,0 +1,59 @@
+"""Whole-flow and CLI runs over the tiny synthetic dataset, on the session's Prefect server."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TINY
+from flows.cli import app
+from flows.ingest import ingest_flow
+from storage import ClipStore
+
+pytestmark = pytest.mark.integration
+
+
+def test_flow_ingests_every_video_and_reports_the_bad_one(tiny_dataset, tmp_path, prefect_server):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    (data / "test" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    state = ingest_flow(source=str(data), dataset="tiny", root=str(tmp_path / "ws"), return_state=True)
+    summary = state.result(raise_on_failure=False)
+    assert state.is_failed()
+    assert list(summary.failures) == ["broken"] and "broken.mp4" in summary.failures["broken"]
+    assert sorted(r.video_id for r in summary.results) == ["normal_00", "normal_01", "test_00", "test_01"]
+    store = ClipStore.open(summary.store)
+    assert store.video_ids() == ["normal_00", "normal_01", "test_00", "test_01"]
+    assert store.video("test_00").labels.sum() > 0
+
+    (data / "test" / "broken.mp4").unlink()
+    again = ingest_flow(source=str(data), dataset="tiny", root=str(tmp_path / "ws"), return_state=True)
+    assert again.is_completed()
+    assert again.result().skipped == 4 and again.result().frames == 0
+
+
+def test_cli_synth_then_ingest(tmp_path, prefect_server):
+    runner = CliRunner()
+    out = tmp_path / "syn"
+    made = runner.invoke(app, ["synth", str(out), "--train", "1", "--test", "1", "--frames", "24", "--size", "32x48"])
+    assert made.exit_code == 0, made.output
+    assert sorted(p.name for p in out.rglob("*.mp4")) == ["normal_00.mp4", "test_00.mp4"]
+    ran = runner.invoke(app, ["ingest", str(out), "--dataset", "syn", "--root", str(tmp_path / "ws"), "--gray"])
+    assert ran.exit_code == 0, ran.output
+    assert "ingested 2, skipped 0 (unchanged), failed 0; 48 frames" in ran.output
+    video = ClipStore.open(str(tmp_path / "ws" / "stores" / "syn.zarr")).video("test_00")
+    assert video.frames.shape == (24, 32, 48, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--dataset", "bad/name"], "'bad/name'"), (["--dataset", "ok", "--size", "big"], "HEIGHTxWIDTH")],
+)
+def test_cli_reports_bad_parameters_in_one_line(tmp_path, tiny_dataset, args, needle):
+    cmd = [sys.executable, "-m", "flows.cli", "ingest", str(tiny_dataset), "--root", str(tmp_path), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and needle in proc.stderr
+    assert "Traceback" not in proc.stderr

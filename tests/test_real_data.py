@@ -1,0 +1,52 @@
+"""Integration tests on the real data in ../shared (skipped with the reason when it is absent)."""
+
+import re
+import subprocess
+
+import pytest
+
+from conftest import shared_path
+from storage import ClipStore
+from tasks.datasets import discover
+from tasks.ffmpeg_io import ffmpeg_exe
+from tasks.ingest import Preprocess, ingest_video
+
+pytestmark = pytest.mark.integration
+
+
+def test_ped2_ingests_completely_then_skips(tmp_path):
+    ped2 = shared_path("datasets", "ped2")
+    url = str(tmp_path / "ped2.zarr")
+    videos = discover(ped2)
+    results = [ingest_video(url, v, Preprocess(), dataset="ped2") for v in videos]
+    assert {r.status for r in results} == {"ingested"}
+    store = ClipStore.open(url)
+    train, test = store.video_ids(split="train"), store.video_ids(split="test")
+    assert (len(train), len(test)) == (16, 12)
+    assert sum(store.video(v).n_frames for v in train) == 2550
+    assert sum(store.video(v).n_frames for v in test) == 2010
+    assert sum(int((store.video(v).labels == 1).sum()) for v in test) == 1648
+    assert store.video("Test001").frames.shape[1:] == (240, 360, 3)
+    again = [ingest_video(url, v, Preprocess(), dataset="ped2") for v in videos]
+    assert {r.status for r in again} == {"skipped"}
+
+
+def _packet_count(path) -> int:
+    """Frames in the file's video stream, counted by FFmpeg copying packets (no decoding)."""
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-nostdin", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"],
+        capture_output=True, text=True, check=True,
+    )
+    return int(re.findall(r"frame=\s*(\d+)", proc.stderr)[-1])
+
+
+def test_real_mp4_files_ingest_with_their_true_frame_counts(tmp_path):
+    folder = shared_path("videos")
+    videos = discover(folder, "folder")
+    assert len(videos) == 2
+    url = str(tmp_path / "videos.zarr")
+    for video in videos:
+        result = ingest_video(url, video, Preprocess(), dataset="videos")
+        stored = ClipStore.open(url).video(video.video_id)
+        assert result.frames == stored.n_frames == _packet_count(video.uri) > 0
+        assert stored.attrs["original_size"] == [432, 768] and stored.frames.shape[1:] == (432, 768, 3)
