@@ -6,6 +6,8 @@ For each input it times (1) FFmpeg decoding to null, (2) FFmpeg decoding, scalin
 to the stored pixel format, to null (the work ingest asks of FFmpeg), and (3) our ingest into a
 fresh clip store (decode + scene cuts + compression + writes), with one and with two videos at a
 time (the ingest flow runs one task per video on a thread pool). The figure of merit is (3) / (2).
+Rows with codec "none" store frames uncompressed, to separate the pipeline's own cost from the
+codec's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
+
+import storage._clipstore as clipstore  # noqa: E402
 
 from tasks.datasets import VideoSource, discover  # noqa: E402
 from tasks.ffmpeg_io import ffmpeg_exe, numbered_pattern, probe  # noqa: E402
@@ -46,20 +50,27 @@ def _timed(fn, items, workers: int = 1) -> float:
     return time.perf_counter() - t0
 
 
-def bench(name: str, sources: list[VideoSource], prep: Preprocess, frames: int, out: Path) -> list[dict]:
+def bench(
+    name: str, sources: list[VideoSource], prep: Preprocess, frames: int, out: Path, *, compress: bool = True
+) -> list[dict]:
     first = sources[0].frame_files[0] if sources[0].kind == "frames" else sources[0].uri
     info = probe(first, image_sequence=sources[0].kind == "frames")
     size = prep.output_size(info.height, info.width)
     decode = _timed(lambda s: _ffmpeg_null(s, None), sources)
     scale = _timed(lambda s: _ffmpeg_null(s, size), sources)
     rows = []
+    codec = clipstore.FRAMES_CODEC
     for workers in (1, 2):
-        url = str(out / f"{name}-{workers}.zarr")
-        seconds = _timed(lambda s: ingest_video(url, s, prep, dataset=name), sources, workers)
+        url = str(out / f"{name}-{workers}-{compress}.zarr")
+        clipstore.FRAMES_CODEC = codec if compress else None  # uncompressed: the pipeline's own cost
+        try:
+            seconds = _timed(lambda s: ingest_video(url, s, prep, dataset=name), sources, workers)
+        finally:
+            clipstore.FRAMES_CODEC = codec
         stored = sum(f.stat().st_size for f in Path(url).rglob("*") if f.is_file())
         raw = frames * size[0] * size[1] * (1 if prep.gray else 3)
         rows.append({
-            "input": name, "videos": len(sources), "frames": frames, "stored_size": f"{size[0]}x{size[1]}",
+            "input": name, "codec": "zstd-1" if compress else "none", "videos": len(sources), "frames": frames, "stored_size": f"{size[0]}x{size[1]}",
             "ingest_workers": workers, "ffmpeg_decode_fps": frames / decode, "ffmpeg_decode_scale_fps": frames / scale,
             "ingest_fps": frames / seconds, "ingest_vs_ffmpeg": (frames / seconds) / (frames / scale),
             "compression_ratio": raw / stored,
@@ -79,6 +90,7 @@ def main() -> None:
         if Path(args.ped2).is_dir():
             videos = discover(args.ped2, "ucsd")
             rows += bench("ped2", videos, Preprocess(), 4560, work)
+            rows += bench("ped2", videos, Preprocess(), 4560, work, compress=False)
         else:
             print(f"skipping Ped2: {args.ped2} not found")
         spec = SyntheticSpec(n_train=1, n_test=1, frames=25 * args.seconds, height=720, width=1280, objects=4)
@@ -86,6 +98,7 @@ def main() -> None:
         video = VideoSource("synth720", "train", synth[0].path, "file")
         rows += bench("synthetic-720p", [video], Preprocess(), spec.frames, work)
         rows += bench("synthetic-720p-native", [video], Preprocess(size=(720, 1280)), spec.frames, work)
+        rows += bench("synthetic-720p-native", [video], Preprocess(size=(720, 1280)), spec.frames, work, compress=False)
     table = pd.DataFrame(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(args.out)

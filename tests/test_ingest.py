@@ -151,4 +151,4 @@ def test_parameters_are_validated():
     assert Preprocess().output_size(1080, 1920) == (480, 852)  # 1920 * 480 / 1080 = 853.3, made even
     assert Preprocess().output_size(240, 360) == (240, 360)
     assert batch_frames(16, 240 * 360 * 3) == 16 * 8  # eight 4.1 MB chunks fit in 32 MiB
-    assert batch_frames(16, 1080 * 1920 * 3) == 16  # never less than one chunk
+    assert batch_frames(16, 1080 * 1920 * 3) == 32  # never less than two chunks
