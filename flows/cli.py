@@ -19,8 +19,17 @@ RootOpt = Annotated[
 ]
 
 
-def _prefect_defaults() -> None:
-    """Quiet, offline-friendly Prefect defaults for a one-machine run; the user's settings win."""
+def _prefect_defaults(root: str) -> None:
+    """Quiet, offline-friendly Prefect defaults for a one-machine run; the user's settings win.
+
+    With no Prefect server configured, the temporary API keeps its database in the workspace
+    (`<root>/.prefect`), not in the shared `~/.prefect`: a database migrated by another Prefect
+    version in another environment stops the temporary server from starting.
+    """
+    if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME") and "://" not in root:
+        home = Path(root).expanduser().resolve() / ".prefect"
+        home.mkdir(parents=True, exist_ok=True)  # Prefect's server exits if its home is missing
+        os.environ["PREFECT_HOME"] = str(home)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # The temporary server logs its own shutdown races (events it had not flushed) as errors with
     # tracebacks; they concern Prefect's bookkeeping, not the run, so keep them off the terminal.
@@ -47,7 +56,7 @@ def _run_ingest(source: str, dataset: str, root: str, **options: object) -> int:
     require_dir(Path(source).expanduser(), "dataset folder")
     if options.get("size"):
         parse_size(str(options["size"]))
-    _prefect_defaults()
+    _prefect_defaults(root)
     from flows.ingest import ingest_flow
 
     state = ingest_flow(source=source, dataset=dataset, root=root, return_state=True, **options)  # type: ignore[arg-type]

@@ -210,7 +210,6 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def describe_failure(exc: BaseException) -> str:
-    """One line for a batch summary: the error's own message for expected errors, else its type."""
-    if isinstance(exc, PipelineError):
-        return str(exc).splitlines()[0] + (f" [{str(exc).splitlines()[1]}]" if len(str(exc).splitlines()) > 1 else "")
-    return f"{type(exc).__name__}: {exc}"
+    """One line for a batch summary: the message of an expected error, else its type and message."""
+    text = " ".join(line.strip() for line in str(exc).splitlines())
+    return text if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {text}"

@@ -1,5 +1,6 @@
 """Whole-flow and CLI runs over the tiny synthetic dataset, on the session's Prefect server."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -57,3 +58,18 @@ def test_cli_reports_bad_parameters_in_one_line(tmp_path, tiny_dataset, args, ne
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and needle in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_keeps_the_temporary_prefect_database_in_the_workspace(tmp_path, monkeypatch):
+    from flows.cli import _prefect_defaults
+
+    for var in ("PREFECT_HOME", "PREFECT_API_URL"):
+        monkeypatch.delenv(var, raising=False)
+    _prefect_defaults(str(tmp_path / "ws"))
+    assert os.environ["PREFECT_HOME"] == str(tmp_path / "ws" / ".prefect")
+    assert (tmp_path / "ws" / ".prefect").is_dir()
+    # A configured server (or home) wins: nothing is changed.
+    monkeypatch.delenv("PREFECT_HOME")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    _prefect_defaults(str(tmp_path / "other"))
+    assert "PREFECT_HOME" not in os.environ and not (tmp_path / "other").exists()
