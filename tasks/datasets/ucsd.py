@@ -78,13 +78,17 @@ def _numbered(folder: Path, pattern: re.Pattern[str]) -> dict[str, Path]:
     return {p.name: p for p in sorted(found, key=lambda p: natural_key(p.name))}
 
 
-def _official_labels(test_dir: Path, test: dict[str, Path]) -> Labels:
-    found = sorted(p for p in test_dir.iterdir() if p.is_file() and _M_FILE.fullmatch(p.name))
-    if not found:
-        return {}
+def _label_file(folder: Path, pattern: re.Pattern[str]) -> Path | None:
+    """The one file in `folder` whose name matches `pattern`; None if none, an error if several."""
+    found = sorted(p for p in folder.iterdir() if p.is_file() and pattern.fullmatch(p.name))
     if len(found) > 1:
-        raise DatasetLayoutError(f"{test_dir}: more than one label file: {[p.name for p in found]}")
-    return _positional(found[0], _read_m(found[0]), test)
+        raise DatasetLayoutError(f"{folder}: more than one label file: {[p.name for p in found]}")
+    return found[0] if found else None
+
+
+def _official_labels(test_dir: Path, test: dict[str, Path]) -> Labels:
+    path = _label_file(test_dir, _M_FILE)
+    return _positional(path, _read_m(path), test) if path else {}
 
 
 def _common_labels(root: Path, test: dict[str, Path]) -> Labels:
@@ -102,12 +106,8 @@ def _common_labels(root: Path, test: dict[str, Path]) -> Labels:
                 )
             labels[vid] = {"labels": array}
         return labels
-    found = sorted(p for p in root.iterdir() if p.is_file() and _MAT_FILE.fullmatch(p.name))
-    if not found:
-        return {}
-    if len(found) > 1:
-        raise DatasetLayoutError(f"{root}: more than one label file: {[p.name for p in found]}")
-    return _positional(found[0], _read_mat(found[0]), test)
+    path = _label_file(root, _MAT_FILE)
+    return _positional(path, _read_mat(path), test) if path else {}
 
 
 def _positional(path: Path, entries: list[Ranges], test: dict[str, Path]) -> Labels:
