@@ -91,6 +91,57 @@ def ingest(
 
 
 @app.command()
+def train(
+    dataset: Annotated[str, typer.Option(help="Dataset whose store <root>/stores/<name>.zarr holds the normal training videos.")],
+    model: Annotated[str, typer.Option("--model", help="Role: small (scores every clip) or large (re-scores escalated clips).")] = "small",
+    arch: Annotated[Optional[str], typer.Option(help="Architecture: vae3d, topheavy, ae3d, resnet3d_attn (default: vae3d for small, resnet3d_attn for large).")] = None,
+    epochs: Annotated[int, typer.Option(help="Most epochs; early stopping may end sooner.")] = 20,
+    batch: Annotated[int, typer.Option(help="Clips per batch.")] = 8,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (halved when the held-out loss stalls).")] = 1e-3,
+    size: Annotated[Optional[str], typer.Option(help="Model input HEIGHTxWIDTH (default: the architecture's, 128x128); frames are resized on the fly.")] = None,
+    gray: Annotated[Optional[bool], typer.Option("--gray/--rgb", help="Model input channels (default: the store's).")] = None,
+    clip_len: Annotated[int, typer.Option("--clip-len", help="Frames per clip.")] = 16,
+    stride: Annotated[int, typer.Option(help="Frames between clip starts when scoring and calibrating (training uses half).")] = 8,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Horizontal-flip augmentation.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the initial weights and the batch order.")] = 0,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop after the epoch that passes this many minutes.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Checkpoint path (default: <root>/checkpoints/<dataset>/<role>-<arch>.pt).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing checkpoint.")] = False,
+    fresh: Annotated[bool, typer.Option(help="Ignore a saved training state instead of resuming from it.")] = False,
+    root: RootOpt = None,
+) -> None:
+    """Train a model on a dataset's normal clips and write a calibrated checkpoint."""
+    from tasks.ingest import parse_size
+    from tasks.training import TrainConfig, plan_training
+    from tasks.workspace import check_dataset_name, checkpoint_path, store_url
+
+    base = _root(root)
+    check_dataset_name(dataset)
+    # Fail in a second, before Prefect's server starts, on everything that can be checked cheaply.
+    config = TrainConfig(
+        role=model, arch=arch, epochs=epochs, batch=batch, lr=lr, size=parse_size(size) if size else None,
+        channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, flip=flip, seed=seed,
+        max_minutes=max_minutes,
+    )
+    target = out or checkpoint_path(base, dataset, model, str(config.arch))
+    plan = plan_training(store_url(base, dataset), target, config, overwrite=force)
+    typer.echo(
+        f"training {config.arch} ({model}) on {dataset}: {len(plan.split.train_videos)} training videos "
+        f"({len(plan.split.train)} clips), {len(plan.split.val_videos)} held out ({len(plan.split.val)} clips); "
+        f"input {plan.spec.clip_len}x{plan.spec.height}x{plan.spec.width}x{plan.spec.channels}"
+    )
+    _prefect_defaults(base)
+    from flows.train import train_flow
+
+    result = train_flow(
+        dataset=dataset, root=base, role=model, arch=config.arch, epochs=epochs, batch=batch, lr=lr, size=size, gray=gray,
+        clip_len=clip_len, stride=stride, flip=flip, seed=seed, max_minutes=max_minutes, out=target, force=force,
+        resume=not fresh, progress=True,
+    )
+    typer.echo(result.summary())
+
+
+@app.command()
 def synth(
     out_dir: Annotated[Optional[str], typer.Argument(help="Where to write it (default: <root>/datasets/synthetic).")] = None,
     train: Annotated[int, typer.Option(help="Normal training videos.")] = 6,
@@ -111,17 +162,36 @@ def synth(
     typer.echo(f"synthetic dataset: {len(videos)} videos ({train} train, {test} test) of {frames} frames at {size} in {out}")
 
 
+DEMO_TRAINING = {  # small settings: a few minutes on a 2-core CPU
+    "small": dict(arch="vae3d", epochs=8, size="64x64", gray=True),
+    "large": dict(arch="resnet3d_attn", epochs=4, size="64x64", gray=True),
+}
+
+
 @app.command()
 def demo(root: RootOpt = None) -> None:
     """Run the pipeline end to end on a small synthetic dataset made on the fly."""
     from tasks.synthetic import SyntheticSpec, make_synthetic
+    from tasks.workspace import checkpoint_path
 
     base = _root(root)
     data = Path(base) / "datasets" / "synthetic"
     if not (data / "synthetic.json").exists():
         make_synthetic(data, SyntheticSpec())
         typer.echo(f"made the synthetic dataset in {data}")
-    raise typer.Exit(_run_ingest(str(data), "synthetic", base, format="folder"))
+    code = _run_ingest(str(data), "synthetic", base, format="folder")
+    if code:
+        raise typer.Exit(code)
+    from flows.train import train_flow
+
+    for role, options in DEMO_TRAINING.items():
+        target = Path(checkpoint_path(base, "synthetic", role, str(options["arch"])))
+        if target.exists():
+            typer.echo(f"{role} model: using the existing checkpoint {target} (delete it to train again)")
+            continue
+        typer.echo(f"training the {role} model ({options['arch']}, {options['epochs']} epochs at {options['size']})")
+        result = train_flow(dataset="synthetic", root=base, role=role, progress=True, **options)  # type: ignore[arg-type]
+        typer.echo(result.summary())
 
 
 def main() -> None:

@@ -42,6 +42,18 @@ class LabelMismatchError(PipelineError):
         )
 
 
+class CheckpointError(PipelineError):
+    """A checkpoint file is missing pieces, from another program, or unreadable."""
+
+
+class CheckpointMismatchError(PipelineError):
+    """A checkpoint's preprocessing does not match the store (or video) it is applied to."""
+
+    def __init__(self, checkpoint: str, video: str, problem: str) -> None:
+        self.checkpoint, self.video, self.problem = checkpoint, video, problem
+        super().__init__(f"checkpoint {checkpoint} does not fit video {video!r}: {problem}")
+
+
 class FFmpegError(PipelineError):
     """FFmpeg failed on an input; carries the command and FFmpeg's own message.
 

@@ -3,7 +3,8 @@ real H.264 video files through FFmpeg, with anomalies at known frames.
 
 Normal footage: a few squares drift left to right at a steady speed, wrapping around. Each test
 video has one anomalous event over a known frame range: an object moving too fast, one moving
-against the flow, or a foreign shape (a bright disc) crossing the scene. The output is the generic
+against the flow, or a foreign shape (a dark disc, distinct from the bright squares in gray as in
+colour) crossing the scene. The output is the generic
 folder layout (`train/*.mp4`, `test/*.mp4`, `labels.csv`) that `vad ingest` reads.
 """
 
@@ -62,17 +63,20 @@ def make_synthetic(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -
         raise ParameterError(f"{out}: folder is not empty; choose a new folder for the synthetic dataset")
     rng = np.random.default_rng(spec.seed)
     background = _background(spec, rng)
+    # One camera, one kind of traffic: every video's squares share these colours (only their starting
+    # positions differ), so a score difference between videos means content, not a new palette.
+    colours = rng.uniform(160, 230, size=(spec.objects, 3))
     videos: list[SyntheticVideo] = []
     for i in range(spec.n_train):
         path = out / "train" / f"normal_{i:02d}.mp4"
-        _write_video(path, _render(spec, background, rng, anomaly=None, window=None), spec.fps)
+        _write_video(path, _render(spec, background, colours, rng, anomaly=None, window=None), spec.fps)
         videos.append(SyntheticVideo(path.stem, "train", str(path), None, None))
     for i in range(spec.n_test):
         kind = ANOMALY_KINDS[i % len(ANOMALY_KINDS)]
         start = int(rng.integers(spec.frames // 5, spec.frames // 2))
         stop = min(spec.frames, start + int(rng.integers(spec.frames // 5, spec.frames // 3)))
         path = out / "test" / f"test_{i:02d}.mp4"
-        _write_video(path, _render(spec, background, rng, anomaly=kind, window=(start, stop)), spec.fps)
+        _write_video(path, _render(spec, background, colours, rng, anomaly=kind, window=(start, stop)), spec.fps)
         videos.append(SyntheticVideo(path.stem, "test", str(path), kind, (start, stop)))
     _write_labels(out / "labels.csv", videos, spec.frames)
     manifest = {"generator": "tasks.synthetic", "spec": asdict(spec), "videos": [asdict(v) for v in videos]}
@@ -93,7 +97,7 @@ def _background(spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
 
 
 def _render(
-    spec: SyntheticSpec, background: np.ndarray, rng: np.random.Generator, *, anomaly: str | None,
+    spec: SyntheticSpec, background: np.ndarray, colours: np.ndarray, rng: np.random.Generator, *, anomaly: str | None,
     window: tuple[int, int] | None,
 ) -> np.ndarray:
     """All frames of one video, (N, H, W, 3) uint8."""
@@ -101,7 +105,6 @@ def _render(
     side = max(6, h // 10)
     lanes = np.linspace(side, h - 2 * side, spec.objects).astype(int)
     x0 = rng.uniform(0, w, size=spec.objects)
-    colours = rng.uniform(160, 230, size=(spec.objects, 3))
     frames = np.empty((spec.frames, h, w, 3), dtype=np.uint8)
     yy, xx = np.mgrid[0:h, 0:w]
     for t in range(spec.frames):
@@ -120,8 +123,8 @@ def _render(
                 x = (1 - progress) * (w + side) - side
                 img[lane : lane + side, max(0, int(x)) : max(0, int(x) + side)] = (200, 200, 200)
             else:
-                cx, cy, r = progress * (w + 2 * side) - side, h / 2, side * 0.8
-                img[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = (250, 60, 60)
+                cx, cy, r = progress * (w + 2 * side) - side, h / 2, side * 1.2
+                img[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = (15, 15, 60)
         noise = rng.normal(0, 2.0, size=img.shape)  # sensor noise, so frames are never identical
         frames[t] = np.clip(img + noise, 0, 255).astype(np.uint8)
     return frames

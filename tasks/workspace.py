@@ -26,3 +26,10 @@ def check_dataset_name(name: str) -> str:
 def store_url(root: str, dataset: str) -> str:
     """The clip store of `dataset` under workspace `root`: `<root>/stores/<dataset>.zarr`."""
     return f"{root.rstrip('/')}/stores/{check_dataset_name(dataset)}.zarr"
+
+
+def checkpoint_path(root: str, dataset: str, role: str, arch: str) -> str:
+    """Where `vad train` writes by default: `<root>/checkpoints/<dataset>/<role>-<arch>.pt`."""
+    if "://" in root:
+        raise ParameterError(f"checkpoints are written to a local folder; {root!r} is a URL (pass --out PATH)")
+    return f"{root.rstrip('/')}/checkpoints/{check_dataset_name(dataset)}/{role}-{arch}.pt"

@@ -68,3 +68,17 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The default synthetic dataset (6 normal + 6 test videos of 150 frames) stored at 32x32 gray."""
+    from tasks.datasets import discover
+    from tasks.ingest import Preprocess, ingest_video
+
+    base = tmp_path_factory.mktemp("synthetic32")
+    make_synthetic(base / "data", SyntheticSpec())
+    url = str(base / "synthetic.zarr")
+    for source in discover(str(base / "data"), "folder"):
+        ingest_video(url, source, Preprocess(size=(32, 32), gray=True), dataset="synthetic")
+    return url

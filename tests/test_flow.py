@@ -73,3 +73,18 @@ def test_cli_keeps_the_temporary_prefect_database_in_the_workspace(tmp_path, mon
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     _prefect_defaults(str(tmp_path / "other"))
     assert "PREFECT_HOME" not in os.environ and not (tmp_path / "other").exists()
+
+
+def test_train_flow_writes_a_calibrated_checkpoint_in_the_workspace(synthetic_store, tmp_path, prefect_server):
+    from flows.train import train_flow
+    from tasks.checkpoint import load_checkpoint
+
+    root = tmp_path / "ws"
+    shutil.copytree(synthetic_store, root / "stores" / "synthetic.zarr")
+    result = train_flow(dataset="synthetic", root=str(root), role="small", arch="topheavy", epochs=1, size="32x32")
+    assert result.checkpoint == root / "checkpoints" / "synthetic" / "small-topheavy.pt"
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt.arch == "topheavy" and ckpt.dataset == "synthetic"
+    assert ckpt.training["stopped"] == "epochs" and len(ckpt.training["history"]) == 1
+    assert ckpt.input.height == 32 and ckpt.source["frame_size"] == [32, 32, 1]
+    assert ckpt.calibration.threshold > 0 and {"torch", "video-anomaly-router"} <= set(ckpt.versions)

@@ -1,0 +1,166 @@
+"""What every clip model shares: the input contract, the output record, the loss and the scores.
+
+A model takes clips (B, C, T, H, W) scaled to its `value_range`, reconstructs them, and exposes an
+embedding (B, D) for the out-of-distribution signal. Scores are made per frame from the per-frame
+error map, so that a small anomaly in one corner of one frame is not averaged away over the clip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tasks.errors import ParameterError
+
+
+@dataclass
+class ClipConfig:
+    """Input geometry and scoring shared by every model; subclasses add their own layers' sizes.
+
+    `score_patch` is the side (in model-input pixels) of the square windows over which the per-frame
+    score takes the worst local mean error; 0 scores the mean over the whole frame instead.
+    """
+
+    in_channels: int = 1
+    clip_len: int = 16
+    height: int = 128
+    width: int = 128
+    score_patch: int = 16
+
+    def validate(self) -> None:
+        for name in ("in_channels", "clip_len", "height", "width"):
+            if getattr(self, name) < 1:
+                raise ParameterError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.in_channels not in (1, 3):
+            raise ParameterError(f"in_channels must be 1 (gray) or 3 (RGB), got {self.in_channels}")
+        if self.score_patch < 0:
+            raise ParameterError(f"score_patch must be >= 0, got {self.score_patch}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ClipConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ParameterError(f"{cls.__name__} has no field(s) {unknown}")
+        # JSON and checkpoints carry tuples as lists; the dataclass fields are tuples.
+        return cls(**{k: tuple(_tuples(v)) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _tuples(value: list) -> list:
+    return [tuple(v) if isinstance(v, list) else v for v in value]
+
+
+def check_divisible(config: ClipConfig, strides: tuple[tuple[int, int, int], ...], arch: str) -> None:
+    """The decoder mirrors the encoder's strides exactly, so T, H, W must divide by their products."""
+    for axis, name in enumerate(("clip_len", "height", "width")):
+        factor = math.prod(s[axis] for s in strides)
+        size = getattr(config, name)
+        if size % factor:
+            raise ParameterError(f"{arch}: {name}={size} must be a multiple of {factor} (the encoder's total stride)")
+
+
+@dataclass
+class ModelOutput:
+    """One forward pass. `kl` is set by variational models (a scalar, mean over the batch)."""
+
+    recon: torch.Tensor  # (B, C, T, H, W), in the model's value range
+    embedding: torch.Tensor  # (B, D)
+    uncertainty: torch.Tensor | None = None  # (B,), larger = less sure
+    kl: torch.Tensor | None = None  # ()
+
+
+@dataclass
+class ClipScores:
+    """Scores of a batch of clips, all raw (uncalibrated) reconstruction errors."""
+
+    clip: torch.Tensor  # (B,)  mean of the per-frame scores
+    frames: torch.Tensor  # (B, T) worst local (patch) mean squared error of each frame
+    embedding: torch.Tensor  # (B, D)
+    uncertainty: torch.Tensor  # (B,) zeros for models without one
+
+
+class ClipModel(nn.Module):
+    """Base of the registry's networks: subclasses build layers in `__init__` and define `forward`."""
+
+    arch: ClassVar[str]
+    role: ClassVar[str]  # "small" or "large": the role the architecture was designed for
+    config_class: ClassVar[type[ClipConfig]]
+    value_range: ClassVar[tuple[float, float]] = (-1.0, 1.0)  # of inputs and reconstructions
+
+    def __init__(self, config: ClipConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:  # (B, C, T, H, W) -> ModelOutput
+        raise NotImplementedError
+
+    def loss(self, x: torch.Tensor, out: ModelOutput) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss: mean squared reconstruction error, plus the weighted KL term when present."""
+        mse = F.mse_loss(out.recon.float(), x.float())
+        parts = {"mse": float(mse.detach())}
+        total = mse
+        if out.kl is not None:
+            weight = float(getattr(self.config, "kl_weight", 0.0))
+            total = total + weight * out.kl
+            parts["kl"] = float(out.kl.detach())
+        return total, parts
+
+    @staticmethod
+    def error_map(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """Squared error averaged over channels: (B, C, T, H, W) x2 -> (B, T, H, W)."""
+        return (recon.float() - x.float()).pow(2).mean(dim=1)
+
+    def frame_scores(self, errors: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, W) -> (B, T): the worst `score_patch`-square mean error in each frame.
+
+        Windows overlap by half a patch so an anomaly on a window border is not split in two.
+        """
+        patch = self.config.score_patch
+        b, t, h, w = errors.shape
+        if patch == 0 or (patch >= h and patch >= w):
+            return errors.mean(dim=(2, 3))
+        ph, pw = min(patch, h), min(patch, w)
+        pooled = F.avg_pool2d(errors.reshape(b * t, 1, h, w), (ph, pw), stride=(max(1, ph // 2), max(1, pw // 2)))
+        return pooled.amax(dim=(1, 2, 3)).reshape(b, t)
+
+    @torch.inference_mode()
+    def score(self, x: torch.Tensor) -> ClipScores:  # (B, C, T, H, W) -> ClipScores
+        """Deterministic scores (call in eval mode; variational models then use the mean latent)."""
+        out = self(x)
+        frames = self.frame_scores(self.error_map(x, out.recon))
+        uncertainty = out.uncertainty if out.uncertainty is not None else torch.zeros(x.shape[0], device=x.device)
+        return ClipScores(
+            clip=frames.mean(dim=1), frames=frames, embedding=out.embedding.float(), uncertainty=uncertainty.float()
+        )
+
+
+class GaussianLatent(nn.Module):
+    """Fully connected map to (mu, log-variance) and back; deterministic (mu) outside training."""
+
+    def __init__(self, features: int, latent: int, *, variational: bool) -> None:
+        super().__init__()
+        self.variational = variational
+        self.encode = nn.Linear(features, 2 * latent if variational else latent)
+        self.decode = nn.Linear(latent, features)
+        self.latent = latent
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(B, F) -> decoded (B, F), mu (B, L), uncertainty (B,) or None, KL () or None."""
+        stats = self.encode(h)
+        if not self.variational:
+            return self.decode(stats), stats, None, None
+        mu, logvar = stats.float().chunk(2, dim=1)
+        logvar = logvar.clamp(-10.0, 10.0)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        # KL(q(z|x) || N(0, I)), summed over latent dimensions, averaged over the batch.
+        kl = -0.5 * torch.mean(torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1))
+        return self.decode(z.to(h.dtype)), mu, logvar.exp().mean(dim=1), kl

@@ -1,0 +1,145 @@
+"""Checkpoints: a model's architecture and config, weights, input spec, the store preprocessing it was
+trained on, the dataset fingerprint and its calibration, in one file that `torch.load(weights_only=True)`
+reads and that rebuilds its model with no other input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import ClipModel, make_config, model_class
+from storage import Video
+from tasks.calibration import Calibration
+from tasks.errors import CheckpointError, CheckpointMismatchError, NotFoundError
+from tasks.model_input import InputSpec
+
+FORMAT = "video-anomaly-router/checkpoint"
+VERSION = 1
+
+
+def dataset_fingerprint(dataset: str, videos: list[Video]) -> str:
+    """BLAKE2b over the dataset name and each video's id, source hash, frame count and preprocessing."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(dataset.encode())
+    for v in sorted(videos, key=lambda v: v.id):
+        record = [v.id, v.attrs.get("source_hash"), v.n_frames, v.attrs.get("preprocess"), v.attrs.get("frame_size")]
+        h.update(json.dumps(record, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def source_spec(video: Video) -> dict[str, Any]:
+    """The stored-frame properties a checkpoint depends on: frame size (H, W, C), frame rate, ingest options."""
+    return {
+        "frame_size": [int(x) for x in video.frames.shape[1:]],
+        "fps": video.attrs.get("fps"),
+        "preprocess": video.attrs.get("preprocess"),
+    }
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint; `build_model()` rebuilds the network from it alone."""
+
+    arch: str
+    role: str
+    model_config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    input: InputSpec
+    source: dict[str, Any]
+    dataset: str
+    fingerprint: str
+    calibration: Calibration
+    training: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    path: str = ""
+
+    def build_model(self, device: torch.device | str = "cpu") -> ClipModel:
+        """The network with the checkpoint's weights, in eval mode (deterministic scores)."""
+        model = model_class(self.arch)(make_config(self.arch, self.model_config))
+        model.load_state_dict(self.state_dict)
+        return model.to(device).eval()
+
+    def check_video(self, video: Video) -> None:
+        """Refuse a video whose stored frames were preprocessed differently from the training store's."""
+        got = source_spec(video)
+        want_size, got_size = list(self.source["frame_size"]), got["frame_size"]
+        name = self.path or f"{self.arch} ({self.role})"
+        if got_size != want_size:
+            raise CheckpointMismatchError(
+                name, video.id,
+                f"its frames are {_size(got_size)} but the model was trained on {_size(want_size)} frames; "
+                f"ingest it with --size {want_size[0]}x{want_size[1]} {'--gray' if want_size[2] == 1 else '--rgb'}",
+            )
+        want_fps, got_fps = self.source.get("fps"), got["fps"]
+        if want_fps and got_fps and abs(float(want_fps) - float(got_fps)) > 1e-3:
+            raise CheckpointMismatchError(
+                name, video.id, f"it runs at {got_fps:g} fps but the model was trained at {want_fps:g} fps; ingest it with --fps {want_fps:g}"
+            )
+        if video.n_frames < self.input.clip_len:
+            raise CheckpointMismatchError(name, video.id, f"it has {video.n_frames} frames, fewer than one clip ({self.input.clip_len})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION, "arch": self.arch, "role": self.role,
+            "model_config": self.model_config, "state_dict": self.state_dict, "input": self.input.to_dict(),
+            "source": self.source, "dataset": self.dataset, "fingerprint": self.fingerprint,
+            "calibration": self.calibration.to_state(), "training": self.training, "versions": self.versions,
+        }
+
+
+def _size(frame_size: list[int]) -> str:
+    h, w, c = frame_size
+    return f"{h}x{w} {'gray' if c == 1 else 'RGB'}"
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
+    atomic_torch_save(checkpoint.to_dict(), path)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint with `weights_only=True` (no code runs on load) and check its format."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise NotFoundError(f"checkpoint {path} does not exist")
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a video-anomaly-router checkpoint")
+    if raw.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {raw.get('version')}; this program reads {VERSION}")
+    try:
+        return Checkpoint(
+            arch=raw["arch"], role=raw["role"], model_config=raw["model_config"], state_dict=raw["state_dict"],
+            input=InputSpec(**raw["input"]), source=raw["source"], dataset=raw["dataset"],
+            fingerprint=raw["fingerprint"], calibration=Calibration.from_state(raw["calibration"]),
+            training=raw.get("training", {}), versions=raw.get("versions", {}), path=str(path),
+        )
+    except KeyError as exc:
+        raise CheckpointError(f"checkpoint {path} lacks {exc.args[0]!r}") from exc

@@ -1,0 +1,109 @@
+"""From stored frames to model input: the clip index, a `Dataset` over the Zarr store, and the
+conversion of uint8 frames into the float clips a model takes.
+
+Workers read and decompress clips as uint8 (a quarter of the bytes of float32 between processes and
+onto a GPU); conversion, channel mapping and resizing happen in one step on the compute device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from storage import ClipStore, clip_windows
+from tasks.errors import ParameterError
+
+# ITU-R BT.601 luma, the weights FFmpeg's gray conversion uses
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model sees: clips of `clip_len` frames every `stride` frames, at height x width x channels."""
+
+    clip_len: int
+    stride: int
+    height: int
+    width: int
+    channels: int
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if int(value) < 1:
+                raise ParameterError(f"{name} must be >= 1, got {value}")
+        if self.channels not in (1, 3):
+            raise ParameterError(f"channels must be 1 or 3, got {self.channels}")
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def prepare_clips(
+    frames: torch.Tensor, spec: InputSpec, value_range: tuple[float, float], *, device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """uint8 clips (B, T, H, W, C) -> float32 (B, C, T, h, w) in `value_range`, on `device`.
+
+    Gray models take the luma of RGB frames; RGB models take gray frames repeated. Shrinking uses
+    area averaging (what FFmpeg's `area` scaler does at ingest), enlarging trilinear interpolation.
+    """
+    if frames.dtype != torch.uint8 or frames.ndim != 5:
+        raise ParameterError(f"expected uint8 clips (B, T, H, W, C), got {tuple(frames.shape)} {frames.dtype}")
+    x = frames.to(device, non_blocking=True) if device is not None else frames
+    x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, C, T, H, W) in [0, 1]
+    c = x.shape[1]
+    if spec.channels == 1 and c == 3:
+        w = torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1, 1)
+        x = (x * w).sum(dim=1, keepdim=True)
+    elif spec.channels == 3 and c == 1:
+        x = x.expand(-1, 3, -1, -1, -1)
+    elif spec.channels != c:
+        raise ParameterError(f"cannot map {c}-channel frames to {spec.channels} channels")
+    h, w = x.shape[-2:]
+    if (h, w) != (spec.height, spec.width):
+        size = (x.shape[2], spec.height, spec.width)
+        shrink = spec.height <= h and spec.width <= w
+        x = F.interpolate(x, size=size, mode="area") if shrink else F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+    lo, hi = value_range
+    return x.mul_(hi - lo).add_(lo).contiguous() if (lo, hi) != (0.0, 1.0) else x.contiguous()
+
+
+def clip_index(store: ClipStore, video_ids: list[str], clip_len: int, stride: int) -> list[tuple[str, int]]:
+    """(video id, start frame) of every clip of the videos, in stream order."""
+    index: list[tuple[str, int]] = []
+    for vid in video_ids:
+        index.extend((vid, start) for start, _ in clip_windows(store.video(vid).n_frames, clip_len, stride))
+    return index
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips of a store by (video id, start frame), read as uint8 (T, H, W, C) tensors.
+
+    The store opens lazily in each process, so the dataset pickles cheaply to DataLoader workers.
+    """
+
+    def __init__(self, store_url: str, index: list[tuple[str, int]], clip_len: int, *, storage_options: dict[str, Any] | None = None) -> None:
+        self.store_url, self.index, self.clip_len = store_url, list(index), clip_len
+        self.storage_options = storage_options
+        self._videos: dict[str, Any] = {}
+        self._store: ClipStore | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_videos"], state["_store"] = {}, None
+        return state
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        vid, start = self.index[i]
+        if self._store is None:
+            self._store = ClipStore.open(self.store_url, storage_options=self.storage_options)
+        video = self._videos.get(vid)
+        if video is None:
+            video = self._videos[vid] = self._store.video(vid)
+        return torch.from_numpy(np.ascontiguousarray(video.read(start, start + self.clip_len)))

@@ -1,0 +1,67 @@
+"""From stored uint8 frames to model input: channels, size, value range, and the clip dataset."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from storage import ClipStore
+from tasks.errors import ParameterError
+from tasks.model_input import ClipDataset, InputSpec, clip_index, prepare_clips
+
+
+def _frames(values, h=4, w=4, c=3):
+    """(1, T, h, w, c) uint8 clips whose frame t is flat at values[t]."""
+    v = np.asarray(values, np.uint8)[:, None, None, None]
+    return torch.from_numpy(np.broadcast_to(v, (len(values), h, w, c)).copy())[None]
+
+
+def test_value_range_and_layout():
+    x = prepare_clips(_frames([0, 255], c=1), InputSpec(2, 1, 4, 4, 1), (-1.0, 1.0))
+    assert x.shape == (1, 1, 2, 4, 4) and x.dtype == torch.float32
+    assert x[0, 0, 0].unique().tolist() == [-1.0] and x[0, 0, 1].unique().tolist() == [1.0]
+    y = prepare_clips(_frames([51], c=1), InputSpec(1, 1, 4, 4, 1), (0.0, 1.0))
+    assert y.unique().item() == pytest.approx(0.2)
+
+
+def test_rgb_to_gray_uses_luma_and_gray_to_rgb_repeats():
+    rgb = torch.zeros(1, 1, 2, 2, 3, dtype=torch.uint8)
+    rgb[..., 0] = 255  # pure red: luma 0.299
+    gray = prepare_clips(rgb, InputSpec(1, 1, 2, 2, 1), (0.0, 1.0))
+    assert gray.unique().item() == pytest.approx(0.299)
+    back = prepare_clips(_frames([102], h=2, w=2, c=1), InputSpec(1, 1, 2, 2, 3), (0.0, 1.0))
+    assert back.shape == (1, 3, 1, 2, 2) and back.unique().item() == pytest.approx(0.4)
+
+
+def test_shrinking_averages_areas():
+    frames = torch.zeros(1, 1, 4, 4, 1, dtype=torch.uint8)
+    frames[0, 0, :2, :2] = 200  # top-left 2x2 block
+    out = prepare_clips(frames, InputSpec(1, 1, 2, 2, 1), (0.0, 1.0))
+    assert out[0, 0, 0] * 255 == pytest.approx(torch.tensor([[200.0, 0.0], [0.0, 0.0]]))
+    frames[0, 0, 0, 0] = 0  # one of the four pixels dark: the block averages to 150
+    out = prepare_clips(frames, InputSpec(1, 1, 2, 2, 1), (0.0, 1.0))
+    assert float(out[0, 0, 0, 0, 0]) * 255 == pytest.approx(150.0, abs=1e-3)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ParameterError, match="uint8"):
+        prepare_clips(torch.zeros(1, 1, 2, 2, 1), InputSpec(1, 1, 2, 2, 1), (0.0, 1.0))
+    with pytest.raises(ParameterError, match="channels"):
+        InputSpec(16, 8, 32, 32, 2)
+    with pytest.raises(ParameterError, match="stride"):
+        InputSpec(16, 0, 32, 32, 1)
+
+
+def test_clip_dataset_reads_the_indexed_frames_and_pickles_without_the_store(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    store = ClipStore.create(url, dataset="d")
+    w = store.begin_video("v", height=2, width=2, channels=1, chunk_frames=4, attrs={"split": "train"})
+    w.append(np.arange(10, dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2), np.zeros(10, bool))
+    w.finish(np.zeros(10, np.int8), {})
+    index = clip_index(store, ["v"], clip_len=4, stride=3)
+    assert index == [("v", 0), ("v", 3), ("v", 6)]  # floor((10 - 4) / 3) + 1 = 3 clips
+    ds = ClipDataset(url, index, 4)
+    assert ds[1][:, 0, 0, 0].tolist() == [3, 4, 5, 6]
+    copy = pickle.loads(pickle.dumps(ds))  # as sent to a worker process: reopens the store lazily
+    assert copy._store is None and copy[2][:, 0, 0, 0].tolist() == [6, 7, 8, 9]

@@ -1,0 +1,132 @@
+"""Training on normal clips: the held-out split, learning that separates anomalies, resuming, refusals."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from torch.utils.data import DataLoader
+
+from models import REGISTRY
+from storage import ClipStore
+from tasks.checkpoint import load_checkpoint
+from tasks.errors import ParameterError, PipelineError, StoreNotFoundError
+from tasks.model_input import ClipDataset, clip_index
+from tasks.training import TrainConfig, plan_training, score_clips, split_clips, train_model
+
+SIZE = (32, 32)
+
+
+def _config(arch="vae3d", **kw):
+    base = dict(role=REGISTRY[arch].role, arch=arch, epochs=5, batch=8, size=SIZE, workers=0, patience=10)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_whole_videos_are_held_out(synthetic_store):
+    videos = list(ClipStore.open(synthetic_store).videos(split="train"))
+    split = split_clips(videos, _config(stride=8))
+    assert len(split.val_videos) == 1 and len(split.train_videos) == 5  # round(0.2 * 6) videos held out
+    assert not {v for v, _ in split.train} & {v for v, _ in split.val}
+    # 150 frames, clips of 16: training at stride 4 gives floor(134 / 4) + 1 = 34 clips a video,
+    # held-out clips at the scoring stride 8 give floor(134 / 8) + 1 = 17
+    assert len(split.train) == 5 * 34 and len(split.val) == 17
+    assert split_clips(videos, _config(stride=8)).val_videos == split.val_videos  # seeded
+    assert split_clips(videos, _config(stride=8, seed=3)).val_videos != split.val_videos
+
+
+def test_a_lone_video_is_split_in_time(tmp_path):
+    store = ClipStore.create(str(tmp_path / "one.zarr"), dataset="one")
+    w = store.begin_video("cam", height=4, width=4, channels=1, chunk_frames=16, attrs={"split": "train"})
+    w.append(np.zeros((100, 4, 4, 1), np.uint8), np.zeros(100, bool))
+    w.finish(np.zeros(100, np.int8), {})
+    split = split_clips([store.video("cam")], _config(stride=8))
+    # frames [0, 80) train, [80, 100) held out: no held-out clip overlaps a training clip
+    assert max(s for _, s in split.train) + 16 <= 80 and min(s for _, s in split.val) >= 80
+    assert split.val == [("cam", 80)]
+
+
+def _test_scores(store_url, checkpoint):
+    store = ClipStore.open(store_url)
+    index = clip_index(store, store.video_ids(split="test"), checkpoint.input.clip_len, checkpoint.input.stride)
+    loader = DataLoader(ClipDataset(store_url, index, checkpoint.input.clip_len), batch_size=16)
+    raw, _ = score_clips(checkpoint.build_model(), loader, checkpoint.input, torch.device("cpu"))
+    labels = [store.video(v).labels[s : s + checkpoint.input.clip_len] for v, s in index]
+    anomalous = np.array([lab.max() == 1 for lab in labels])
+    inside = np.array([lab.min() == 1 for lab in labels])
+    return checkpoint.calibration.calibrate(raw), anomalous, inside
+
+
+@pytest.mark.parametrize("arch", sorted(REGISTRY))
+def test_short_training_scores_synthetic_anomalies_above_normal_clips(arch, synthetic_store, tmp_path):
+    workers = 1 if arch == "vae3d" else 0  # one run goes through a spawned worker process
+    result = train_model(synthetic_store, tmp_path / "m.pt", _config(arch, workers=workers))
+    ckpt = load_checkpoint(result.checkpoint)
+    assert result.epochs_run == 5 and ckpt.training["workers"] == workers
+    assert ckpt.training["val_videos"] and not set(ckpt.training["val_videos"]) & set(ckpt.training["train_videos"])
+    cal, anomalous, inside = _test_scores(synthetic_store, ckpt)
+    auc = roc_auc_score(anomalous, cal)
+    gap = cal[inside].mean() - cal[~anomalous].mean()
+    print(f"{arch}: clip AUC {auc:.3f}, calibrated gap {gap:.3f}")
+    assert auc > 0.7
+    assert gap > 0.25  # clips wholly inside an anomaly rank well above clean clips
+    # held-out normal clips are the calibration sample: about 5% of them exceed the threshold
+    assert ckpt.calibration.quantile == 0.95
+
+
+def test_resuming_after_an_interruption_gives_the_uninterrupted_weights(synthetic_store, tmp_path):
+    config = _config("vae3d", epochs=3)
+    whole = train_model(synthetic_store, tmp_path / "whole.pt", config)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_epoch_2(message):
+        if message.startswith("epoch 2:"):
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_model(synthetic_store, tmp_path / "cut.pt", config, log=stop_after_epoch_2)
+    assert (tmp_path / "cut.pt.state").exists() and not (tmp_path / "cut.pt").exists()
+    messages = []
+    resumed = train_model(synthetic_store, tmp_path / "cut.pt", config, log=messages.append)
+    assert resumed.resumed_from == 1 and any(m.startswith("resuming") for m in messages)
+    assert not (tmp_path / "cut.pt.state").exists()
+    a, b = load_checkpoint(whole.checkpoint).state_dict, load_checkpoint(resumed.checkpoint).state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_checkpoint_and_bad_settings_are_refused(synthetic_store, tmp_path):
+    target = tmp_path / "m.pt"
+    target.write_bytes(b"precious")
+    with pytest.raises(ParameterError, match="already exists"):
+        train_model(synthetic_store, target, _config())
+    assert target.read_bytes() == b"precious"
+    with pytest.raises(ParameterError, match="multiple of 32"):
+        plan_training(synthetic_store, tmp_path / "x.pt", _config("resnet3d_attn", size=(48, 48)))
+    with pytest.raises(ParameterError, match="role"):
+        TrainConfig(role="medium")
+    with pytest.raises(StoreNotFoundError):
+        plan_training(str(tmp_path / "missing.zarr"), tmp_path / "x.pt", _config())
+    empty = ClipStore.create(str(tmp_path / "empty.zarr"), dataset="empty")
+    with pytest.raises(PipelineError, match="no complete training videos"):
+        plan_training(empty.url, tmp_path / "x.pt", _config())
+
+
+def test_cli_train_reports_a_missing_store_in_one_line(tmp_path):
+    vad = Path(sys.executable).with_name("vad")
+    proc = subprocess.run([str(vad), "train", "--dataset", "nope", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "nope.zarr" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_with_mixed_precision_gives_a_checkpoint_cpu_can_use(synthetic_store, tmp_path):
+    result = train_model(synthetic_store, tmp_path / "g.pt", _config("topheavy", epochs=1, device="cuda"))
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt.training["device"].startswith("cuda")
+    cal, anomalous, _ = _test_scores(synthetic_store, ckpt)  # scored on CPU from the CUDA-trained weights
+    assert np.isfinite(cal).all() and cal.shape == anomalous.shape
