@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -75,6 +78,41 @@ def _run_ingest(source: str, dataset: str, root: str, **options: object) -> int:
     return 1 if summary.failures else 0
 
 
+class Interrupted(Exception):
+    """The user pressed Ctrl-C (or the process got SIGINT/SIGTERM) during a run."""
+
+
+@contextlib.contextmanager
+def _interruptible(on_interrupt: str):
+    """Turn Ctrl-C or SIGTERM during a flow into one line and exit code 130.
+
+    Prefect turns the interrupt into a crashed run and then fails to report it once its temporary
+    server has stopped too; the flag set here says that whatever comes out is the interrupt, and
+    Prefect's loggers are silenced so the user sees the line, not the bookkeeping.
+    """
+    interrupted = False
+    prefect_logger = logging.getLogger("prefect")
+    level = prefect_logger.level
+
+    def handler(signum, frame):  # noqa: ANN001
+        nonlocal interrupted
+        interrupted = True
+        prefect_logger.setLevel(logging.CRITICAL + 1)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except BaseException as exc:
+        if interrupted:
+            raise Interrupted(on_interrupt) from None
+        raise exc
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        prefect_logger.setLevel(level)
+
+
 @app.command()
 def ingest(
     source: Annotated[str, typer.Argument(help="Dataset folder (or a folder of videos / frame folders).")],
@@ -133,11 +171,12 @@ def train(
     _prefect_defaults(base)
     from flows.train import train_flow
 
-    result = train_flow(
-        dataset=dataset, root=base, role=model, arch=config.arch, epochs=epochs, batch=batch, lr=lr, size=size, gray=gray,
-        clip_len=clip_len, stride=stride, flip=flip, seed=seed, max_minutes=max_minutes, out=target, force=force,
-        resume=not fresh, progress=True,
-    )
+    with _interruptible(f"interrupted; the last finished epoch is saved in {target}.state: run the same command to resume"):
+        result = train_flow(
+            dataset=dataset, root=base, role=model, arch=config.arch, epochs=epochs, batch=batch, lr=lr, size=size,
+            gray=gray, clip_len=clip_len, stride=stride, flip=flip, seed=seed, max_minutes=max_minutes, out=target,
+            force=force, resume=not fresh, progress=True,
+        )
     typer.echo(result.summary())
 
 
@@ -190,7 +229,8 @@ def demo(root: RootOpt = None) -> None:
             typer.echo(f"{role} model: using the existing checkpoint {target} (delete it to train again)")
             continue
         typer.echo(f"training the {role} model ({options['arch']}, {options['epochs']} epochs at {options['size']})")
-        result = train_flow(dataset="synthetic", root=base, role=role, progress=True, **options)  # type: ignore[arg-type]
+        with _interruptible(f"interrupted; run `vad demo` again to resume training from {target}.state"):
+            result = train_flow(dataset="synthetic", root=base, role=role, progress=True, **options)  # type: ignore[arg-type]
         typer.echo(result.summary())
 
 
@@ -204,6 +244,9 @@ def main() -> None:
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except Interrupted as exc:
+        typer.echo(str(exc), err=True)
+        sys.exit(130)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)

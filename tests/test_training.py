@@ -130,3 +130,23 @@ def test_cuda_training_with_mixed_precision_gives_a_checkpoint_cpu_can_use(synth
     assert ckpt.training["device"].startswith("cuda")
     cal, anomalous, _ = _test_scores(synthetic_store, ckpt)  # scored on CPU from the CUDA-trained weights
     assert np.isfinite(cal).all() and cal.shape == anomalous.shape
+
+
+def test_an_interrupt_during_a_run_becomes_one_resume_hint(tmp_path):
+    import os
+    import signal
+
+    from flows.cli import Interrupted, _interruptible
+
+    # Whatever error the interrupted run raises on its way out (Prefect reports a crash and can fail
+    # to reach its stopped server), the user gets the hint.
+    with pytest.raises(Interrupted, match="run the same command to resume"):
+        with _interruptible("interrupted; run the same command to resume"):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+            except KeyboardInterrupt:
+                raise ConnectionError("server gone") from None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    with pytest.raises(ValueError):  # other errors pass through untouched
+        with _interruptible("unused"):
+            raise ValueError("not an interrupt")
