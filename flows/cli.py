@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tasks.errors import PipelineError
+from tasks.errors import ParameterError, PipelineError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Video anomaly detection with cost-aware model routing.")
 
@@ -84,11 +84,12 @@ class Interrupted(Exception):
 
 @contextlib.contextmanager
 def _interruptible(on_interrupt: str):
-    """Turn Ctrl-C or SIGTERM during a flow into one line and exit code 130.
+    """Run a flow for the CLI: Prefect's own run logs are silenced (the CLI prints the outcome, and
+    an expected error becomes one `error:` line in `main`), and Ctrl-C or SIGTERM becomes one line
+    and exit code 130.
 
-    Prefect turns the interrupt into a crashed run and then fails to report it once its temporary
-    server has stopped too; the flag set here says that whatever comes out is the interrupt, and
-    Prefect's loggers are silenced so the user sees the line, not the bookkeeping.
+    Prefect turns an interrupt into a crashed run and then may fail to report it once its temporary
+    server has stopped too; the flag set here says that whatever comes out is the interrupt.
     """
     interrupted = False
     prefect_logger = logging.getLogger("prefect")
@@ -97,10 +98,10 @@ def _interruptible(on_interrupt: str):
     def handler(signum, frame):  # noqa: ANN001
         nonlocal interrupted
         interrupted = True
-        prefect_logger.setLevel(logging.CRITICAL + 1)
         raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    prefect_logger.setLevel(logging.CRITICAL + 1)
     try:
         yield
     except BaseException as exc:
@@ -178,6 +179,51 @@ def train(
             force=force, resume=not fresh, progress=True,
         )
     typer.echo(result.summary())
+
+
+@app.command()
+def score(
+    dataset: Annotated[str, typer.Option(help="Dataset whose store's test videos are scored.")],
+    small: Annotated[Optional[str], typer.Option(help="Small-model checkpoint (default: the one small-*.pt in <root>/checkpoints/<dataset>/).")] = None,
+    large: Annotated[Optional[str], typer.Option(help="Large-model checkpoint (default: the one large-*.pt there).")] = None,
+    budget: Annotated[Optional[float], typer.Option(help="Escalate this fraction of clips, the hardest first (default 0.2).")] = None,
+    bucket: Annotated[Optional[str], typer.Option(help="Token bucket per video instead: CAPACITY,REFILL (tokens added per clip).")] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Run id (default: the UTC time); re-using one replaces that run.")] = None,
+    margin: Annotated[float, typer.Option(help="Gray-zone half-width around the threshold, in percentile units.")] = 0.05,
+    frame_mode: Annotated[str, typer.Option("--frame-mode", help="Frame scores from covering clips' scores (clip) or their per-frame errors (frame).")] = "clip",
+    root: RootOpt = None,
+) -> None:
+    """Score a dataset with the small model, escalate within the budget to the large one, write Parquet tables."""
+    from storage._tables import check_run_id
+    from tasks.checkpoint import load_checkpoint
+    from tasks.routing import RouterConfig, parse_budget
+    from tasks.scoring import find_checkpoint
+    from tasks.workspace import check_dataset_name, store_url
+
+    base = _root(root)
+    check_dataset_name(dataset)
+    # Fail in a second, before Prefect's server starts, on everything that can be checked cheaply.
+    chosen = parse_budget(budget, bucket)
+    RouterConfig(margin=margin)
+    if frame_mode not in ("clip", "frame"):
+        raise ParameterError(f"--frame-mode must be clip or frame, got {frame_mode!r}")
+    if run_id:
+        check_run_id(run_id)
+    from storage import ClipStore
+
+    ClipStore.open(store_url(base, dataset))
+    for role, path in (("small", small), ("large", large)):
+        load_checkpoint(path or find_checkpoint(base, dataset, role))
+    typer.echo(f"scoring {dataset} with {chosen.describe()}")
+    _prefect_defaults(base)
+    from flows.score import score_flow
+
+    with _interruptible("interrupted; no table of this run was left half-written: run the command again"):
+        summary = score_flow(
+            dataset=dataset, root=base, small=small, large=large, budget=budget, bucket=bucket, run_id=run_id,
+            margin=margin, frame_mode=frame_mode, progress=True,  # type: ignore[arg-type]
+        )
+    typer.echo(summary.text())
 
 
 @app.command()

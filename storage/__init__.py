@@ -1,6 +1,10 @@
-"""Storage front: the Zarr clip store and clip arithmetic (Parquet score tables come later)."""
+"""Storage front: the Zarr clip store, clip arithmetic and the Parquet score tables."""
 
 from storage._clips import Clip, clip_count, clip_windows
 from storage._clipstore import ClipStore, Video, VideoWriter
+from storage._tables import TABLES, read_manifest, read_table, run_dir, write_manifest, write_table
 
-__all__ = ["Clip", "ClipStore", "Video", "VideoWriter", "clip_count", "clip_windows"]
+__all__ = [
+    "TABLES", "Clip", "ClipStore", "Video", "VideoWriter", "clip_count", "clip_windows", "read_manifest", "read_table",
+    "run_dir", "write_manifest", "write_table",
+]

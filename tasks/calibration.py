@@ -2,7 +2,8 @@
 
 Percentile rank maps a raw score onto [0, 1] against the normal score distribution. The n sorted
 normal scores sit at ranks i / (n + 1) (i = 1..n), ranks between them are interpolated linearly,
-and beyond the extremes exponential tails keep the map strictly increasing: a score far above every
+and beyond the extremes hyperbolic tails (1 - (1 - r_max) s / (s + x - max), s the scores' standard
+deviation) keep the map strictly increasing: a score far above every
 normal one still ranks above one just above them, so calibrating never creates ties (a ranking, and
 so AUC, is the same before and after). The tail scale is the normal scores' standard deviation.
 
@@ -50,25 +51,36 @@ class EmpiricalRank:
         std = float(self.sorted_values.std())
         return std if std > 0 else max(abs(float(self.sorted_values[0])), 1.0) * 1e-3
 
+    def _positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct sorted values and their ranks (tied values share the middle of their positions)."""
+        s, n = self.sorted_values, self.n
+        positions = np.arange(1, n + 1) / (n + 1)
+        uniq, first = np.unique(s, return_index=True)
+        last = np.append(first[1:], n) - 1
+        return uniq, (positions[first] + positions[last]) / 2
+
     def rank(self, values: Any) -> np.ndarray:
         """Percentile rank of each value, in (0, 1)."""
         x = np.asarray(values, dtype=np.float64)
-        s, n = self.sorted_values, self.n
-        positions = np.arange(1, n + 1) / (n + 1)
-        lo, hi = s[0], s[-1]
-        # np.interp takes the first of tied x values' positions left and right; average ties instead
-        uniq, first = np.unique(s, return_index=True)
-        last = np.append(first[1:], n) - 1
-        mid = (positions[first] + positions[last]) / 2
+        uniq, mid = self._positions()
+        lo, hi, scale = uniq[0], uniq[-1], self._scale
         inner = np.interp(x, uniq, mid) if uniq.size > 1 else np.full(x.shape, mid[0])
-        below = mid[0] * np.exp(np.minimum(x - lo, 0.0) / self._scale)
-        above = 1.0 - (1.0 - mid[-1]) * np.exp(-np.maximum(x - hi, 0.0) / self._scale)
+        # hyperbolic tails: strictly monotone and, unlike exponential ones, never rounding to 0 or 1
+        below = mid[0] * scale / (scale + np.maximum(lo - x, 0.0))
+        above = 1.0 - (1.0 - mid[-1]) * scale / (scale + np.maximum(x - hi, 0.0))
         return np.where(x < lo, below, np.where(x > hi, above, inner))
 
     def quantile(self, q: float) -> float:
-        """The value whose rank is q (inverse of `rank` inside the sample's range, clamped to it)."""
-        n = self.n
-        return float(np.interp(q * (n + 1), np.arange(1, n + 1), self.sorted_values))
+        """The value whose rank is q: the exact inverse of `rank`, tails included."""
+        if not 0.0 < q < 1.0:
+            raise ParameterError(f"quantile must be in (0, 1), got {q}")
+        uniq, mid = self._positions()
+        scale = self._scale
+        if q < mid[0]:
+            return float(uniq[0] - scale * (mid[0] / q - 1.0))
+        if q > mid[-1]:
+            return float(uniq[-1] + scale * ((1.0 - mid[-1]) / (1.0 - q) - 1.0))
+        return float(np.interp(q, mid, uniq)) if uniq.size > 1 else float(uniq[0])
 
 
 def window_variances(ranks: np.ndarray, window: int) -> np.ndarray:

@@ -59,7 +59,7 @@ def prepare_clips(
         w = torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1, 1)
         x = (x * w).sum(dim=1, keepdim=True)
     elif spec.channels == 3 and c == 1:
-        x = x.expand(-1, 3, -1, -1, -1)
+        x = x.repeat(1, 3, 1, 1, 1)  # a copy: the scaling below writes in place
     elif spec.channels != c:
         raise ParameterError(f"cannot map {c}-channel frames to {spec.channels} channels")
     h, w = x.shape[-2:]

@@ -80,15 +80,19 @@ class TrainConfig:
             raise ParameterError(f"role must be 'small' or 'large', got {self.role!r}")
         self.arch = self.arch or DEFAULT_ARCH[self.role]
         model_class(self.arch)  # unknown names fail here
-        for name in ("epochs", "batch", "clip_len", "stride", "patience", "lr_patience"):
+        for name in ("epochs", "clip_len", "stride", "patience", "lr_patience"):
             if getattr(self, name) < 1:
                 raise ParameterError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.train_stride is not None and self.train_stride < 1:
             raise ParameterError(f"train_stride must be >= 1, got {self.train_stride}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ParameterError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.lr <= 0:
-            raise ParameterError(f"lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ParameterError(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.seed < 2**32:
+            raise ParameterError(f"seed must be in [0, 2**32), got {self.seed}")
+        if self.batch < 2:
+            raise ParameterError(f"batch must be >= 2 (batch normalisation needs two clips), got {self.batch}")
         if self.channels not in (None, 1, 3):
             raise ParameterError(f"channels must be 1 or 3, got {self.channels}")
         if self.size is not None:
@@ -246,6 +250,9 @@ def _loader(store_url: str, index: list[tuple[str, int]], config: TrainConfig, *
         drop_last=sampler is not None and len(index) > config.batch,  # a lone tiny last batch upsets batch norm
         num_workers=workers, worker_init_fn=_worker_init if workers else None,
         multiprocessing_context="spawn" if workers else None, persistent_workers=workers > 0,
+        # the loader's own generator seeds its workers, so it never draws from the global RNG
+        # (which a resumed run restores, and the VAE samples from)
+        generator=torch.Generator().manual_seed(config.seed),
         pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None,
     )
 
@@ -297,7 +304,7 @@ def _train_epoch(
         with _autocast(device):
             loss, _parts = model.loss(x, model(x))
         if not torch.isfinite(loss):
-            raise PipelineError(f"training {model.arch} diverged (loss {float(loss)}); lower --lr")
+            raise PipelineError(f"training {model.arch} diverged (loss {float(loss.detach())}); lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -351,7 +358,18 @@ def plan_training(store_url: str, out: str | Path, config: TrainConfig, *, overw
         config.arch, {**config.model, "in_channels": channels, "clip_len": config.clip_len, "height": height, "width": width}
     )
     model_cfg.validate()
-    return TrainingPlan(store, videos, spec, model_cfg, split_clips(videos, config))
+    split = split_clips(videos, config)
+    if len(split.train) < 2:
+        raise PipelineError(f"only {len(split.train)} training clip fits in {split.train_videos}; batch normalisation needs two")
+    longest = max(sum(1 for v, _ in split.calibration if v == vid) for vid in split.val_videos)
+    if longest < config.window:
+        need = config.clip_len + (config.window - 1) * config.stride
+        raise PipelineError(
+            f"calibration needs a held-out video of at least {config.window} clips ({need} frames at clip length "
+            f"{config.clip_len} and stride {config.stride}); the held-out {split.val_videos} give at most {longest}. "
+            "Lower --stride or --clip-len, or add longer training videos"
+        )
+    return TrainingPlan(store, videos, spec, model_cfg, split)
 
 
 def train_model(

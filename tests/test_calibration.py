@@ -26,6 +26,18 @@ def test_ranks_beyond_the_normal_range_stay_ordered_and_inside_0_1():
     assert (np.diff(below) < 0).all() and below[0] < 0.05 and below[-1] >= 0.0
 
 
+def test_far_anomalies_keep_distinct_ranks_and_the_threshold_inverts_the_rank():
+    rng = np.random.default_rng(0)
+    r = EmpiricalRank.fit(rng.normal(0.01, 0.002, 55))
+    far = r.rank([0.08, 0.09, 0.1, 0.2, 10.0])
+    assert (np.diff(far) > 0).all() and far[-1] < 1.0
+    # few clips (5, largest rank 5/6) or ties: the threshold is still the value of rank q
+    for sample in ([1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 1.0, 1.0, 2.0]):
+        e = EmpiricalRank.fit(sample)
+        for q in (0.3, 0.5, 0.95):
+            assert e.rank(e.quantile(q)) == pytest.approx(q)
+
+
 def test_tied_scores_share_the_middle_rank():
     assert EmpiricalRank.fit([1, 2, 2, 3]).rank([1, 2, 3]) == pytest.approx([0.2, 0.5, 0.8])
 

@@ -88,3 +88,27 @@ def test_train_flow_writes_a_calibrated_checkpoint_in_the_workspace(synthetic_st
     assert ckpt.training["stopped"] == "epochs" and len(ckpt.training["history"]) == 1
     assert ckpt.input.height == 32 and ckpt.source["frame_size"] == [32, 32, 1]
     assert ckpt.calibration.threshold > 0 and {"torch", "video-anomaly-router"} <= set(ckpt.versions)
+
+
+def test_score_flow_writes_a_run_and_the_cli_prints_it(synthetic_store, tmp_path, prefect_server):
+    import pandas as pd
+
+    from flows.score import score_flow
+    from test_scoring import _checkpoint
+
+    root = tmp_path / "ws"
+    shutil.copytree(synthetic_store, root / "stores" / "synthetic.zarr")
+    ckpts = root / "checkpoints" / "synthetic"
+    ckpts.mkdir(parents=True)
+    small = _checkpoint(synthetic_store, "topheavy", 0, tmp_path)
+    large = _checkpoint(synthetic_store, "ae3d", 1, tmp_path)
+    shutil.copy(small.path, ckpts / "small-topheavy.pt")
+    shutil.copy(large.path, ckpts / "large-ae3d.pt")
+    summary = score_flow(dataset="synthetic", root=str(root), bucket="2,0", run_id="flow1", margin=1.0)
+    assert summary.escalated == summary.large_calls == 2 * 6  # every clip fires; 2 tokens per video
+    clips = pd.read_parquet(root / "scores" / "clips", filters=[("run", "==", "flow1")])
+    assert len(clips) == summary.clips == 102 and clips.escalated.sum() == 12
+
+    result = CliRunner().invoke(app, ["score", "--dataset", "synthetic", "--root", str(root), "--budget", "0", "--run-id", "cli"])
+    assert result.exit_code == 0, result.output
+    assert "escalated 0 (0.0%); large-model calls 0" in result.output and "run=cli" in result.output

@@ -32,6 +32,9 @@ def test_rgb_to_gray_uses_luma_and_gray_to_rgb_repeats():
     assert gray.unique().item() == pytest.approx(0.299)
     back = prepare_clips(_frames([102], h=2, w=2, c=1), InputSpec(1, 1, 2, 2, 3), (0.0, 1.0))
     assert back.shape == (1, 3, 1, 2, 2) and back.unique().item() == pytest.approx(0.4)
+    # the same into a [-1, 1] model at the stored size (scaled in place after the channel copy)
+    tanh = prepare_clips(_frames([255], h=2, w=2, c=1), InputSpec(1, 1, 2, 2, 3), (-1.0, 1.0))
+    assert tanh.shape == (1, 3, 1, 2, 2) and tanh.unique().item() == 1.0
 
 
 def test_shrinking_averages_areas():

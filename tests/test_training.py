@@ -77,7 +77,7 @@ def test_short_training_scores_synthetic_anomalies_above_normal_clips(arch, synt
 
 
 def test_resuming_after_an_interruption_gives_the_uninterrupted_weights(synthetic_store, tmp_path):
-    config = _config("vae3d", epochs=3)
+    config = _config("vae3d", epochs=3, workers=1)  # a worker process, as the CLI trains
     whole = train_model(synthetic_store, tmp_path / "whole.pt", config)
 
     class Interrupted(Exception):
@@ -108,6 +108,13 @@ def test_existing_checkpoint_and_bad_settings_are_refused(synthetic_store, tmp_p
         plan_training(synthetic_store, tmp_path / "x.pt", _config("resnet3d_attn", size=(48, 48)))
     with pytest.raises(ParameterError, match="role"):
         TrainConfig(role="medium")
+    for bad in (dict(batch=1), dict(seed=-1), dict(lr=float("nan"))):
+        with pytest.raises(ParameterError):
+            _config(**bad)
+    # held-out videos of 150 frames give 4 clips of 16 at stride 40, but not at stride 48
+    plan_training(synthetic_store, tmp_path / "x.pt", _config(stride=40))
+    with pytest.raises(PipelineError, match="at least 4 clips"):
+        plan_training(synthetic_store, tmp_path / "x.pt", _config(stride=48))
     with pytest.raises(StoreNotFoundError):
         plan_training(str(tmp_path / "missing.zarr"), tmp_path / "x.pt", _config())
     empty = ClipStore.create(str(tmp_path / "empty.zarr"), dataset="empty")

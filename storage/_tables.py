@@ -1,0 +1,91 @@
+"""Parquet score tables, hive-partitioned by dataset and run, written atomically.
+
+    <root>/scores/clips/dataset=<name>/run=<id>/part-0.parquet
+    <root>/scores/frames/dataset=<name>/run=<id>/part-0.parquet
+    <root>/scores/runs/dataset=<name>/run=<id>/run.json
+
+Clip and frame rows live in separate trees so that `pd.read_parquet(<root>/scores/clips,
+filters=[("dataset", "==", "ped2")])` reads one schema. `dataset` and `run` come from the partition
+folders (pandas gives them as categoricals), not from columns inside the files. Each file is
+written under a dot-prefixed temporary name (readers skip those) and renamed into place; a run's
+`run.json` is written last, so a run with a manifest has both tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.errors import NotFoundError, ParameterError
+from tasks.workspace import check_dataset_name
+
+TABLES = ("clips", "frames")
+_RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def check_run_id(run_id: str) -> str:
+    if not run_id or not set(run_id) <= _RUN_ID_CHARS or run_id.startswith("."):
+        raise ParameterError(f"run id {run_id!r} must be letters, digits, '-', '_' or '.' (used in paths)")
+    return run_id
+
+
+def run_dir(root: str | Path, table: str, dataset: str, run_id: str) -> Path:
+    if table not in (*TABLES, "runs"):
+        raise ParameterError(f"unknown table {table!r}; one of {', '.join(TABLES)}")
+    return Path(root) / "scores" / table / f"dataset={check_dataset_name(dataset)}" / f"run={check_run_id(run_id)}"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_table(root: str | Path, table: str, dataset: str, run_id: str, frame: pd.DataFrame) -> Path:
+    """Write one table of a run (replacing that run's earlier file, so re-runs never duplicate rows)."""
+    if {"dataset", "run"} & set(frame.columns):
+        raise ParameterError("'dataset' and 'run' come from the partition folders; drop them from the table")
+    path = run_dir(root, table, dataset, run_id) / "part-0.parquet"
+    arrow = pa.Table.from_pandas(frame, preserve_index=False)
+    _atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
+    return path
+
+
+def write_manifest(root: str | Path, dataset: str, run_id: str, manifest: dict[str, Any]) -> Path:
+    path = run_dir(root, "runs", dataset, run_id) / "run.json"
+    text = json.dumps(manifest, indent=2, default=str)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def read_table(root: str | Path, table: str, *, dataset: str | None = None, run_id: str | None = None) -> pd.DataFrame:
+    """All rows of `table` (clips or frames), optionally of one dataset and run."""
+    base = Path(root) / "scores" / table
+    if table not in TABLES:
+        raise ParameterError(f"unknown table {table!r}; one of {', '.join(TABLES)}")
+    if not base.exists():
+        raise NotFoundError(f"no score tables under {base}; run `vad score` first")
+    filters = [(k, "==", v) for k, v in (("dataset", dataset), ("run", run_id)) if v is not None]
+    return pd.read_parquet(base, filters=filters or None)
+
+
+def read_manifest(root: str | Path, dataset: str, run_id: str) -> dict[str, Any]:
+    path = run_dir(root, "runs", dataset, run_id) / "run.json"
+    if not path.exists():
+        raise NotFoundError(f"run {run_id!r} of dataset {dataset!r} has no manifest at {path}")
+    return json.loads(path.read_text())
