@@ -278,6 +278,12 @@ def demo(root: RootOpt = None) -> None:
         with _interruptible(f"interrupted; run `vad demo` again to resume training from {target}.state"):
             result = train_flow(dataset="synthetic", root=base, role=role, progress=True, **options)  # type: ignore[arg-type]
         typer.echo(result.summary())
+    from flows.score import score_flow
+
+    typer.echo("scoring the test videos: the small model on every clip, the large one on the hardest 20%")
+    with _interruptible("interrupted; run `vad demo` again to score"):
+        summary = score_flow(dataset="synthetic", root=base, budget=0.2, run_id="demo", progress=True)
+    typer.echo(summary.text())
 
 
 def main() -> None:

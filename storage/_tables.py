@@ -44,6 +44,9 @@ def run_dir(root: str | Path, table: str, dataset: str, run_id: str) -> Path:
 
 def _atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a process killed mid-write (SIGKILL, power loss) leaves its temporary file: clear it
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

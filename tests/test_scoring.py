@@ -132,8 +132,13 @@ def test_an_interrupted_write_leaves_no_partial_file_and_a_rerun_completes(synth
     leftovers = [p for p in (root / "scores").rglob("*") if p.is_file()]
     assert leftovers == []
     monkeypatch.setattr(pq, "write_table", real)
+    # a temporary file left by a killed process is hidden from readers and cleared by the next write
+    stale = root / "scores" / "clips" / "dataset=synthetic" / "run=cut" / ".part-0.parquet.x.tmp"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"PAR1 half")
     s = score_dataset(str(root), "synthetic", budget=BatchBudget(0.2), run_id="cut")
     assert len(read_table(root, "clips", run_id="cut")) == s.clips
+    assert not stale.exists()
 
 
 def test_table_writes_refuse_partition_columns_and_bad_run_ids(tmp_path):
