@@ -146,3 +146,24 @@ def test_table_writes_refuse_partition_columns_and_bad_run_ids(tmp_path):
         write_table(tmp_path, "clips", "d", "r", pd.DataFrame({"dataset": ["d"]}))
     with pytest.raises(ParameterError, match="run id"):
         write_table(tmp_path, "clips", "d", "../up", pd.DataFrame({"x": [1]}))
+
+
+def test_report_collects_metrics_sweep_and_plots_of_scored_runs(synthetic_store, pair, tmp_path):
+    from tasks.report import RunRef, build_report
+
+    root = _workspace(tmp_path, synthetic_store, pair)
+    score_dataset(str(root), "synthetic", budget=BatchBudget(0.2), run_id="r")
+    score_dataset(str(root), "synthetic", budget=BatchBudget(1.0), run_id="all")
+    out = build_report(root, [RunRef("synthetic", "r", sweep_run_id="all")], name="rep")
+    assert out == root / "reports" / "rep"
+    names = {p.name for p in out.iterdir()}
+    assert {"metrics.parquet", "per_video.parquet", "pareto.parquet", "report.md", "report.html",
+            "pareto-synthetic.png", "roc-synthetic-r.png", "timelines-synthetic-r.png"} <= names
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    assert metrics.scores.tolist() == ["small only", "routed"] and (metrics.protocol == "standard").all()
+    pareto = pd.read_parquet(out / "pareto.parquet")
+    # the sweep's 0.2 budget reproduces the real 0.2-budget run
+    real = metrics.set_index("scores").loc["routed", "micro_auc"]
+    assert pareto.set_index(["policy", "setting"]).loc[("batch", "0.2"), "micro_auc"] == pytest.approx(real)
+    assert pareto.pareto.any() and "Simulated offline" in (out / "report.md").read_text()
+    assert not [p for p in (root / "reports").iterdir() if p.name.startswith(".")]  # no temporary folder left
