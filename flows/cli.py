@@ -247,43 +247,76 @@ def synth(
     typer.echo(f"synthetic dataset: {len(videos)} videos ({train} train, {test} test) of {frames} frames at {size} in {out}")
 
 
-DEMO_TRAINING = {  # small settings: a few minutes on a 2-core CPU
-    "small": dict(arch="vae3d", epochs=8, size="64x64", gray=True),
-    "large": dict(arch="resnet3d_attn", epochs=4, size="64x64", gray=True),
-}
+def _print_pipeline(summary) -> None:  # noqa: ANN001
+    cols = ["dataset", "run", "scores", "micro_auc", "micro_eer", "micro_ap", "macro_auc"]
+    typer.echo(f"report: {summary.report}/report.html (and report.md)")
+    typer.echo(summary.headline[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for where, why in summary.failures.items():
+        typer.echo(f"FAILED {where}: {why}", err=True)
+
+
+@app.command()
+def run(
+    dataset: Annotated[list[str], typer.Option(help="Dataset name (repeat for several).")],
+    source: Annotated[Optional[list[str]], typer.Option(help="Dataset folder to ingest, one per --dataset (omit to use the stores as they are).")] = None,
+    budget: Annotated[float, typer.Option(help="Escalation budget of the routed run (fraction of clips).")] = 0.2,
+    small_arch: Annotated[Optional[str], typer.Option("--small-arch", help="Small architecture when training (default vae3d).")] = None,
+    large_arch: Annotated[Optional[str], typer.Option("--large-arch", help="Large architecture when training (default resnet3d_attn).")] = None,
+    size: Annotated[Optional[str], typer.Option(help="Model input HEIGHTxWIDTH when training.")] = None,
+    gray: Annotated[Optional[bool], typer.Option("--gray/--rgb", help="Store and train in gray (or RGB); default: RGB ingest, the store's channels for training.")] = None,
+    small_epochs: Annotated[int, typer.Option("--small-epochs")] = 20,
+    large_epochs: Annotated[int, typer.Option("--large-epochs")] = 20,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Time budget of each training.")] = None,
+    report: Annotated[str, typer.Option(help="Report name: <root>/reports/<name>/; also prefixes the run ids.")] = "latest",
+    root: RootOpt = None,
+) -> None:
+    """Ingest (with --source), train (unless checkpoints exist), score and report, for each dataset."""
+    from tasks.datasets._base import require_dir
+    from tasks.routing import BatchBudget
+    from tasks.workspace import check_dataset_name
+
+    base = _root(root)
+    for name in dataset:
+        check_dataset_name(name)
+    if source:
+        if len(source) != len(dataset):
+            raise ParameterError(f"give one --source per --dataset ({len(source)} sources, {len(dataset)} datasets)")
+        for folder in source:
+            require_dir(Path(folder).expanduser(), "dataset folder")
+    BatchBudget(budget)
+    _prefect_defaults(base)
+    from flows.pipeline import pipeline_flow
+
+    with _interruptible("interrupted; run the same command again: finished stages are reused"):
+        summary = pipeline_flow(
+            datasets=list(dataset), sources=list(source) if source else None, root=base, budget=budget,
+            small_arch=small_arch, large_arch=large_arch, size=size, gray=gray, small_epochs=small_epochs,
+            large_epochs=large_epochs, max_minutes=max_minutes, report_name=report, progress=True,
+        )
+    _print_pipeline(summary)
 
 
 @app.command()
 def demo(root: RootOpt = None) -> None:
     """Run the pipeline end to end on a small synthetic dataset made on the fly."""
     from tasks.synthetic import SyntheticSpec, make_synthetic
-    from tasks.workspace import checkpoint_path
 
     base = _root(root)
     data = Path(base) / "datasets" / "synthetic"
     if not (data / "synthetic.json").exists():
         make_synthetic(data, SyntheticSpec())
         typer.echo(f"made the synthetic dataset in {data}")
-    code = _run_ingest(str(data), "synthetic", base, format="folder")
-    if code:
-        raise typer.Exit(code)
-    from flows.train import train_flow
+    _prefect_defaults(base)
+    from flows.pipeline import pipeline_flow
 
-    for role, options in DEMO_TRAINING.items():
-        target = Path(checkpoint_path(base, "synthetic", role, str(options["arch"])))
-        if target.exists():
-            typer.echo(f"{role} model: using the existing checkpoint {target} (delete it to train again)")
-            continue
-        typer.echo(f"training the {role} model ({options['arch']}, {options['epochs']} epochs at {options['size']})")
-        with _interruptible(f"interrupted; run `vad demo` again to resume training from {target}.state"):
-            result = train_flow(dataset="synthetic", root=base, role=role, progress=True, **options)  # type: ignore[arg-type]
-        typer.echo(result.summary())
-    from flows.score import score_flow
-
-    typer.echo("scoring the test videos: the small model on every clip, the large one on the hardest 20%")
-    with _interruptible("interrupted; run `vad demo` again to score"):
-        summary = score_flow(dataset="synthetic", root=base, budget=0.2, run_id="demo", progress=True)
-    typer.echo(summary.text())
+    typer.echo("ingest, train a small (vae3d) and a large (resnet3d_attn) model at 64x64 gray, score, report")
+    with _interruptible("interrupted; run `vad demo` again: finished stages are reused"):
+        summary = pipeline_flow(
+            datasets=["synthetic"], sources=[str(data)], root=base, budget=0.2, small_arch="vae3d",
+            large_arch="resnet3d_attn", size="64x64", gray=True, small_epochs=8, large_epochs=4, report_name="demo",
+            progress=True,
+        )
+    _print_pipeline(summary)
 
 
 def main() -> None:

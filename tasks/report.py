@@ -102,6 +102,15 @@ def _plot_timelines(path: Path, frames: pd.DataFrame, clips: pd.DataFrame, title
     plt.close(fig)
 
 
+def _parameters(checkpoint_path: str) -> str:
+    from tasks.checkpoint import load_checkpoint
+
+    try:
+        return f"{load_checkpoint(checkpoint_path).training.get('parameters', 0):,}"
+    except Exception:  # a moved or deleted checkpoint: the report still stands without the count
+        return "unknown"
+
+
 def _md_table(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -171,7 +180,9 @@ def _write_documents(folder: Path, metrics: pd.DataFrame, per_video: pd.DataFram
     for s in sections:
         ref, m = s["ref"], s["manifest"]
         title = f"{ref.dataset}, run {ref.run_id}"
-        cost = (f"budget {m['budget']}; {m['escalated']} of {m['clips']} clips escalated ({m['escalation_rate']:.1%}); "
+        params = "; ".join(f"{role} {m[role]['arch']}: {_parameters(m[role]['path'])} trainable parameters"
+                           for role in ("small", "large") if m.get(role))
+        cost = (f"{params}; budget {m['budget']}; {m['escalated']} of {m['clips']} clips escalated ({m['escalation_rate']:.1%}); "
                 f"large-model calls {m['large_calls']}; seconds per 1,000 frames: "
                 + ", ".join(f"{k} {v:.2f}" for k, v in m["seconds_per_1000_frames"].items()))
         videos = per_video[(per_video.dataset == ref.dataset) & (per_video.run == ref.run_id)].drop(columns=["dataset", "run"])

@@ -112,3 +112,21 @@ def test_score_flow_writes_a_run_and_the_cli_prints_it(synthetic_store, tmp_path
     result = CliRunner().invoke(app, ["score", "--dataset", "synthetic", "--root", str(root), "--budget", "0", "--run-id", "cli"])
     assert result.exit_code == 0, result.output
     assert "escalated 0 (0.0%); large-model calls 0" in result.output and "run=cli" in result.output
+
+
+def test_pipeline_flow_scores_and_reports_with_the_checkpoints_it_finds(synthetic_store, tmp_path, prefect_server):
+    from flows.pipeline import pipeline_flow
+    from test_scoring import _checkpoint
+
+    root = tmp_path / "ws"
+    shutil.copytree(synthetic_store, root / "stores" / "synthetic.zarr")
+    ckpts = root / "checkpoints" / "synthetic"
+    ckpts.mkdir(parents=True)
+    shutil.copy(_checkpoint(synthetic_store, "topheavy", 0, tmp_path).path, ckpts / "small-topheavy.pt")
+    shutil.copy(_checkpoint(synthetic_store, "ae3d", 1, tmp_path).path, ckpts / "large-ae3d.pt")
+    summary = pipeline_flow(datasets=["synthetic"], root=str(root), budget=0.3, report_name="t")
+    assert summary.report == str(root / "reports" / "t") and summary.failures == {}
+    assert summary.headline.scores.tolist() == ["small only", "routed"]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["large-ae3d.pt", "small-topheavy.pt"]  # nothing trained
+    assert (root / "reports" / "t" / "pareto.parquet").exists()
+    assert {p.name for p in (root / "scores" / "runs" / "dataset=synthetic").iterdir()} == {"run=t-all", "run=t-budget-0.3"}

@@ -1,0 +1,82 @@
+"""Pipeline flow: ingest, train (when no checkpoint is there), score and report, for one or more datasets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.ingest import ingest_flow
+from flows.score import score_flow
+from flows.train import train_flow
+from tasks.errors import NotFoundError
+from tasks.report import RunRef, build_report
+from tasks.scoring import find_checkpoint
+from tasks.workspace import default_root
+
+
+@dataclass
+class PipelineSummary:
+    report: str
+    headline: object  # pandas DataFrame of the report's headline table
+    failures: dict[str, str] = field(default_factory=dict)  # dataset/video -> reason
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(root: str, refs: list[RunRef], name: str) -> str:
+    return str(build_report(root, refs, name=name))
+
+
+def _has_checkpoint(root: str, dataset: str, role: str) -> bool:
+    try:
+        find_checkpoint(root, dataset, role)
+        return True
+    except NotFoundError:
+        return False
+
+
+@flow(name="pipeline")
+def pipeline_flow(
+    datasets: list[str],
+    sources: list[str] | None = None,
+    root: str | None = None,
+    budget: float = 0.2,
+    small_arch: str | None = None,
+    large_arch: str | None = None,
+    size: str | None = None,
+    gray: bool | None = None,
+    small_epochs: int = 20,
+    large_epochs: int = 20,
+    max_minutes: float | None = None,
+    report_name: str = "latest",
+    progress: bool = False,
+) -> PipelineSummary:
+    """For each dataset: ingest its source (when given), train the small and large models unless a
+    checkpoint is already in `<root>/checkpoints/<dataset>/`, score every clip with both models
+    (the run the Pareto sweep simulates budgets from) and at `budget`, then write one report."""
+    import pandas as pd
+
+    root = root or default_root()
+    failures: dict[str, str] = {}
+    refs = []
+    for i, dataset in enumerate(datasets):
+        if sources:
+            # frames are stored at the source's size (model input is resized on the fly), gray when asked
+            state = ingest_flow(source=sources[i], dataset=dataset, root=root, gray=bool(gray), return_state=True)
+            summary = state.result(raise_on_failure=False)
+            if isinstance(summary, BaseException):
+                raise summary
+            failures.update({f"{dataset}/{v}": why for v, why in summary.failures.items()})
+        for role, arch, epochs in (("small", small_arch, small_epochs), ("large", large_arch, large_epochs)):
+            if not _has_checkpoint(root, dataset, role):
+                train_flow(dataset=dataset, root=root, role=role, arch=arch, epochs=epochs, size=size, gray=gray,
+                           max_minutes=max_minutes, progress=progress)
+        score_flow(dataset=dataset, root=root, budget=1.0, run_id=f"{report_name}-all", progress=progress)
+        routed = f"{report_name}-budget-{budget:g}"
+        score_flow(dataset=dataset, root=root, budget=budget, run_id=routed, progress=progress)
+        refs.append(RunRef(dataset, routed, sweep_run_id=f"{report_name}-all"))
+    folder = report_task(root, refs, report_name)
+    headline = pd.read_parquet(Path(folder) / "metrics.parquet")
+    return PipelineSummary(report=folder, headline=headline, failures=failures)
