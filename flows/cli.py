@@ -250,6 +250,7 @@ def synth(
 def _print_pipeline(summary) -> None:  # noqa: ANN001
     cols = ["dataset", "run", "scores", "micro_auc", "micro_eer", "micro_ap", "macro_auc"]
     typer.echo(f"report: {summary.report}/report.html (and report.md)")
+    typer.echo(f"protocol: {summary.headline.protocol.iloc[0]}")
     typer.echo(summary.headline[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for where, why in summary.failures.items():
         typer.echo(f"FAILED {where}: {why}", err=True)
@@ -268,6 +269,8 @@ def run(
     large_epochs: Annotated[int, typer.Option("--large-epochs")] = 20,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Time budget of each training.")] = None,
     report: Annotated[str, typer.Option(help="Report name: <root>/reports/<name>/; also prefixes the run ids.")] = "latest",
+    smooth: Annotated[float, typer.Option(help="NON-STANDARD: temporal Gaussian smoothing of scores (sigma in frames); labelled in the report.")] = 0.0,
+    minmax: Annotated[bool, typer.Option("--minmax", help="NON-STANDARD: per-video min-max normalisation; labelled in the report.")] = False,
     root: RootOpt = None,
 ) -> None:
     """Ingest (with --source), train (unless checkpoints exist), score and report, for each dataset."""
@@ -284,6 +287,9 @@ def run(
         for folder in source:
             require_dir(Path(folder).expanduser(), "dataset folder")
     BatchBudget(budget)
+    from tasks.metrics import Protocol
+
+    Protocol(smooth_sigma=smooth)
     _prefect_defaults(base)
     from flows.pipeline import pipeline_flow
 
@@ -291,7 +297,8 @@ def run(
         summary = pipeline_flow(
             datasets=list(dataset), sources=list(source) if source else None, root=base, budget=budget,
             small_arch=small_arch, large_arch=large_arch, size=size, gray=gray, small_epochs=small_epochs,
-            large_epochs=large_epochs, max_minutes=max_minutes, report_name=report, progress=True,
+            large_epochs=large_epochs, max_minutes=max_minutes, report_name=report, smooth_sigma=smooth, minmax=minmax,
+            progress=True,
         )
     _print_pipeline(summary)
 

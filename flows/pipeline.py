@@ -12,6 +12,7 @@ from flows.ingest import ingest_flow
 from flows.score import score_flow
 from flows.train import train_flow
 from tasks.errors import NotFoundError
+from tasks.metrics import Protocol
 from tasks.report import RunRef, build_report
 from tasks.scoring import find_checkpoint
 from tasks.workspace import default_root
@@ -25,8 +26,8 @@ class PipelineSummary:
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report_task(root: str, refs: list[RunRef], name: str) -> str:
-    return str(build_report(root, refs, name=name))
+def report_task(root: str, refs: list[RunRef], name: str, protocol: Protocol) -> str:
+    return str(build_report(root, refs, name=name, protocol=protocol))
 
 
 def _has_checkpoint(root: str, dataset: str, role: str) -> bool:
@@ -51,14 +52,18 @@ def pipeline_flow(
     large_epochs: int = 20,
     max_minutes: float | None = None,
     report_name: str = "latest",
+    smooth_sigma: float = 0.0,
+    minmax: bool = False,
     progress: bool = False,
 ) -> PipelineSummary:
     """For each dataset: ingest its source (when given), train the small and large models unless a
     checkpoint is already in `<root>/checkpoints/<dataset>/`, score every clip with both models
-    (the run the Pareto sweep simulates budgets from) and at `budget`, then write one report."""
+    (the run the Pareto sweep simulates budgets from) and at `budget`, then write one report.
+    `smooth_sigma` and `minmax` switch on the non-standard protocol variants (labelled in the report)."""
     import pandas as pd
 
     root = root or default_root()
+    protocol = Protocol(smooth_sigma=smooth_sigma, minmax=minmax)  # validated before any work
     failures: dict[str, str] = {}
     refs = []
     for i, dataset in enumerate(datasets):
@@ -77,6 +82,6 @@ def pipeline_flow(
         routed = f"{report_name}-budget-{budget:g}"
         score_flow(dataset=dataset, root=root, budget=budget, run_id=routed, progress=progress)
         refs.append(RunRef(dataset, routed, sweep_run_id=f"{report_name}-all"))
-    folder = report_task(root, refs, report_name)
+    folder = report_task(root, refs, report_name, protocol)
     headline = pd.read_parquet(Path(folder) / "metrics.parquet")
     return PipelineSummary(report=folder, headline=headline, failures=failures)
