@@ -104,10 +104,10 @@ def _interruptible(on_interrupt: str):
     prefect_logger.setLevel(logging.CRITICAL + 1)
     try:
         yield
-    except BaseException as exc:
+    except BaseException:
         if interrupted:
             raise Interrupted(on_interrupt) from None
-        raise exc
+        raise
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -194,7 +194,7 @@ def score(
     root: RootOpt = None,
 ) -> None:
     """Score a dataset with the small model, escalate within the budget to the large one, write Parquet tables."""
-    from storage._tables import check_run_id
+    from storage import check_run_id
     from tasks.checkpoint import load_checkpoint
     from tasks.routing import RouterConfig, parse_budget
     from tasks.scoring import find_checkpoint

@@ -51,11 +51,7 @@ class ClipConfig:
         if unknown:
             raise ParameterError(f"{cls.__name__} has no field(s) {unknown}")
         # JSON and checkpoints carry tuples as lists; the dataclass fields are tuples.
-        return cls(**{k: tuple(_tuples(v)) if isinstance(v, list) else v for k, v in values.items()})
-
-
-def _tuples(value: list) -> list:
-    return [tuple(v) if isinstance(v, list) else v for v in value]
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def check_divisible(config: ClipConfig, strides: tuple[tuple[int, int, int], ...], arch: str) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -21,13 +23,15 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from storage import ClipStore
+from storage import ClipStore, check_run_id, write_manifest, write_table
 from tasks.calibration import cosine_distances
-from tasks.checkpoint import Checkpoint
-from tasks.errors import ParameterError, PipelineError
+from tasks.checkpoint import Checkpoint, load_checkpoint
+from tasks.errors import NotFoundError, ParameterError, PipelineError
 from tasks.model_input import ClipDataset, clip_index, prepare_clips
 from tasks.routing import BatchBudget, Budget, RouterConfig, Routing, budget_record, compute_signals, route
-from tasks.training import _autocast, available_cores, pick_device
+from tasks.training import autocast_for, available_cores, package_versions, pick_device
+from tasks.workspace import check_dataset_name
+from tasks.workspace import store_url as workspace_store_url
 
 FrameMode = Literal["clip", "frame"]
 
@@ -79,7 +83,7 @@ def run_pass(
         bar = tqdm(total=len(index), desc=desc or checkpoint.arch, unit="clip", leave=False, dynamic_ncols=True)
     raw, unc, emb, frames = [], [], [], []
     t0 = time.perf_counter()
-    with _autocast(dev):
+    with autocast_for(dev):
         for clips in loader:
             s = model.score(prepare_clips(clips, spec, model.value_range, device=dev))
             raw.append(s.clip.float().cpu().numpy())
@@ -162,7 +166,7 @@ def score_videos(
     store = ClipStore.open(store_url)
     ids = videos if videos is not None else store.video_ids(split=split)
     if not ids:
-        raise PipelineError(f"store {store_url} has no complete {split or ''} videos to score".replace("  ", " "))
+        raise PipelineError(f"store {store_url} has no complete videos to score (split: {split or 'any'})")
     vids = {v: store.video(v) for v in ids}
     for video in vids.values():
         small.check_video(video)
@@ -256,11 +260,6 @@ def run_manifest(result: ScoreResult, small: Checkpoint, large: Checkpoint | Non
 
 def find_checkpoint(root: str, dataset: str, role: str) -> str:
     """The one `<role>-*.pt` in `<root>/checkpoints/<dataset>/` (none or several is an error)."""
-    from pathlib import Path
-
-    from tasks.errors import NotFoundError
-    from tasks.workspace import check_dataset_name
-
     folder = Path(root) / "checkpoints" / check_dataset_name(dataset)
     found = sorted(folder.glob(f"{role}-*.pt"))
     if not found:
@@ -304,27 +303,18 @@ def score_dataset(
     device: str = "auto", batch: int = 16, progress: bool = False,
 ) -> ScoreSummary:
     """Score a dataset's store with both passes and write the run's clip and frame tables and run.json."""
-    from datetime import datetime, timezone
-
-    from storage import write_manifest, write_table
-    from tasks.checkpoint import load_checkpoint
-    from tasks.training import _versions
-    from tasks.workspace import store_url
-
-    from storage._tables import check_run_id
-
     check_run_id(run_id)
     small = load_checkpoint(small_path or find_checkpoint(root, dataset, "small"))
     large_file = large_path or find_checkpoint(root, dataset, "large")
     large = load_checkpoint(large_file)
-    url = store_url(root, dataset)
+    url = workspace_store_url(root, dataset)
     result = score_videos(url, small, large, budget, split=split, router=router, frame_mode=frame_mode,
                           device=device, batch=batch, progress=progress)
     clips_path = write_table(root, "clips", dataset, run_id, result.clips)
     frames_path = write_table(root, "frames", dataset, run_id, result.frames)
     manifest = {
         "run": run_id, "dataset": dataset, "store": url, "created_at": datetime.now(timezone.utc).isoformat(),
-        **run_manifest(result, small, large, budget, router, frame_mode), "versions": _versions(),
+        **run_manifest(result, small, large, budget, router, frame_mode), "versions": package_versions(),
         "tables": {"clips": str(clips_path), "frames": str(frames_path)},
     }
     run_path = write_manifest(root, dataset, run_id, manifest)

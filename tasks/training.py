@@ -8,7 +8,6 @@ of a single training video is split in time instead: its last `val_fraction` of 
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import random
@@ -190,7 +189,7 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
     names = ("video-anomaly-router", "torch", "zarr", "numpy")
     out = {}
     for name in names:
@@ -257,7 +256,7 @@ def _loader(store_url: str, index: list[tuple[str, int]], config: TrainConfig, *
     )
 
 
-def _autocast(device: torch.device) -> Any:
+def autocast_for(device: torch.device) -> Any:
     # bfloat16 autocast on CUDA needs no loss scaler; on CPU full precision is both safer and faster
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -268,7 +267,7 @@ def evaluate_loss(model: ClipModel, loader: DataLoader, spec: InputSpec, device:
     """Mean reconstruction MSE over the loader's clips, in eval mode (deterministic)."""
     model.eval()
     total, count = 0.0, 0
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), autocast_for(device):
         for frames in loader:
             x = prepare_clips(frames, spec, model.value_range, device=device)
             out = model(x)
@@ -281,7 +280,7 @@ def score_clips(model: ClipModel, loader: DataLoader, spec: InputSpec, device: t
     """Raw clip scores (N,) and embeddings (N, D) of the loader's clips, in order."""
     model.eval()
     scores, embeddings = [], []
-    with _autocast(device):
+    with autocast_for(device):
         for frames in loader:
             s = model.score(prepare_clips(frames, spec, model.value_range, device=device))
             scores.append(s.clip.float().cpu().numpy())
@@ -301,7 +300,7 @@ def _train_epoch(
         if flip_gen is not None:
             mask = (torch.rand(x.shape[0], generator=flip_gen) < 0.5).to(device)
             x = torch.where(mask.view(-1, 1, 1, 1, 1), x.flip(-1), x)
-        with _autocast(device):
+        with autocast_for(device):
             loss, _parts = model.loss(x, model(x))
         if not torch.isfinite(loss):
             raise PipelineError(f"training {model.arch} diverged (loss {float(loss.detach())}); lower --lr")
@@ -442,7 +441,7 @@ def train_model(
         improved = val < best - config.min_delta
         if improved:
             best, best_epoch, bad = val, epoch, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad += 1
         seconds = elapsed_before + time.perf_counter() - t0
@@ -481,7 +480,7 @@ def train_model(
             "best_epoch": best_epoch, "best_val_loss": best, "stopped": stopped, "seconds": seconds,
             "device": str(device), "threads": cores, "workers": workers, "parameters": trainable_parameters(model),
         },
-        versions=_versions(),
+        versions=package_versions(),
     )
     save_checkpoint(checkpoint, out)
     state_path.unlink(missing_ok=True)

@@ -72,8 +72,6 @@ def test_short_training_scores_synthetic_anomalies_above_normal_clips(arch, synt
     print(f"{arch}: clip AUC {auc:.3f}, calibrated gap {gap:.3f}")
     assert auc > 0.7
     assert gap > 0.25  # clips wholly inside an anomaly rank well above clean clips
-    # held-out normal clips are the calibration sample: about 5% of them exceed the threshold
-    assert ckpt.calibration.quantile == 0.95
 
 
 def test_resuming_after_an_interruption_gives_the_uninterrupted_weights(synthetic_store, tmp_path):
