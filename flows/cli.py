@@ -16,6 +16,10 @@ from tasks.errors import ParameterError, PipelineError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Video anomaly detection with cost-aware model routing.")
 
+RunnerOpt = Annotated[str, typer.Option("--runner", help="Task runner: threads (in this process) or dask (a local Dask cluster).")]
+DaskOpt = Annotated[Optional[str], typer.Option("--dask-address", help="Run the tasks on this Dask scheduler (tcp://HOST:8786); its workers need PREFECT_API_URL.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Threads (threads runner; default: the cores) or worker processes (local Dask; default 2).")]
+
 RootOpt = Annotated[
     Optional[str],
     typer.Option("--root", help="Workspace for stores, checkpoints, scores and reports (default: $VAD_ROOT, else ./vad-workspace)."),
@@ -92,8 +96,8 @@ def _interruptible(on_interrupt: str):
     server has stopped too; the flag set here says that whatever comes out is the interrupt.
     """
     interrupted = False
+    # Prefect stays quiet afterwards too: its temporary server logs its shutdown at exit.
     prefect_logger = logging.getLogger("prefect")
-    level = prefect_logger.level
 
     def handler(signum, frame):  # noqa: ANN001
         nonlocal interrupted
@@ -111,7 +115,6 @@ def _interruptible(on_interrupt: str):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-        prefect_logger.setLevel(level)
 
 
 @app.command()
@@ -191,6 +194,9 @@ def score(
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Run id (default: the UTC time); re-using one replaces that run.")] = None,
     margin: Annotated[float, typer.Option(help="Gray-zone half-width around the threshold, in percentile units.")] = 0.05,
     frame_mode: Annotated[str, typer.Option("--frame-mode", help="Frame scores from covering clips' scores (clip) or their per-frame errors (frame).")] = "clip",
+    runner: RunnerOpt = "threads",
+    dask_address: DaskOpt = None,
+    workers: WorkersOpt = None,
     root: RootOpt = None,
 ) -> None:
     """Score a dataset with the small model, escalate within the budget to the large one, write Parquet tables."""
@@ -201,6 +207,7 @@ def score(
     from tasks.workspace import check_dataset_name, store_url
 
     base = _root(root)
+    _prefect_defaults(base)  # before anything imports Prefect, whose logging reads them at import
     check_dataset_name(dataset)
     # Fail in a second, before Prefect's server starts, on everything that can be checked cheaply.
     chosen = parse_budget(budget, bucket)
@@ -210,20 +217,90 @@ def score(
     if run_id:
         check_run_id(run_id)
     from storage import ClipStore
+    from tasks.runners import check_runner
+
+    check_runner(runner, dask_address=dask_address, workers=workers)
 
     ClipStore.open(store_url(base, dataset))
     for role, path in (("small", small), ("large", large)):
         load_checkpoint(path or find_checkpoint(base, dataset, role))
     typer.echo(f"scoring {dataset} with {chosen.describe()}")
-    _prefect_defaults(base)
     from flows.score import score_flow
 
     with _interruptible("interrupted; no table of this run was left half-written: run the command again"):
         summary = score_flow(
             dataset=dataset, root=base, small=small, large=large, budget=budget, bucket=bucket, run_id=run_id,
-            margin=margin, frame_mode=frame_mode, progress=True,  # type: ignore[arg-type]
+            margin=margin, frame_mode=frame_mode, runner=runner, dask_address=dask_address, workers=workers,  # type: ignore[arg-type]
+            progress=True,
         )
     typer.echo(summary.text())
+
+
+@app.command()
+def backfill(
+    archive: Annotated[str, typer.Argument(help="Folder or fsspec URL of archived footage (video files, any depth).")],
+    dataset: Annotated[str, typer.Option(help="Dataset (camera) whose checkpoints score the footage; its store receives it.")],
+    since: Annotated[Optional[str], typer.Option(help="First date, YYYY-MM-DD (inclusive).")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Last date, YYYY-MM-DD (inclusive).")] = None,
+    lookback_days: Annotated[Optional[int], typer.Option("--lookback-days", help="Instead of --since: the last N days up to today (UTC).")] = None,
+    date_from: Annotated[str, typer.Option("--date-from", help="A video's date: auto (a date in its path, else its modification time), path or mtime.")] = "auto",
+    run_id: Annotated[str, typer.Option("--run-id", help="Archive run the rows go to; one run holds each video once.")] = "archive",
+    small: Annotated[Optional[str], typer.Option(help="Small-model checkpoint (default: the one small-*.pt in <root>/checkpoints/<dataset>/).")] = None,
+    large: Annotated[Optional[str], typer.Option(help="Large-model checkpoint (default: the one large-*.pt there).")] = None,
+    budget: Annotated[Optional[float], typer.Option(help="Escalate this fraction of each video's clips (default 0.2).")] = None,
+    bucket: Annotated[Optional[str], typer.Option(help="Token bucket per video instead: CAPACITY,REFILL.")] = None,
+    margin: Annotated[float, typer.Option(help="Gray-zone half-width around the threshold, in percentile units.")] = 0.05,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Videos submitted together.")] = 8,
+    rescore: Annotated[bool, typer.Option(help="Score videos again even when already scored with these models.")] = False,
+    runner: RunnerOpt = "threads",
+    dask_address: DaskOpt = None,
+    workers: WorkersOpt = None,
+    root: RootOpt = None,
+) -> None:
+    """Ingest and score every video of an archive dated in a range; already-scored videos are skipped."""
+    from storage import check_run_id
+    from tasks.archive import resolve_range
+    from tasks.routing import RouterConfig, parse_budget
+    from tasks.runners import check_runner
+    from tasks.scoring import load_pair
+    from tasks.workspace import check_dataset_name
+
+    base = _root(root)
+    _prefect_defaults(base)  # before anything imports Prefect, whose logging reads them at import
+    check_dataset_name(dataset)
+    check_run_id(run_id)
+    # Fail in a second, before Prefect's server starts, on everything that can be checked cheaply.
+    first, last = (_parse_date(v, name) for v, name in ((since, "--since"), (until, "--until")))
+    resolve_range(first, last, lookback_days)
+    if date_from not in ("auto", "path", "mtime"):
+        raise ParameterError(f"--date-from must be auto, path or mtime, got {date_from!r}")
+    if batch_size < 1:
+        raise ParameterError(f"--batch-size must be 1 or more, got {batch_size}")
+    parse_budget(budget, bucket)
+    RouterConfig(margin=margin)
+    check_runner(runner, dask_address=dask_address, workers=workers)
+    load_pair(base, dataset, small, large)
+    from flows.backfill import backfill_flow
+
+    with _interruptible("interrupted; videos already scored are kept: run the same command to go on"):
+        summary = backfill_flow(
+            archive=archive, dataset=dataset, since=first, until=last, lookback_days=lookback_days, date_from=date_from,  # type: ignore[arg-type]
+            root=base, small=small, large=large, budget=budget, bucket=bucket, margin=margin, run_id=run_id,
+            batch_size=batch_size, rescore=rescore, runner=runner, dask_address=dask_address, workers=workers,  # type: ignore[arg-type]
+        )
+    typer.echo(summary.text())
+    raise typer.Exit(1 if summary.failures else 0)
+
+
+def _parse_date(text: str | None, option: str):  # noqa: ANN202
+    from datetime import date
+
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ParameterError(f"{option} must be a date like 2026-11-20, got {text!r}") from None
 
 
 @app.command()

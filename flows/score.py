@@ -1,25 +1,63 @@
-"""Score flow: two-pass scoring of a dataset's test videos with budgeted routing, written as a run."""
+"""Score flow: two-pass scoring of a dataset's test videos with budgeted routing, written as a run.
+
+Pass 1 is one task per video; the router then ranks the clips of all videos together; pass 2 is
+one task per video with escalated clips. The tasks run on the chosen task runner (threads, a local
+Dask cluster, or a Dask scheduler by address).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Literal
 
+import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 
-from tasks.routing import RouterConfig, parse_budget
-from tasks.scoring import ScoreSummary, score_dataset
-from tasks.workspace import default_root
+from storage import check_run_id
+from tasks.checkpoint import cached_checkpoint
+from tasks.routing import Budget, RouterConfig, parse_budget
+from tasks.runners import Runner, task_runner
+from tasks.scoring import (
+    FrameMode, PassOutput, ScoreResult, ScoreSummary, VideoPass, assemble, first_pass, load_pair, plan_routes,
+    second_pass, video_list, write_run,
+)
+from tasks.workspace import default_root, store_url
 
 
-@task(name="score-dataset", task_run_name="score-{dataset}-{run_id}", cache_policy=NO_CACHE)
-def score_task(root: str, dataset: str, small: str | None, large: str | None, budget: float | None, bucket: str | None,
-               run_id: str, margin: float, frame_mode: str, progress: bool) -> ScoreSummary:
-    return score_dataset(
-        root, dataset, small_path=small, large_path=large, budget=parse_budget(budget, bucket), run_id=run_id,
-        router=RouterConfig(margin=margin), frame_mode=frame_mode, progress=progress,  # type: ignore[arg-type]
-    )
+@task(name="first-pass", task_run_name="pass1-{video}", cache_policy=NO_CACHE)
+def first_pass_task(store: str, small: str, large: str, video: str, device: str) -> VideoPass:
+    return first_pass(store, cached_checkpoint(small), video, large=cached_checkpoint(large), device=device)
+
+
+@task(name="second-pass", task_run_name="pass2-{video}", cache_policy=NO_CACHE)
+def second_pass_task(store: str, large: str, video: str, starts: np.ndarray, device: str) -> PassOutput:
+    return second_pass(store, cached_checkpoint(large), video, starts, device=device)
+
+
+def _gather(futures: dict, desc: str, progress: bool) -> dict:
+    """Wait for a {future: key} map; {key: result}, failing on the first failed task."""
+    from tqdm import tqdm
+
+    out = {}
+    with tqdm(total=len(futures), desc=desc, unit="video", disable=not progress, leave=False) as bar:
+        for future in as_completed(list(futures)):
+            out[futures[future]] = future.result()
+            bar.update()
+    return out
+
+
+@flow(name="score-stages")
+def score_stages_flow(store: str, small: str, large: str, videos: list[str], budget: Budget, router: RouterConfig,
+                      frame_mode: FrameMode, device: str = "auto", progress: bool = False) -> ScoreResult:
+    small_ck, large_ck = cached_checkpoint(small), cached_checkpoint(large)
+    first = _gather({first_pass_task.submit(store, small, large, v, device): v for v in videos}, "pass 1", progress)
+    passes = [first[v] for v in videos]
+    plan = plan_routes(passes, small_ck, budget, router=router)
+    todo = plan.escalated_starts(passes)
+    second = _gather({second_pass_task.submit(store, large, v, st, device): v for v, st in todo.items()}, "pass 2", progress)
+    return assemble(passes, plan, second, small_ck, large_ck, frame_mode=frame_mode)
 
 
 @flow(name="score")
@@ -33,11 +71,24 @@ def score_flow(
     run_id: str | None = None,
     margin: float = 0.05,
     frame_mode: Literal["clip", "frame"] = "clip",
+    device: str = "auto",
+    runner: Runner = "threads",
+    dask_address: str | None = None,
+    workers: int | None = None,
     progress: bool = False,
 ) -> ScoreSummary:
     """Score `<root>/stores/<dataset>.zarr` (test split) and write `<root>/scores/{clips,frames,runs}/dataset=<dataset>/run=<id>/`.
 
     Budget: `budget` (a fraction of clips) or `bucket` ("CAPACITY,REFILL"); neither means 0.2.
     """
-    run = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return score_task(root or default_root(), dataset, small, large, budget, bucket, run, margin, frame_mode, progress)
+    t0 = datetime.now(timezone.utc)
+    root = root or default_root()
+    run = check_run_id(run_id or t0.strftime("%Y%m%dT%H%M%SZ"))
+    plan_budget, router = parse_budget(budget, bucket), RouterConfig(margin=margin)
+    small_ck, large_ck = load_pair(root, dataset, small, large)
+    url = store_url(root, dataset)
+    stages = score_stages_flow.with_options(task_runner=task_runner(runner, dask_address=dask_address, workers=workers))
+    result = stages(url, small_ck.path, large_ck.path, video_list(url, None, "test"), plan_budget, router, frame_mode,
+                    device=device, progress=progress)
+    result.seconds["total"] = (datetime.now(timezone.utc) - t0).total_seconds()
+    return write_run(root, dataset, run, result, small_ck, large_ck, plan_budget, router=router, frame_mode=frame_mode)

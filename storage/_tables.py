@@ -1,8 +1,15 @@
 """Parquet score tables, hive-partitioned by dataset and run, written atomically.
 
-    <root>/scores/clips/dataset=<name>/run=<id>/part-0.parquet
-    <root>/scores/frames/dataset=<name>/run=<id>/part-0.parquet
+    <root>/scores/clips/dataset=<name>/run=<id>/part-<part>.parquet
+    <root>/scores/frames/dataset=<name>/run=<id>/part-<part>.parquet
+    <root>/scores/videos/dataset=<name>/run=<id>/part-<video>.parquet     (archive runs)
+    <root>/scores/failures/dataset=<name>/run=<id>/part-<video>.parquet   (archive runs)
     <root>/scores/runs/dataset=<name>/run=<id>/run.json
+
+A benchmark run writes one part (`part-0`) per table. An archive run (backfill, nightly) writes one
+part per video, so re-scoring a video replaces its rows and never duplicates them; its `videos`
+part, written last, records what the video was scored with, and `failures` holds one part per
+video whose latest attempt failed (removed when it succeeds).
 
 Clip and frame rows live in separate trees so that `pd.read_parquet(<root>/scores/clips,
 filters=[("dataset", "==", "ped2")])` reads one schema. `dataset` and `run` come from the partition
@@ -26,7 +33,7 @@ import pyarrow.parquet as pq
 from tasks.errors import NotFoundError, ParameterError
 from tasks.workspace import check_dataset_name
 
-TABLES = ("clips", "frames")
+TABLES = ("clips", "frames", "videos", "failures")
 _RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -59,14 +66,35 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
-def write_table(root: str | Path, table: str, dataset: str, run_id: str, frame: pd.DataFrame) -> Path:
-    """Write one table of a run (replacing that run's earlier file, so re-runs never duplicate rows)."""
+def part_path(root: str | Path, table: str, dataset: str, run_id: str, part: str = "0") -> Path:
+    if table not in TABLES:
+        raise ParameterError(f"unknown table {table!r}; one of {', '.join(TABLES)}")
+    return run_dir(root, table, dataset, run_id) / f"part-{check_run_id(part)}.parquet"
+
+
+def write_table(root: str | Path, table: str, dataset: str, run_id: str, frame: pd.DataFrame, *, part: str = "0") -> Path:
+    """Write one part of a run's table (replacing that part's earlier file, so re-runs never duplicate rows)."""
     if {"dataset", "run"} & set(frame.columns):
         raise ParameterError("'dataset' and 'run' come from the partition folders; drop them from the table")
-    path = run_dir(root, table, dataset, run_id) / "part-0.parquet"
+    path = part_path(root, table, dataset, run_id, part)
     arrow = pa.Table.from_pandas(frame, preserve_index=False)
     _atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
     return path
+
+
+def delete_part(root: str | Path, table: str, dataset: str, run_id: str, part: str) -> bool:
+    """Remove one part of a run's table; True when there was one."""
+    path = part_path(root, table, dataset, run_id, part)
+    if path.exists():
+        path.unlink()
+        return True
+    return False
+
+
+def read_part(root: str | Path, table: str, dataset: str, run_id: str, part: str) -> pd.DataFrame | None:
+    """One part of a run's table, or None when it is not there."""
+    path = part_path(root, table, dataset, run_id, part)
+    return pd.read_parquet(path) if path.exists() else None
 
 
 def write_manifest(root: str | Path, dataset: str, run_id: str, manifest: dict[str, Any]) -> Path:
@@ -77,7 +105,7 @@ def write_manifest(root: str | Path, dataset: str, run_id: str, manifest: dict[s
 
 
 def read_table(root: str | Path, table: str, *, dataset: str | None = None, run_id: str | None = None) -> pd.DataFrame:
-    """All rows of `table` (clips or frames), optionally of one dataset and run."""
+    """All rows of `table` (clips, frames, videos or failures), optionally of one dataset and run."""
     base = Path(root) / "scores" / table
     if table not in TABLES:
         raise ParameterError(f"unknown table {table!r}; one of {', '.join(TABLES)}")

@@ -5,6 +5,7 @@ reads and that rebuilds its model with no other input.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -143,3 +144,18 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         )
     except KeyError as exc:
         raise CheckpointError(f"checkpoint {path} lacks {exc.args[0]!r}") from exc
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(path: str, mtime_ns: int, size: int) -> Checkpoint:
+    return load_checkpoint(path)
+
+
+def cached_checkpoint(path: str | Path) -> Checkpoint:
+    """`load_checkpoint`, remembered per process while the file is unchanged (same mtime and size):
+    tasks that each score one video then load a checkpoint once per worker, not once per video."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise NotFoundError(f"checkpoint {path} does not exist")
+    st = path.stat()
+    return _cached(str(path.resolve()), st.st_mtime_ns, st.st_size)

@@ -112,12 +112,14 @@ def ingest_video(
     dataset: str,
     force: bool = False,
     storage_options: dict[str, Any] | None = None,
+    source_uri: str | None = None,
 ) -> IngestResult:
     """Decode `source` into its group of the store at `store_url`, unless it is already there.
 
     An unchanged source (same content hash and preprocessing, group complete) is skipped; a changed
     source or an unfinished group is redone. On any error the half-written group is removed and the
-    error names the source.
+    error names the source. `source_uri` is recorded instead of `source.uri` (a remote file decoded
+    from a local copy).
     """
     t0 = time.perf_counter()
     store = ClipStore.open_or_create(store_url, dataset=dataset, storage_options=storage_options)
@@ -141,7 +143,7 @@ def ingest_video(
     attrs = {
         "video_id": source.video_id,
         "split": source.split,
-        "source_uri": source.uri,
+        "source_uri": source_uri or source.uri,
         "source_kind": source.kind,
         "source_hash": source_hash,
         "source_codec": info.codec,

@@ -12,11 +12,12 @@ the last clip that reaches furthest, so every frame has a score.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -25,10 +26,10 @@ from torch.utils.data import DataLoader
 
 from storage import ClipStore, check_run_id, write_manifest, write_table
 from tasks.calibration import cosine_distances
-from tasks.checkpoint import Checkpoint, load_checkpoint
+from tasks.checkpoint import Checkpoint, cached_checkpoint
 from tasks.errors import NotFoundError, ParameterError, PipelineError
 from tasks.model_input import ClipDataset, clip_index, prepare_clips
-from tasks.routing import BatchBudget, Budget, RouterConfig, Routing, budget_record, compute_signals, route
+from tasks.routing import BatchBudget, Budget, RouterConfig, Routing, Signals, budget_record, compute_signals, route
 from tasks.training import autocast_for, available_cores, package_versions, pick_device
 from tasks.workspace import check_dataset_name
 from tasks.workspace import store_url as workspace_store_url
@@ -53,15 +54,26 @@ class PassOutput:
         z = np.zeros(0)
         return cls(z, z, z, z, np.zeros((0, clip_len), np.float32), 0.0, 0)
 
+    @classmethod
+    def concat(cls, parts: list[PassOutput], clip_len: int) -> PassOutput:
+        """The passes of several videos as one, in the order given."""
+        if not parts:
+            return cls.empty(clip_len)
+        return cls(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("raw", "calibrated", "uncertainty", "ood_distance", "frame_errors")),
+            seconds=sum(p.seconds for p in parts), calls=sum(p.calls for p in parts),
+        )
+
 
 def run_pass(
     checkpoint: Checkpoint, store_url: str, index: list[tuple[str, int]], *, device: str = "auto", batch: int = 16,
-    workers: int | None = None, progress: bool = False, desc: str = "",
+    workers: int | None = None, bar: Any = None,
 ) -> PassOutput:
     """Score the clips `index` ((video, start) pairs) with the checkpoint's model, under inference mode.
 
     Clips are read as uint8 by a prefetching DataLoader (one spawned worker process when there are
     enough clips to pay for its start-up, a few seconds) and converted on the compute device.
+    `bar` (a tqdm bar) is advanced by the clips scored.
     """
     spec = checkpoint.input
     if not index:
@@ -70,17 +82,13 @@ def run_pass(
     torch.set_num_threads(available_cores())
     model = checkpoint.build_model(dev)
     if workers is None:
-        workers = 1 if len(index) >= 400 else 0
+        # a daemon process (a Dask worker) may not start children
+        workers = 1 if len(index) >= 400 and not multiprocessing.current_process().daemon else 0
     loader = DataLoader(
         ClipDataset(store_url, index, spec.clip_len), batch_size=batch, num_workers=workers,
         multiprocessing_context="spawn" if workers else None, prefetch_factor=4 if workers else None,
         pin_memory=dev.type == "cuda",
     )
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(index), desc=desc or checkpoint.arch, unit="clip", leave=False, dynamic_ncols=True)
     raw, unc, emb, frames = [], [], [], []
     t0 = time.perf_counter()
     with autocast_for(dev):
@@ -93,8 +101,6 @@ def run_pass(
             if bar is not None:
                 bar.update(clips.shape[0])
     seconds = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
     cal = checkpoint.calibration
     raw_a = np.concatenate(raw).astype(np.float64)
     return PassOutput(
@@ -128,6 +134,19 @@ def aggregate_frames(n_frames: int, starts: np.ndarray, clip_len: int, values: n
 
 
 @dataclass
+class VideoPass:
+    """Pass 1 over one video: its clips (start frames, scene cuts), frame count, labels, and the
+    small model's output. The unit of work the score flow maps over videos."""
+
+    video: str
+    n_frames: int
+    labels: np.ndarray  # (n_frames,) int8, -1 unknown
+    starts: np.ndarray  # (N,) clip start frames
+    cuts: np.ndarray  # (N,) bool: a scene cut inside the clip
+    out: PassOutput
+
+
+@dataclass
 class ScoreResult:
     clips: pd.DataFrame
     frames: pd.DataFrame
@@ -142,7 +161,8 @@ class ScoreResult:
         return len(self.frames)
 
 
-def _check_pair(small: Checkpoint, large: Checkpoint | None) -> None:
+def check_pair(small: Checkpoint, large: Checkpoint | None) -> None:
+    """Both models must cut a video into the same clips, since the large one re-scores the small one's clips."""
     if large is None:
         return
     a, b = small.input, large.input
@@ -153,60 +173,96 @@ def _check_pair(small: Checkpoint, large: Checkpoint | None) -> None:
         )
 
 
-def score_videos(
-    store_url: str, small: Checkpoint, large: Checkpoint | None, budget: Budget, *, videos: list[str] | None = None,
-    split: str | None = "test", router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip",
-    device: str = "auto", batch: int = 16, progress: bool = False,
-) -> ScoreResult:
-    """Score the store's videos (the test split by default) with both passes and the router."""
-    if frame_mode not in ("clip", "frame"):
-        raise ParameterError(f"frame mode must be 'clip' or 'frame', got {frame_mode!r}")
-    _check_pair(small, large)
-    t_start = time.perf_counter()
+def first_pass(
+    store_url: str, small: Checkpoint, video_id: str, *, large: Checkpoint | None = None, device: str = "auto",
+    batch: int = 16, bar: Any = None,
+) -> VideoPass:
+    """Check that the video fits both checkpoints, then score each of its clips with the small model."""
     store = ClipStore.open(store_url)
-    ids = videos if videos is not None else store.video_ids(split=split)
-    if not ids:
-        raise PipelineError(f"store {store_url} has no complete videos to score (split: {split or 'any'})")
-    vids = {v: store.video(v) for v in ids}
-    for video in vids.values():
-        small.check_video(video)
-        if large is not None:
-            large.check_video(video)
+    video = store.video(video_id)
+    small.check_video(video)
+    if large is not None:
+        large.check_video(video)
     t, s = small.input.clip_len, small.input.stride
-    index = clip_index(store, ids, t, s)
-    video_of = np.array([v for v, _ in index])
+    index = clip_index(store, [video_id], t, s)
     starts = np.array([st for _, st in index], dtype=np.int64)
-    clip_no = np.concatenate([np.arange((video_of == v).sum()) for v in ids])
-    cuts = np.array([bool(vids[v].scene_cut[st + 1 : st + t].any()) for v, st in index])
+    scene_cut = video.scene_cut
+    cuts = np.array([bool(scene_cut[st + 1 : st + t].any()) for st in starts], dtype=bool)
+    out = run_pass(small, store_url, index, device=device, batch=batch, bar=bar)
+    return VideoPass(video_id, video.n_frames, video.labels, starts, cuts, out)
 
-    p1 = run_pass(small, store_url, index, device=device, batch=batch, progress=progress, desc=f"pass 1 ({small.arch})")
-    t_route = time.perf_counter()
+
+@dataclass
+class RoutePlan:
+    """The router's decision over all clips of the given videos, in stream order."""
+
+    signals: Signals
+    routing: Routing
+    video_of: np.ndarray  # (N,) video id of each clip
+    seconds: float
+
+    def escalated_starts(self, passes: list[VideoPass]) -> dict[str, np.ndarray]:
+        """Start frames of the escalated clips, per video that has any."""
+        out = {}
+        for p in passes:
+            chosen = self.routing.escalated[self.video_of == p.video]
+            if chosen.any():
+                out[p.video] = p.starts[chosen]
+        return out
+
+
+def plan_routes(
+    passes: list[VideoPass], small: Checkpoint, budget: Budget, *, router: RouterConfig = RouterConfig(),
+    has_large: bool = True,
+) -> RoutePlan:
+    """Signals over every clip of `passes`, then the budget (a batch budget ranks clips of all the
+    videos given together). Without a large model nothing is escalated."""
+    t0 = time.perf_counter()
+    video_of = np.concatenate([np.full(len(p.starts), p.video, dtype=object) for p in passes])
+    first = PassOutput.concat([p.out for p in passes], small.input.clip_len)
     signals = compute_signals(
-        calibrated=p1.calibrated, embeddings_distance=p1.ood_distance, video_ids=video_of, scene_cut=cuts,
-        calibration=small.calibration, config=router,
+        calibrated=first.calibrated, embeddings_distance=first.ood_distance, video_ids=video_of,
+        scene_cut=np.concatenate([p.cuts for p in passes]), calibration=small.calibration, config=router,
     )
-    # without a large model nothing can be escalated
-    routing = route(signals, video_of, budget if large is not None else BatchBudget(0.0))
-    routing_seconds = time.perf_counter() - t_route
-    chosen = np.flatnonzero(routing.escalated)
-    p2 = (
-        run_pass(large, store_url, [index[i] for i in chosen], device=device, batch=batch, progress=progress,
-                 desc=f"pass 2 ({large.arch})")
-        if large is not None and len(chosen) else PassOutput.empty(t)
-    )
-    large_score = np.full(len(index), np.nan)
-    large_raw = np.full(len(index), np.nan)
+    routing = route(signals, video_of, budget if has_large else BatchBudget(0.0))
+    return RoutePlan(signals, routing, video_of, time.perf_counter() - t0)
+
+
+def second_pass(
+    store_url: str, large: Checkpoint, video_id: str, starts: np.ndarray, *, device: str = "auto", batch: int = 16,
+    bar: Any = None,
+) -> PassOutput:
+    """Re-score the clips of one video that start at `starts` with the large model."""
+    index = [(video_id, int(st)) for st in starts]
+    return run_pass(large, store_url, index, device=device, batch=batch, bar=bar)
+
+
+def assemble(
+    passes: list[VideoPass], plan: RoutePlan, second: dict[str, PassOutput], small: Checkpoint,
+    large: Checkpoint | None, *, frame_mode: FrameMode = "clip",
+) -> ScoreResult:
+    """Clip and frame tables from the passes and the routing (see the module docstring for frame modes)."""
+    t = small.input.clip_len
+    t0 = time.perf_counter()
+    p1 = PassOutput.concat([p.out for p in passes], t)
+    p2 = PassOutput.concat([second[p.video] for p in passes if p.video in second], t)
+    video_of, routing, signals = plan.video_of, plan.routing, plan.signals
+    starts = np.concatenate([p.starts for p in passes])
+    clip_no = np.concatenate([np.arange(len(p.starts)) for p in passes])
+    chosen = np.flatnonzero(routing.escalated)  # stream order, the order of p2's rows
+    if len(chosen) != p2.calls:
+        raise PipelineError(f"the large model re-scored {p2.calls} clips but {len(chosen)} were escalated")
+    large_score = np.full(len(starts), np.nan)
+    large_raw = np.full(len(starts), np.nan)
     large_score[chosen], large_raw[chosen] = p2.calibrated, p2.raw
     final = np.where(routing.escalated, large_score, p1.calibrated)
-
-    t_frames = time.perf_counter()
     clips = pd.DataFrame({
-        "video": video_of, "clip": clip_no.astype(np.int32), "start_frame": starts.astype(np.int32),
+        "video": video_of.astype(str), "clip": clip_no.astype(np.int32), "start_frame": starts.astype(np.int32),
         "end_frame": (starts + t).astype(np.int32),
         "small_raw": p1.raw, "small_score": p1.calibrated, "uncertainty": p1.uncertainty,
         "gray_distance": signals.gray_distance, "ood_distance": signals.ood_distance,
         "instability": signals.instability,
-        **{f"signal_{k}": signals.flags.get(k, np.zeros(len(index), bool)) for k in ("gray_zone", "ood", "unstable", "scene_cut")},
+        **{f"signal_{k}": signals.flags.get(k, np.zeros(len(starts), bool)) for k in ("gray_zone", "ood", "unstable", "scene_cut")},
         "difficulty": routing.difficulty, "escalated": routing.escalated, "budget_held": routing.held,
         "reasons": routing.reasons, "large_raw": large_raw, "large_score": large_score, "score": final,
     })
@@ -216,9 +272,9 @@ def score_videos(
     if len(chosen):
         chosen_frames_cal[chosen] = large.calibration.calibrate(p2.frame_errors)  # type: ignore[union-attr]
     frame_tables = []
-    for vid in ids:
-        rows = np.flatnonzero(video_of == vid)
-        n = vids[vid].n_frames
+    for p in passes:
+        rows = np.flatnonzero(video_of == p.video)
+        n = p.n_frames
         if frame_mode == "clip":
             small_f = aggregate_frames(n, starts[rows], t, p1.calibrated[rows])
             final_f = aggregate_frames(n, starts[rows], t, final[rows])
@@ -226,19 +282,69 @@ def score_videos(
             small_f = aggregate_frames(n, starts[rows], t, small_frames_cal[rows])
             final_f = aggregate_frames(n, starts[rows], t, chosen_frames_cal[rows])
         escalated_f = aggregate_frames(n, starts[rows], t, routing.escalated[rows].astype(float)) > 0
-        labels = vids[vid].labels.astype("float64")
+        labels = p.labels.astype("float64")
         labels[labels < 0] = np.nan
         frame_tables.append(pd.DataFrame({
-            "video": vid, "frame": np.arange(n, dtype=np.int32), "label": pd.array(labels, dtype="Int8"),
+            "video": p.video, "frame": np.arange(n, dtype=np.int32), "label": pd.array(labels, dtype="Int8"),
             "small_score": small_f, "score": final_f, "escalated": escalated_f,
         }))
     frames = pd.concat(frame_tables, ignore_index=True)
-    total = time.perf_counter() - t_start
-    seconds = {
-        "pass1": p1.seconds, "routing": routing_seconds, "pass2": p2.seconds,
-        "frames": time.perf_counter() - t_frames, "total": total,
-    }
-    return ScoreResult(clips, frames, p1, p2, routing, seconds, list(ids))
+    seconds = {"pass1": p1.seconds, "routing": plan.seconds, "pass2": p2.seconds, "frames": time.perf_counter() - t0}
+    return ScoreResult(clips, frames, p1, p2, routing, seconds, [p.video for p in passes])
+
+
+def video_list(store_url: str, videos: list[str] | None, split: str | None) -> list[str]:
+    """The videos to score: those given, else the store's complete videos of `split`."""
+    ids = videos if videos is not None else ClipStore.open(store_url).video_ids(split=split)
+    if not ids:
+        raise PipelineError(f"store {store_url} has no complete videos to score (split: {split or 'any'})")
+    return list(ids)
+
+
+def score_videos(
+    store_url: str, small: Checkpoint, large: Checkpoint | None, budget: Budget, *, videos: list[str] | None = None,
+    split: str | None = "test", router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip",
+    device: str = "auto", batch: int = 16, progress: bool = False,
+) -> ScoreResult:
+    """Score the store's videos (the test split by default) with both passes and the router: the
+    stages of the score flow, called in a plain loop."""
+    if frame_mode not in ("clip", "frame"):
+        raise ParameterError(f"frame mode must be 'clip' or 'frame', got {frame_mode!r}")
+    check_pair(small, large)
+    t0 = time.perf_counter()
+    ids = video_list(store_url, videos, split)
+    with _bar(progress, f"pass 1 ({small.arch})", "video") as bar:
+        passes = [first_pass(store_url, small, v, large=large, device=device, batch=batch) for v in _tick(ids, bar)]
+    plan = plan_routes(passes, small, budget, router=router, has_large=large is not None)
+    todo = plan.escalated_starts(passes)
+    second = {}
+    if large is not None and todo:
+        with _bar(progress, f"pass 2 ({large.arch})", "video") as bar:
+            second = {v: second_pass(store_url, large, v, st, device=device, batch=batch) for v, st in _tick(todo.items(), bar)}
+    result = assemble(passes, plan, second, small, large, frame_mode=frame_mode)
+    result.seconds["total"] = time.perf_counter() - t0
+    return result
+
+
+def _bar(enabled: bool, desc: str, unit: str) -> Any:
+    from contextlib import nullcontext
+
+    if not enabled:
+        return nullcontext(None)
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+
+
+def _tick(items: Any, bar: Any) -> Any:
+    items = list(items)
+    if bar is not None:
+        bar.total = len(items)
+        bar.refresh()
+    for item in items:
+        yield item
+        if bar is not None:
+            bar.update()
 
 
 def run_manifest(result: ScoreResult, small: Checkpoint, large: Checkpoint | None, budget: Budget,
@@ -297,23 +403,24 @@ class ScoreSummary:
         return "\n".join(lines)
 
 
-def score_dataset(
-    root: str, dataset: str, *, small_path: str | None = None, large_path: str | None = None, budget: Budget,
-    run_id: str, router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip", split: str | None = "test",
-    device: str = "auto", batch: int = 16, progress: bool = False,
+def load_pair(root: str, dataset: str, small_path: str | None = None, large_path: str | None = None) -> tuple[Checkpoint, Checkpoint]:
+    """The small and large checkpoints given, else the dataset's own under `<root>/checkpoints/`."""
+    small = cached_checkpoint(small_path or find_checkpoint(root, dataset, "small"))
+    large = cached_checkpoint(large_path or find_checkpoint(root, dataset, "large"))
+    check_pair(small, large)
+    return small, large
+
+
+def write_run(
+    root: str, dataset: str, run_id: str, result: ScoreResult, small: Checkpoint, large: Checkpoint | None,
+    budget: Budget, *, router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip",
 ) -> ScoreSummary:
-    """Score a dataset's store with both passes and write the run's clip and frame tables and run.json."""
-    check_run_id(run_id)
-    small = load_checkpoint(small_path or find_checkpoint(root, dataset, "small"))
-    large_file = large_path or find_checkpoint(root, dataset, "large")
-    large = load_checkpoint(large_file)
-    url = workspace_store_url(root, dataset)
-    result = score_videos(url, small, large, budget, split=split, router=router, frame_mode=frame_mode,
-                          device=device, batch=batch, progress=progress)
+    """Write a run's clip and frame tables, then its run.json (last, so a run with a manifest is whole)."""
     clips_path = write_table(root, "clips", dataset, run_id, result.clips)
     frames_path = write_table(root, "frames", dataset, run_id, result.frames)
     manifest = {
-        "run": run_id, "dataset": dataset, "store": url, "created_at": datetime.now(timezone.utc).isoformat(),
+        "run": run_id, "dataset": dataset, "store": workspace_store_url(root, dataset),
+        "created_at": datetime.now(timezone.utc).isoformat(),
         **run_manifest(result, small, large, budget, router, frame_mode), "versions": package_versions(),
         "tables": {"clips": str(clips_path), "frames": str(frames_path)},
     }
@@ -323,3 +430,17 @@ def score_dataset(
         escalated=int(result.routing.escalated.sum()), large_calls=result.large.calls, seconds=result.seconds,
         paths={"clips": str(clips_path), "frames": str(frames_path), "run": str(run_path)},
     )
+
+
+def score_dataset(
+    root: str, dataset: str, *, small_path: str | None = None, large_path: str | None = None, budget: Budget,
+    run_id: str, router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip", split: str | None = "test",
+    device: str = "auto", batch: int = 16, progress: bool = False,
+) -> ScoreSummary:
+    """Score a dataset's store with both passes and write the run's clip and frame tables and run.json."""
+    check_run_id(run_id)
+    small, large = load_pair(root, dataset, small_path, large_path)
+    url = workspace_store_url(root, dataset)
+    result = score_videos(url, small, large, budget, split=split, router=router, frame_mode=frame_mode,
+                          device=device, batch=batch, progress=progress)
+    return write_run(root, dataset, run_id, result, small, large, budget, router=router, frame_mode=frame_mode)

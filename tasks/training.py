@@ -31,7 +31,11 @@ from tasks.model_input import ClipDataset, InputSpec, prepare_clips
 
 
 def available_cores() -> int:
-    """CPU cores this process may use (the affinity mask, which containers and taskset narrow)."""
+    """CPU cores this process may use: `$VAD_TORCH_THREADS` when set (a local Dask cluster sets it
+    to share the cores among its worker processes), else the affinity mask (which containers and
+    taskset narrow)."""
+    if os.environ.get("VAD_TORCH_THREADS", "").isdigit() and int(os.environ["VAD_TORCH_THREADS"]) > 0:
+        return int(os.environ["VAD_TORCH_THREADS"])
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -53,6 +54,34 @@ def ramp_frames(n: int, h: int = 32, w: int = 48) -> np.ndarray:
     return np.broadcast_to((np.arange(n) * 10 + 5).astype(np.uint8)[:, None, None, None], (n, h, w, 3)).copy()
 
 
+def make_checkpoint(store_url: str, arch: str, seed: int, folder: Path, clip_len: int = 16, stride: int = 8,
+                    role: str | None = None):
+    """An untrained model at 32x32 gray with a plausible calibration, saved as `<folder>/<role>-<arch>.pt`
+    (scoring tests need a checkpoint that fits the store, not a good one)."""
+    import torch
+
+    from models import build
+    from storage import ClipStore
+    from tasks.calibration import Calibration
+    from tasks.checkpoint import Checkpoint, save_checkpoint, source_spec
+    from tasks.model_input import InputSpec
+
+    torch.manual_seed(seed)
+    model = build(arch, clip_len=clip_len, height=32, width=32).eval()
+    video = next(iter(ClipStore.open(store_url).videos(split="train")))
+    rng = np.random.default_rng(seed)
+    raw = rng.uniform(0.0, 0.05, 40)  # a plausible spread of normal clip errors
+    dim = model(torch.zeros(1, 1, clip_len, 32, 32)).embedding.shape[1]
+    ckpt = Checkpoint(
+        arch=arch, role=role or model.role, model_config=model.config.to_dict(), state_dict=model.state_dict(),
+        input=InputSpec(clip_len, stride, 32, 32, 1), source=source_spec(video), dataset="synthetic", fingerprint="0" * 32,
+        calibration=Calibration.fit(scores=raw, embeddings=rng.normal(size=(40, dim)), video_ids=["a"] * 20 + ["b"] * 20),
+    )
+    path = save_checkpoint(ckpt, Path(folder) / f"{ckpt.role}-{arch}.pt")
+    ckpt.path = str(path)
+    return ckpt
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 train + 2 test synthetic videos of 40 frames at 48x64, with labels.csv."""
@@ -82,3 +111,23 @@ def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     for source in discover(str(base / "data"), "folder"):
         ingest_video(url, source, Preprocess(size=(32, 32), gray=True), dataset="synthetic")
     return url
+
+
+@pytest.fixture(scope="session")
+def camera_workspace(synthetic_store, tiny_dataset, tmp_path_factory):
+    """A workspace with a small and a large checkpoint for dataset 'cam', and an archive of 3 dated videos."""
+    root = tmp_path_factory.mktemp("ws")
+    folder = root / "checkpoints" / "cam"
+    small = make_checkpoint(synthetic_store, "topheavy", 0, folder)
+    large = make_checkpoint(synthetic_store, "ae3d", 1, folder, role="large")
+    archive = tmp_path_factory.mktemp("archive")
+    sources = sorted(tiny_dataset.rglob("*.mp4"))
+    for i, src in enumerate(sources[:3]):
+        dest = archive / f"2026-11-{20 + i}" / f"cam-{i}.mp4"
+        dest.parent.mkdir(parents=True)
+        shutil.copy(src, dest)
+    from tasks.archive import ArchiveSettings
+    from tasks.routing import BatchBudget, RouterConfig
+
+    settings = ArchiveSettings(small.path, large.path, BatchBudget(0.25), RouterConfig(), "clip")
+    return str(root), str(archive), settings

@@ -4,14 +4,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import torch
+from conftest import make_checkpoint
 
-from models import build
 from storage import ClipStore, read_manifest, read_table, write_table
-from tasks.calibration import Calibration
-from tasks.checkpoint import Checkpoint, save_checkpoint, source_spec
 from tasks.errors import ParameterError
-from tasks.model_input import InputSpec
 from tasks.routing import BatchBudget, RouterConfig, TokenBucket
 from tasks.scoring import aggregate_frames, score_dataset, score_videos
 
@@ -24,27 +20,10 @@ def test_frame_scores_are_the_mean_of_covering_clips():
     assert aggregate_frames(6, np.array([0, 2]), 4, per_frame).tolist() == [0, 1, 6, 11.5, 30, 40]
 
 
-def _checkpoint(store_url, arch, seed, tmp_path, clip_len=16, stride=8):
-    torch.manual_seed(seed)
-    model = build(arch, clip_len=clip_len, height=32, width=32).eval()
-    video = next(iter(ClipStore.open(store_url).videos(split="train")))
-    rng = np.random.default_rng(seed)
-    raw = rng.uniform(0.0, 0.05, 40)  # a plausible spread of normal clip errors
-    dim = model(torch.zeros(1, 1, clip_len, 32, 32)).embedding.shape[1]
-    ckpt = Checkpoint(
-        arch=arch, role=model.role, model_config=model.config.to_dict(), state_dict=model.state_dict(),
-        input=InputSpec(clip_len, stride, 32, 32, 1), source=source_spec(video), dataset="synthetic", fingerprint="0" * 32,
-        calibration=Calibration.fit(scores=raw, embeddings=rng.normal(size=(40, dim)), video_ids=["a"] * 20 + ["b"] * 20),
-    )
-    path = save_checkpoint(ckpt, tmp_path / f"{model.role}-{arch}.pt")
-    ckpt.path = str(path)
-    return ckpt
-
-
 @pytest.fixture(scope="module")
 def pair(synthetic_store, tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpt")
-    return _checkpoint(synthetic_store, "topheavy", 0, d), _checkpoint(synthetic_store, "ae3d", 1, d)
+    return make_checkpoint(synthetic_store, "topheavy", 0, d), make_checkpoint(synthetic_store, "ae3d", 1, d)
 
 
 def test_budget_0_makes_no_large_call_and_budget_1_escalates_every_clip(synthetic_store, pair):
@@ -83,7 +62,7 @@ def test_frame_labels_join_and_frame_mode_changes_only_frame_scores(synthetic_st
 
 def test_checkpoints_that_cut_clips_differently_are_refused(synthetic_store, pair, tmp_path):
     small, _ = pair
-    other = _checkpoint(synthetic_store, "ae3d", 2, tmp_path, stride=4)
+    other = make_checkpoint(synthetic_store, "ae3d", 2, tmp_path, stride=4)
     with pytest.raises(ParameterError, match="cut clips differently"):
         score_videos(synthetic_store, small, other, BatchBudget(0.2))
 

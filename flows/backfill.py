@@ -1,0 +1,156 @@
+"""Backfill flow: score every video of an archive (folder or fsspec URL) dated within a range, in
+batches, one task per video; videos already scored with the same models and parameters are skipped.
+
+The nightly deployment runs this flow over a watch folder (every video not scored yet, or the last
+few days with `lookback_days`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Annotated, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from pydantic import Field
+
+from storage import ClipStore, check_run_id, delete_part, write_manifest, write_table
+from tasks.archive import (
+    ArchiveSettings, ArchiveVideo, DateFrom, VideoOutcome, failure_row, list_archive, resolve_range, score_archive_video,
+)
+from tasks.errors import FFmpegError
+from tasks.ingest import describe_failure
+from tasks.routing import RouterConfig, parse_budget
+from tasks.runners import Runner, task_runner
+from tasks.scoring import load_pair
+from tasks.training import package_versions
+from tasks.workspace import check_dataset_name, default_root, store_url
+
+
+def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry hook signature
+    """Retry only FFmpeg failures marked transient (killed, I/O error), never a corrupt file."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, FFmpegError) and exc.transient
+
+
+@task(
+    name="score-archive-video", task_run_name="archive-{video.video_id}", retries=2, retry_delay_seconds=5,
+    retry_condition_fn=_transient, cache_policy=NO_CACHE,
+)
+def archive_video_task(root: str, dataset: str, run_id: str, video: ArchiveVideo, settings: ArchiveSettings, key: str,
+                       params: dict, rescore: bool) -> VideoOutcome:
+    return score_archive_video(root, dataset, run_id, video, settings, key=key, params=params, rescore=rescore)
+
+
+@dataclass
+class BackfillSummary:
+    archive: str
+    dataset: str
+    run_id: str
+    since: date | None
+    until: date | None
+    outcomes: list[VideoOutcome] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # video id -> one-line reason
+    seconds: float = 0.0
+    root: str = ""
+
+    @property
+    def scored(self) -> int:
+        return sum(o.status == "scored" for o in self.outcomes)
+
+    @property
+    def skipped(self) -> int:
+        return sum(o.status == "skipped" for o in self.outcomes)
+
+    def text(self) -> str:
+        span = f"{self.since or 'the start'} to {self.until or 'today'}"
+        n = len(self.outcomes) + len(self.failures)
+        frames = sum(o.frames for o in self.outcomes)
+        lines = [
+            f"backfill {self.dataset} (run {self.run_id}) from {self.archive}, {span}: {n} videos; scored {self.scored}, "
+            f"skipped {self.skipped} (already scored with these models), failed {len(self.failures)}; "
+            f"{frames:,} frames scored in {self.seconds:.1f} s",
+            f"tables: {self.root.rstrip('/')}/scores/{{clips,frames,videos,failures}}/dataset={self.dataset}/run={self.run_id}/",
+        ]
+        lines += [f"FAILED {video}: {why}" for video, why in self.failures.items()]
+        return "\n".join(lines)
+
+
+@flow(name="backfill-batches")
+def backfill_batches_flow(root: str, dataset: str, run_id: str, batches: list[list[ArchiveVideo]], settings: ArchiveSettings,
+                          key: str, params: dict, rescore: bool = False) -> tuple[list[VideoOutcome], dict[str, str]]:
+    """Submit one batch of videos at a time; record each failure as a row of the failures table."""
+    logger = get_run_logger()
+    outcomes, failures = [], {}
+    for i, batch in enumerate(batches, 1):
+        futures = {archive_video_task.submit(root, dataset, run_id, v, settings, key, params, rescore): v for v in batch}
+        for future in as_completed(list(futures)):
+            video, out = futures[future], future.result(raise_on_failure=False)
+            if isinstance(out, VideoOutcome):
+                outcomes.append(out)
+                delete_part(root, "failures", dataset, run_id, video.video_id)
+            else:
+                failures[video.video_id] = describe_failure(out)
+                write_table(root, "failures", dataset, run_id, failure_row(video, out), part=video.video_id)
+        logger.info("batch %d/%d: %d videos done, %d failed so far", i, len(batches), len(outcomes), len(failures))
+    return outcomes, failures
+
+
+@flow(name="backfill")
+def backfill_flow(
+    archive: str,
+    dataset: str,
+    since: date | None = None,
+    until: date | None = None,
+    lookback_days: Annotated[int, Field(ge=0, le=36500)] | None = None,
+    date_from: DateFrom = "auto",
+    root: str | None = None,
+    small: str | None = None,
+    large: str | None = None,
+    budget: Annotated[float, Field(ge=0.0, le=1.0)] | None = None,
+    bucket: str | None = None,
+    margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05,
+    frame_mode: Literal["clip", "frame"] = "clip",
+    run_id: str = "archive",
+    batch_size: Annotated[int, Field(ge=1, le=10000)] = 8,
+    rescore: bool = False,
+    device: str = "auto",
+    runner: Runner = "threads",
+    dask_address: str | None = None,
+    workers: Annotated[int, Field(ge=1, le=256)] | None = None,
+) -> BackfillSummary:
+    """Ingest and score each video of `archive` dated in [since, until] (or the last `lookback_days`
+    days; neither: every video) into run `run_id` of `dataset`, with the dataset's checkpoints (or
+    `small`/`large`). The budget applies within each video."""
+    t0 = time.perf_counter()
+    root = root or default_root()
+    check_dataset_name(dataset)
+    check_run_id(run_id)
+    since, until = resolve_range(since, until, lookback_days)
+    small_ck, large_ck = load_pair(root, dataset, small, large)
+    settings = ArchiveSettings(small_ck.path, large_ck.path, parse_budget(budget, bucket), RouterConfig(margin=margin),
+                               frame_mode, device)
+    params, key = settings.params(), settings.key()
+    videos = list_archive(archive, since=since, until=until, date_from=date_from)
+    ClipStore.open_or_create(store_url(root, dataset), dataset=dataset)  # once, before the per-video writers
+    manifest = {
+        "run": run_id, "dataset": dataset, "kind": "archive", "archive": archive, "since": since, "until": until,
+        "date_from": date_from, "key": key, **params, "versions": package_versions(),
+        "updated_at": datetime.now(timezone.utc).isoformat(),
+    }
+    write_manifest(root, dataset, run_id, manifest)
+    batches = [videos[i : i + batch_size] for i in range(0, len(videos), batch_size)]
+    summary = BackfillSummary(archive, dataset, run_id, since, until, root=root)
+    if batches:
+        stages = backfill_batches_flow.with_options(task_runner=task_runner(runner, dask_address=dask_address, workers=workers))
+        summary.outcomes, summary.failures = stages(root, dataset, run_id, batches, settings, key, params, rescore)
+    summary.seconds = time.perf_counter() - t0
+    get_run_logger().info(summary.text())
+    write_manifest(root, dataset, run_id, {**manifest, "last": {
+        "videos": len(videos), "scored": summary.scored, "skipped": summary.skipped, "failed": summary.failures,
+        "seconds": summary.seconds, "finished_at": datetime.now(timezone.utc).isoformat(),
+    }})
+    return summary

@@ -1,0 +1,294 @@
+"""Archive scoring: list the videos of a folder or fsspec URL with a date each, and ingest and score
+them one by one into an archive run, skipping those already scored with the same models and
+parameters.
+
+Dates (`date_from`):
+- `"path"`: the last date written in the file's path relative to the archive, as YYYY-MM-DD,
+  YYYY_MM_DD, YYYY/MM/DD, YYYY.MM.DD or YYYYMMDD not inside a longer run of digits
+  (`2026/11/20/cam1-0300.mp4`, `cam1_20261120T030000.mp4`); a file without one is left out;
+- `"mtime"`: the file's modification time, as a UTC date;
+- `"auto"` (default): the path's date when it has one, else the modification time.
+
+Archive runs write one part per video (see `storage`), so a video is scored once per run however
+often it is listed, and a re-run after a crash only redoes the videos it had not finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import pandas as pd
+
+from storage import ClipStore, read_part, write_table
+from tasks.checkpoint import Checkpoint, cached_checkpoint
+from tasks.datasets._base import VIDEO_EXTENSIONS, VideoSource
+from tasks.errors import DatasetLayoutError, NotFoundError, ParameterError
+from tasks.ingest import Preprocess, describe_failure, ingest_video
+from tasks.routing import Budget, RouterConfig, budget_record
+from tasks.scoring import FrameMode, score_videos
+from tasks.training import package_versions
+from tasks.workspace import store_url
+
+DateFrom = Literal["auto", "path", "mtime"]
+_DATE_IN_PATH = re.compile(r"(?<!\d)(\d{4})[-_/.]?(\d{2})[-_/.]?(\d{2})(?!\d)")
+_ID_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+@dataclass(frozen=True)
+class ArchiveVideo:
+    """One video file of an archive, with the date it belongs to."""
+
+    video_id: str
+    uri: str  # full URL or local path
+    relative: str  # path inside the archive
+    size: int
+    modified: str  # ISO time of the last modification (UTC), "" when the file system gives none
+    date: date
+    date_from: Literal["path", "mtime"]
+
+
+def date_in_path(relative: str) -> date | None:
+    """The last valid calendar date written in `relative` (see the module docstring), or None."""
+    found = None
+    for m in _DATE_IN_PATH.finditer(relative):
+        year, month, day = (int(g) for g in m.groups())
+        if 1970 <= year <= 2100:
+            with contextlib.suppress(ValueError):
+                found = date(year, month, day)
+    return found
+
+
+def resolve_range(
+    since: date | None, until: date | None, lookback_days: int | None, *, today: date | None = None,
+) -> tuple[date | None, date | None]:
+    """The inclusive date range: `since`..`until`, or the last `lookback_days` days up to today (UTC)."""
+    if lookback_days is not None:
+        if since is not None:
+            raise ParameterError("give since or lookback_days, not both")
+        if lookback_days < 0:
+            raise ParameterError(f"lookback_days must be 0 or more, got {lookback_days}")
+        today = today or datetime.now(timezone.utc).date()
+        since, until = today - timedelta(days=lookback_days), until or today
+    if since is not None and until is not None and since > until:
+        raise ParameterError(f"since ({since}) is after until ({until})")
+    return since, until
+
+
+def _modified(info: dict[str, Any]) -> datetime | None:
+    """A file's modification time from an fsspec info dict (local 'mtime', S3 'LastModified', ...)."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(float(value), tz=timezone.utc)
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        with contextlib.suppress(ValueError):
+            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return None
+
+
+def _is_local(fs: Any) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols
+
+
+def video_id_for(relative: str) -> str:
+    """A store-safe id from a path inside the archive: `2026-11-20/cam 1.mp4` -> `2026-11-20_cam-1`."""
+    stem = relative.rsplit(".", 1)[0] if "." in relative.rsplit("/", 1)[-1] else relative
+    vid = "_".join(_ID_CHARS.sub("-", part).strip("-") for part in stem.split("/") if part)
+    vid = vid.lstrip("_.-")
+    if not vid:
+        raise DatasetLayoutError(f"{relative}: cannot make a video id from this path")
+    return vid
+
+
+def list_archive(
+    location: str, *, since: date | None = None, until: date | None = None, date_from: DateFrom = "auto",
+    storage_options: dict[str, Any] | None = None,
+) -> list[ArchiveVideo]:
+    """Every video file under `location` (a folder or an fsspec URL) dated within [since, until], by date then path.
+
+    Hidden files and folders (a leading '.') are ignored. Frame-image folders are not archive
+    footage; ingest those with `vad ingest`.
+    """
+    import fsspec
+
+    if date_from not in ("auto", "path", "mtime"):
+        raise ParameterError(f"date_from must be auto, path or mtime, got {date_from!r}")
+    try:
+        fs, base = fsspec.core.url_to_fs(location, **(storage_options or {}))
+    except (ValueError, ImportError) as exc:
+        raise ParameterError(f"archive {location}: {exc}") from exc
+    base = base.rstrip("/")
+    try:
+        if not fs.isdir(base):
+            raise NotFoundError(f"archive {location} is not a folder (or does not exist)")
+        entries = fs.find(base, detail=True)
+    except OSError as exc:
+        raise NotFoundError(f"archive {location} cannot be read: {exc}") from exc
+    videos, seen = [], {}
+    for path, info in sorted(entries.items()):
+        relative = path[len(base):].lstrip("/")
+        if any(part.startswith(".") for part in relative.split("/")):
+            continue
+        if Path(relative).suffix.lower() not in VIDEO_EXTENSIONS or info.get("type", "file") != "file":
+            continue
+        modified = _modified(info)
+        day, source = date_in_path(relative) if date_from != "mtime" else None, "path"
+        if day is None and date_from != "path" and modified is not None:
+            day, source = modified.date(), "mtime"
+        if day is None:
+            continue  # no date it could be placed at
+        if (since is not None and day < since) or (until is not None and day > until):
+            continue
+        vid = video_id_for(relative)
+        if vid in seen:
+            raise DatasetLayoutError(f"archive {location}: {seen[vid]} and {relative} both map to video id {vid!r}; rename one")
+        seen[vid] = relative
+        uri = path if _is_local(fs) else fs.unstrip_protocol(path)
+        videos.append(ArchiveVideo(
+            vid, uri, relative, int(info.get("size") or 0), modified.isoformat() if modified else "", day, source,  # type: ignore[arg-type]
+        ))
+    return sorted(videos, key=lambda v: (v.date, v.relative))
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    """What an archive run scores with; `key` changes whenever any of it does."""
+
+    small: str  # checkpoint paths
+    large: str
+    budget: Budget
+    router: RouterConfig
+    frame_mode: FrameMode
+    device: str = "auto"
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "small": {"path": self.small, "sha": file_digest(self.small)},
+            "large": {"path": self.large, "sha": file_digest(self.large)},
+            "budget": budget_record(self.budget),
+            "router": {"margin": self.router.margin, "ood_quantile": self.router.ood_quantile,
+                       "instability_quantile": self.router.instability_quantile, "signals": list(self.router.signals)},
+            "frame_mode": self.frame_mode,
+        }
+
+    def key(self) -> str:
+        """A digest of the models' bytes and the routing parameters (not the paths or the device)."""
+        p = self.params()
+        core = {**p, "small": p["small"]["sha"], "large": p["large"]["sha"]}
+        return hashlib.blake2b(json.dumps(core, sort_keys=True).encode(), digest_size=12).hexdigest()
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ingest_preprocess(checkpoint: Checkpoint) -> Preprocess:
+    """Store archive footage the way the model's training footage was stored: same frame size,
+    channels and frame rate, so a camera that changed resolution or rate is converted, not refused."""
+    h, w, c = checkpoint.source["frame_size"]
+    prep = checkpoint.source.get("preprocess") or {}
+    fps = checkpoint.source.get("fps")
+    return Preprocess(size=(int(h), int(w)), gray=int(c) == 1, fps=float(fps) if fps else None,
+                      chunk_frames=int(prep.get("chunk_frames") or 16))
+
+
+@dataclass(frozen=True)
+class VideoOutcome:
+    video: str
+    status: Literal["scored", "skipped"]
+    frames: int = 0
+    clips: int = 0
+    escalated: int = 0
+    seconds: float = 0.0
+
+
+def already_scored(root: str, dataset: str, run_id: str, video: ArchiveVideo, key: str) -> bool:
+    """The run holds this video, scored from the same file (size and modification time) with the same key."""
+    done = read_part(root, "videos", dataset, run_id, video.video_id)
+    if done is None or done.empty:
+        return False
+    row = done.iloc[0]
+    return bool(row["key"] == key and int(row["source_size"]) == video.size and row["source_modified"] == video.modified)
+
+
+@contextlib.contextmanager
+def local_copy(video: ArchiveVideo) -> Iterator[str]:
+    """A local path for FFmpeg: the file itself, or a temporary copy of a remote one."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(video.uri)
+    if _is_local(fs):
+        yield path
+        return
+    folder = tempfile.mkdtemp(prefix="vad-archive-")
+    try:
+        local = str(Path(folder) / Path(video.relative).name)
+        fs.get(path, local)
+        yield local
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def score_archive_video(
+    root: str, dataset: str, run_id: str, video: ArchiveVideo, settings: ArchiveSettings, *, key: str,
+    params: dict[str, Any], rescore: bool = False,
+) -> VideoOutcome:
+    """Ingest one archive video (with the small model's preprocessing) and score it on its own
+    (the budget applies within the video), then write its clip, frame and video rows.
+
+    Skipped when the run already holds it from the same file with the same key, unless `rescore`.
+    Rows are written only after all the work succeeded, clips and frames first and the video row
+    last: earlier rows of the video stay until then, and a crash in between is redone by the next run.
+    """
+    t0 = time.perf_counter()
+    if not rescore and already_scored(root, dataset, run_id, video, key):
+        return VideoOutcome(video.video_id, "skipped")
+    small, large = cached_checkpoint(settings.small), cached_checkpoint(settings.large)
+    url = store_url(root, dataset)
+    with local_copy(video) as path:
+        source = VideoSource(video.video_id, "test", path, "file")
+        ingest_video(url, source, ingest_preprocess(small), dataset=dataset, source_uri=video.uri)
+    result = score_videos(url, small, large, settings.budget, videos=[video.video_id], split=None,
+                          router=settings.router, frame_mode=settings.frame_mode, device=settings.device)
+    write_table(root, "clips", dataset, run_id, result.clips, part=video.video_id)
+    write_table(root, "frames", dataset, run_id, result.frames, part=video.video_id)
+    stored = ClipStore.open(url).video(video.video_id)
+    seconds = time.perf_counter() - t0
+    row = pd.DataFrame([{
+        "video": video.video_id, "date": video.date, "date_from": video.date_from, "source": video.uri,
+        "relative": video.relative, "source_size": video.size, "source_modified": video.modified,
+        "source_hash": stored.attrs.get("source_hash"), "frames": result.n_frames, "clips": len(result.clips),
+        "escalated": int(result.routing.escalated.sum()), "large_calls": result.large.calls,
+        "max_score": float(np.max(result.frames["score"])), "seconds": seconds,
+        "scored_at": datetime.now(timezone.utc), "key": key, "params": json.dumps(params, sort_keys=True),
+        "versions": json.dumps(package_versions(), sort_keys=True),
+    }])
+    write_table(root, "videos", dataset, run_id, row, part=video.video_id)
+    return VideoOutcome(video.video_id, "scored", result.n_frames, len(result.clips), int(result.routing.escalated.sum()), seconds)
+
+
+def failure_row(video: ArchiveVideo, exc: BaseException) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "video": video.video_id, "date": video.date, "source": video.uri, "error": type(exc).__name__,
+        "message": describe_failure(exc), "failed_at": datetime.now(timezone.utc),
+    }])

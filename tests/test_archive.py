@@ -1,0 +1,141 @@
+"""Archive listing and dating, and per-video archive scoring: skip, re-score, failures."""
+
+import os
+import shutil
+from dataclasses import replace
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+import pytest
+
+from storage import read_part, read_table, write_table
+from tasks.archive import (
+    ArchiveSettings, date_in_path, failure_row, list_archive, local_copy, resolve_range, score_archive_video,
+    video_id_for,
+)
+from tasks.errors import DatasetLayoutError, FFmpegError, NotFoundError, ParameterError
+from tasks.routing import BatchBudget, RouterConfig
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("2026-11-20/cam1-0300.mp4", date(2026, 11, 20)),
+    ("2026/11/20/0300.mp4", date(2026, 11, 20)),
+    ("cam1_20261120T030000.mp4", date(2026, 11, 20)),
+    ("2026_11_19/cam1-2026.11.20.mp4", date(2026, 11, 20)),  # the last date in the path wins
+    ("cam1/1700000000.mp4", None),  # ten digits: no date inside a longer number
+    ("2026-13-01/a.mp4", None),  # no month 13
+    ("1890-01-01/a.mp4", None),
+    ("clip.mp4", None),
+])
+def test_dates_in_paths(path, expected):
+    assert date_in_path(path) == expected
+
+
+def test_video_ids_are_store_safe_and_follow_the_path():
+    assert video_id_for("2026-11-20/cam 1 (north).mp4") == "2026-11-20_cam-1-north"
+    assert video_id_for("a/b/c.avi") == "a_b_c"
+    assert video_id_for("_x.mp4") == "x"
+
+
+def test_ranges_from_dates_or_a_lookback():
+    assert resolve_range(date(2026, 1, 1), date(2026, 1, 31), None) == (date(2026, 1, 1), date(2026, 1, 31))
+    assert resolve_range(None, None, 2, today=date(2026, 11, 24)) == (date(2026, 11, 22), date(2026, 11, 24))
+    assert resolve_range(None, None, None) == (None, None)
+    with pytest.raises(ParameterError, match="after"):
+        resolve_range(date(2026, 2, 1), date(2026, 1, 1), None)
+    with pytest.raises(ParameterError, match="not both"):
+        resolve_range(date(2026, 2, 1), None, 3)
+
+
+def _touch(path: Path, when: datetime) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * 10)
+    os.utime(path, (when.timestamp(), when.timestamp()))
+    return path
+
+
+def test_listing_dates_videos_by_path_or_modification_time(tmp_path):
+    jan5 = datetime(2026, 1, 5, 12, tzinfo=timezone.utc)
+    _touch(tmp_path / "2026-01-02" / "a.mp4", jan5)  # dated by its path
+    _touch(tmp_path / "loose" / "b.mkv", jan5)  # no date in the path: its mtime
+    _touch(tmp_path / "2026-01-09" / "notes.txt", jan5)  # not a video
+    _touch(tmp_path / ".trash" / "2026-01-03" / "c.mp4", jan5)  # hidden
+    every = list_archive(str(tmp_path))
+    assert [(v.video_id, v.date, v.date_from) for v in every] == [
+        ("2026-01-02_a", date(2026, 1, 2), "path"), ("loose_b", date(2026, 1, 5), "mtime"),
+    ]
+    assert [v.video_id for v in list_archive(str(tmp_path), since=date(2026, 1, 3))] == ["loose_b"]
+    assert [v.video_id for v in list_archive(str(tmp_path), until=date(2026, 1, 4))] == ["2026-01-02_a"]
+    assert [v.video_id for v in list_archive(str(tmp_path), date_from="path")] == ["2026-01-02_a"]
+    by_mtime = list_archive(str(tmp_path), date_from="mtime")
+    assert {v.date for v in by_mtime} == {date(2026, 1, 5)}
+    assert every[0].size == 10 and every[0].modified.startswith("2026-01-05T12:00:00")
+
+
+def test_listing_refuses_a_missing_folder_and_clashing_ids(tmp_path):
+    with pytest.raises(NotFoundError, match="not a folder"):
+        list_archive(str(tmp_path / "nope"))
+    when = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    _touch(tmp_path / "2026-01-02" / "a.mp4", when)
+    _touch(tmp_path / "2026-01-02" / "a.avi", when)
+    with pytest.raises(DatasetLayoutError, match="both map to video id"):
+        list_archive(str(tmp_path))
+    with pytest.raises(ParameterError, match="date_from"):
+        list_archive(str(tmp_path), date_from="exif")  # type: ignore[arg-type]
+
+
+def test_remote_archives_are_listed_and_copied_through_fsspec():
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/cams/2026-03-04/x.mp4", b"video bytes")
+    try:
+        (video,) = list_archive("memory://cams")
+        assert (video.video_id, video.date, video.uri) == ("2026-03-04_x", date(2026, 3, 4), "memory:///cams/2026-03-04/x.mp4")
+        with local_copy(video) as path:
+            assert Path(path).read_bytes() == b"video bytes"
+        assert not Path(path).exists()  # the temporary copy is gone
+    finally:
+        fs.rm("/cams", recursive=True)
+
+
+def _score(root, video, settings, **kw):
+    return score_archive_video(root, "cam", "r", video, settings, key=settings.key(), params=settings.params(), **kw)
+
+
+def test_a_video_is_scored_once_and_again_only_when_the_models_or_the_file_change(camera_workspace, tmp_path):
+    root, archive, settings = camera_workspace
+    root = shutil.copytree(root, tmp_path / "ws")
+    video = list_archive(archive)[0]
+    first = _score(str(root), video, settings)
+    assert first.status == "scored" and first.frames == 40  # tiny videos: 40 frames, 4 clips of 16 every 8
+    assert first.clips == 4 and first.escalated == 1  # a budget of 0.25 of 4 clips
+    row = read_part(root, "videos", "cam", "r", video.video_id).iloc[0]
+    assert (row["frames"], row["key"], row["source_size"]) == (40, settings.key(), video.size)
+    assert _score(str(root), video, settings).status == "skipped"
+    other = replace(settings, budget=BatchBudget(0.5))
+    assert other.key() != settings.key()
+    again = _score(str(root), video, other)
+    assert again.status == "scored" and again.escalated == 2
+    assert _score(str(root), video, other, rescore=True).status == "scored"
+    moved = replace(video, modified="2030-01-01T00:00:00+00:00")  # the file was replaced
+    assert _score(str(root), moved, other).status == "scored"
+    clips = read_table(root, "clips", dataset="cam", run_id="r")
+    assert len(clips) == 4 and clips.escalated.sum() == 2  # replaced each time, never appended
+
+
+def test_a_failed_rescore_keeps_the_earlier_rows(camera_workspace, tmp_path):
+    root, archive, settings = camera_workspace
+    root = str(shutil.copytree(root, tmp_path / "ws"))
+    video = list_archive(archive)[0]
+    _score(root, video, settings)
+    before = read_table(root, "clips", dataset="cam", run_id="r")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    bad = replace(video, uri=str(broken), size=11)
+    with pytest.raises(FFmpegError, match="broken.mp4"):
+        _score(root, bad, settings)
+    pd.testing.assert_frame_equal(read_table(root, "clips", dataset="cam", run_id="r"), before)
+    write_table(root, "failures", "cam", "r", failure_row(bad, FFmpegError(str(broken), "corrupt")), part=video.video_id)
+    failures = read_table(root, "failures", dataset="cam")
+    assert failures.video.tolist() == [video.video_id] and "corrupt" in failures.message[0]
