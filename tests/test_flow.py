@@ -94,7 +94,7 @@ def test_score_flow_writes_a_run_and_the_cli_prints_it(synthetic_store, tmp_path
     import pandas as pd
 
     from flows.score import score_flow
-    from test_scoring import _checkpoint
+    from conftest import make_checkpoint as _checkpoint
 
     root = tmp_path / "ws"
     shutil.copytree(synthetic_store, root / "stores" / "synthetic.zarr")
@@ -116,7 +116,7 @@ def test_score_flow_writes_a_run_and_the_cli_prints_it(synthetic_store, tmp_path
 
 def test_pipeline_flow_scores_and_reports_with_the_checkpoints_it_finds(synthetic_store, tmp_path, prefect_server):
     from flows.pipeline import pipeline_flow
-    from test_scoring import _checkpoint
+    from conftest import make_checkpoint as _checkpoint
 
     root = tmp_path / "ws"
     shutil.copytree(synthetic_store, root / "stores" / "synthetic.zarr")
