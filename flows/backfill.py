@@ -14,31 +14,24 @@ from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 from pydantic import Field
 
+from flows.ingest import retry_transient
 from storage import ClipStore, check_run_id, delete_part, write_manifest, write_table
 from tasks.archive import (
     ArchiveSettings, ArchiveVideo, DateFrom, VideoOutcome, failure_row, list_archive, resolve_range, score_archive_video,
 )
-from tasks.errors import FFmpegError
 from tasks.ingest import describe_failure
 from tasks.routing import RouterConfig, parse_budget
-from tasks.runners import Runner, task_runner
+from tasks.runners import Runner, completed, task_runner
 from tasks.scoring import load_pair
 from tasks.training import package_versions
 from tasks.workspace import check_dataset_name, default_root, store_url
 
 
-def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry hook signature
-    """Retry only FFmpeg failures marked transient (killed, I/O error), never a corrupt file."""
-    exc = state.result(raise_on_failure=False)
-    return isinstance(exc, FFmpegError) and exc.transient
-
-
 @task(
     name="score-archive-video", task_run_name="archive-{video.video_id}", retries=2, retry_delay_seconds=5,
-    retry_condition_fn=_transient, cache_policy=NO_CACHE,
+    retry_condition_fn=retry_transient, cache_policy=NO_CACHE,
 )
 def archive_video_task(root: str, dataset: str, run_id: str, video: ArchiveVideo, settings: ArchiveSettings, key: str,
                        params: dict, rescore: bool) -> VideoOutcome:
@@ -87,7 +80,7 @@ def backfill_batches_flow(root: str, dataset: str, run_id: str, batches: list[li
     outcomes, failures = [], {}
     for i, batch in enumerate(batches, 1):
         futures = {archive_video_task.submit(root, dataset, run_id, v, settings, key, params, rescore): v for v in batch}
-        for future in as_completed(list(futures)):
+        for future in completed(list(futures)):
             video, out = futures[future], future.result(raise_on_failure=False)
             if isinstance(out, VideoOutcome):
                 outcomes.append(out)

@@ -64,6 +64,9 @@ def _run_ingest(source: str, dataset: str, root: str, **options: object) -> int:
     if options.get("size"):
         parse_size(str(options["size"]))
     _prefect_defaults(root)
+    from tasks.runners import check_runner
+
+    check_runner(str(options.get("runner", "threads")), dask_address=options.get("dask_address"), workers=options.get("workers"))  # type: ignore[arg-type]
     from flows.ingest import ingest_flow
 
     state = ingest_flow(source=source, dataset=dataset, root=root, return_state=True, **options)  # type: ignore[arg-type]
@@ -126,10 +129,14 @@ def ingest(
     gray: Annotated[bool, typer.Option("--gray/--rgb", help="Store one gray channel or three RGB channels.")] = False,
     fps: Annotated[Optional[float], typer.Option(help="Resample to this frame rate (unlabelled footage only).")] = None,
     force: Annotated[bool, typer.Option(help="Re-ingest videos even when unchanged.")] = False,
+    runner: RunnerOpt = "threads",
+    dask_address: DaskOpt = None,
+    workers: WorkersOpt = None,
     root: RootOpt = None,
 ) -> None:
     """Decode a dataset's videos into its Zarr clip store (unchanged videos are skipped)."""
-    raise typer.Exit(_run_ingest(source, dataset, _root(root), format=format, size=size, gray=gray, fps=fps, force=force))
+    raise typer.Exit(_run_ingest(source, dataset, _root(root), format=format, size=size, gray=gray, fps=fps, force=force,
+                                 runner=runner, dask_address=dask_address, workers=workers))
 
 
 @app.command()

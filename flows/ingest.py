@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Literal
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
-from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from storage import ClipStore
 from tasks.datasets import VideoSource, discover
 from tasks.errors import FFmpegError
 from tasks.ingest import IngestResult, Preprocess, describe_failure, ingest_video, parse_size
+from tasks.runners import Runner, completed, task_runner
 from tasks.workspace import default_root, store_url
 
 Format = Literal["auto", "ucsd", "avenue", "shanghaitech", "ucf-crime", "folder"]
 
 
-def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry hook signature
+def retry_transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry hook signature
     """Retry only FFmpeg failures marked transient (killed, I/O error), never a corrupt file."""
     exc = state.result(raise_on_failure=False)
     return isinstance(exc, FFmpegError) and exc.transient
@@ -31,7 +29,7 @@ def _transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry
 
 @task(
     name="ingest-video", task_run_name="ingest-{source.video_id}", retries=2, retry_delay_seconds=2,
-    retry_condition_fn=_transient, cache_policy=NO_CACHE,
+    retry_condition_fn=retry_transient, cache_policy=NO_CACHE,
 )
 def ingest_video_task(store: str, source: VideoSource, prep: Preprocess, dataset: str, force: bool) -> IngestResult:
     return ingest_video(store, source, prep, dataset=dataset, force=force)
@@ -54,7 +52,23 @@ class IngestSummary:
         return sum(r.status == "skipped" for r in self.results)
 
 
-@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 2))
+@flow(name="ingest-videos")
+def ingest_videos_flow(url: str, videos: list[VideoSource], prep: Preprocess, dataset: str, force: bool) -> IngestSummary:
+    futures = {ingest_video_task.submit(url, v, prep, dataset, force): v.video_id for v in videos}
+    summary = IngestSummary(dataset, url)
+    with tqdm(total=len(futures), unit="video", desc=f"ingest {dataset}", disable=None) as bar:
+        for future in completed(list(futures)):
+            outcome = future.result(raise_on_failure=False)
+            if isinstance(outcome, IngestResult):
+                summary.results.append(outcome)
+            else:
+                summary.failures[futures[future]] = describe_failure(outcome)
+            bar.update()
+    summary.results.sort(key=lambda r: (r.split != "train", r.video_id))
+    return summary
+
+
+@flow(name="ingest")
 def ingest_flow(
     source: str,
     dataset: str,
@@ -65,8 +79,12 @@ def ingest_flow(
     fps: float | None = None,
     chunk_frames: int = 16,
     force: bool = False,
+    runner: Runner = "threads",
+    dask_address: str | None = None,
+    workers: int | None = None,
 ) -> State:
-    """Ingest every video of the dataset at `source` into `<root>/stores/<dataset>.zarr`.
+    """Ingest every video of the dataset at `source` into `<root>/stores/<dataset>.zarr`, one task per
+    video on the chosen task runner.
 
     Videos that fail are reported in the summary and the others complete; the run ends Failed
     (carrying the summary) when any video failed.
@@ -76,17 +94,8 @@ def ingest_flow(
     videos = discover(source, format)
     url = store_url(root or default_root(), dataset)
     ClipStore.open_or_create(url, dataset=dataset)  # once, before the per-video writers start
-    futures = {ingest_video_task.submit(url, v, prep, dataset, force): v.video_id for v in videos}
-    summary = IngestSummary(dataset, url)
-    with tqdm(total=len(futures), unit="video", desc=f"ingest {dataset}", disable=None) as bar:
-        for future in as_completed(list(futures)):
-            outcome = future.result(raise_on_failure=False)
-            if isinstance(outcome, IngestResult):
-                summary.results.append(outcome)
-            else:
-                summary.failures[futures[future]] = describe_failure(outcome)
-            bar.update()
-    summary.results.sort(key=lambda r: (r.split != "train", r.video_id))
+    stage = ingest_videos_flow.with_options(task_runner=task_runner(runner, dask_address=dask_address, workers=workers))
+    summary = stage(url, videos, prep, dataset, force)
     summary.seconds = time.perf_counter() - t0
     if summary.failures:
         return Failed(message=f"{len(summary.failures)} of {len(videos)} videos failed", data=summary)

@@ -13,12 +13,11 @@ from typing import Literal
 import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 
 from storage import check_run_id
 from tasks.checkpoint import cached_checkpoint
 from tasks.routing import Budget, RouterConfig, parse_budget
-from tasks.runners import Runner, task_runner
+from tasks.runners import Runner, completed, task_runner
 from tasks.scoring import (
     FrameMode, PassOutput, ScoreResult, ScoreSummary, VideoPass, assemble, first_pass, load_pair, plan_routes,
     second_pass, video_list, write_run,
@@ -42,7 +41,7 @@ def _gather(futures: dict, desc: str, progress: bool) -> dict:
 
     out = {}
     with tqdm(total=len(futures), desc=desc, unit="video", disable=not progress, leave=False) as bar:
-        for future in as_completed(list(futures)):
+        for future in completed(list(futures)):
             out[futures[future]] = future.result()
             bar.update()
     return out

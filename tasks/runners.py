@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Iterator
 from typing import Literal
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tasks.errors import ParameterError
+from tasks.errors import ParameterError, PipelineError
 from tasks.training import available_cores
 
 Runner = Literal["threads", "dask"]
@@ -65,3 +67,33 @@ def current_api_url() -> str:
     from prefect.client.orchestration import get_client
 
     return str(get_client(sync_client=True).api_url)
+
+
+def completed(futures: list, *, poll: float = 0.2, no_workers_for: float = 120.0) -> Iterator:
+    """Yield Prefect futures as they finish, on any task runner.
+
+    Polls the futures' own completion (threads or Dask) rather than relying on callbacks. On Dask,
+    a cluster that has had no worker for `no_workers_for` seconds (workers lost, or a scheduler
+    nobody joined) is an error instead of a wait that never ends.
+    """
+    pending = list(futures)
+    empty_since: float | None = None
+    while pending:
+        done = [f for f in pending if f.wrapped_future.done()]
+        for f in done:
+            pending.remove(f)
+            yield f
+        if done or not pending:
+            continue
+        client = getattr(pending[0].wrapped_future, "client", None)
+        if client is not None:
+            if client.scheduler_info().get("workers"):
+                empty_since = None
+            elif empty_since is None:
+                empty_since = time.monotonic()
+            elif time.monotonic() - empty_since > no_workers_for:
+                raise PipelineError(
+                    f"the Dask cluster at {client.scheduler.address} has had no worker for {no_workers_for:.0f} s "
+                    f"with {len(pending)} tasks waiting; start workers or check their logs"
+                )
+        time.sleep(poll)

@@ -12,11 +12,11 @@ import pytest
 
 from storage import read_part, read_table, write_table
 from tasks.archive import (
-    ArchiveSettings, date_in_path, failure_row, list_archive, local_copy, resolve_range, score_archive_video,
+    date_in_path, failure_row, list_archive, local_copy, resolve_range, score_archive_video,
     video_id_for,
 )
 from tasks.errors import DatasetLayoutError, FFmpegError, NotFoundError, ParameterError
-from tasks.routing import BatchBudget, RouterConfig
+from tasks.routing import BatchBudget
 
 
 @pytest.mark.parametrize("path, expected", [

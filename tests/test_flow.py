@@ -60,6 +60,19 @@ def test_cli_reports_bad_parameters_in_one_line(tmp_path, tiny_dataset, args, ne
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--since", "2026-13-01"], "--since must be a date"), (["--since", "2026-02-01", "--until", "2026-01-01"], "after"),
+     (["--runner", "ray"], "task runner"), (["--budget", "2"], "budget"), (["--run-id", "a/b"], "run id")],
+)
+def test_backfill_cli_reports_bad_parameters_in_one_line(tmp_path, args, needle):
+    cmd = [sys.executable, "-m", "flows.cli", "backfill", str(tmp_path), "--dataset", "cam", "--root", str(tmp_path), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_cli_keeps_the_temporary_prefect_database_in_the_workspace(tmp_path, monkeypatch):
     from flows.cli import _prefect_defaults
 

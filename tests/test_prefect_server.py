@@ -1,0 +1,105 @@
+"""The deployments on a real Prefect server: a server on 127.0.0.1, the process work pool, the
+deployments of prefect.yaml, a worker, and the backfill deployment triggered twice over the same
+range (the second run does no model work). Everything started here is stopped here."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from storage import read_table
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A Prefect server of its own (own home and database), up within 180 s or the test fails."""
+    port = _free_port()
+    env = {
+        **os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    (tmp_path / "prefect-home").mkdir()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("Prefect server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield env
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _prefect(env, *args, timeout=120) -> str:
+    result = subprocess.run([*PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_backfill_deployment_runs_on_a_worker_and_a_second_run_does_no_model_work(server, camera_workspace, tmp_path):
+    root, archive, _ = camera_workspace
+    root = str(shutil.copytree(root, tmp_path / "ws"))
+    env = server
+    _prefect(env, "work-pool", "create", "vad-process", "--type", "process")
+    _prefect(env, "--no-prompt", "deploy", "--name", "backfill")
+    _prefect(env, "--no-prompt", "deploy", "--name", "nightly", "--param", f"archive={archive}", "--param", "dataset=cam",
+             "--param", f"root={root}")
+    nightly = _prefect(env, "deployment", "inspect", "backfill/nightly")
+    assert "0 2 * * *" in nightly and archive in nightly  # the schedule exists, with the deploy-time parameters
+
+    worker_log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "vad-process"], env=env, cwd=REPO,
+                              stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        params = json.dumps({"archive": archive, "dataset": "cam", "root": root, "since": "2026-11-20", "until": "2026-11-21"})
+        _prefect(env, "deployment", "run", "backfill/backfill", "--params", params, "--watch", "--watch-timeout", "400", timeout=450)
+        videos = read_table(root, "videos", dataset="cam")
+        assert sorted(videos.video) == ["2026-11-20_cam-0", "2026-11-21_cam-1"]  # the third video is dated the 22nd
+        clips = read_table(root, "clips", dataset="cam")
+        assert len(clips) == 8 and clips.groupby("video").size().tolist() == [4, 4]
+        parts = {p: p.stat().st_mtime_ns for p in (Path(root) / "scores").rglob("*.parquet")}
+
+        _prefect(env, "deployment", "run", "backfill/backfill", "--params", params, "--watch", "--watch-timeout", "400", timeout=450)
+        assert {p: p.stat().st_mtime_ns for p in parts} == parts  # no part rewritten: no model work
+        assert "scored 0, skipped 2" in (tmp_path / "worker.log").read_text()
+    finally:
+        _stop(worker)
+        worker_log.close()
