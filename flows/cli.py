@@ -151,6 +151,7 @@ def train(
     gray: Annotated[Optional[bool], typer.Option("--gray/--rgb", help="Model input channels (default: the store's).")] = None,
     clip_len: Annotated[int, typer.Option("--clip-len", help="Frames per clip.")] = 16,
     stride: Annotated[int, typer.Option(help="Frames between clip starts when scoring and calibrating (training uses half).")] = 8,
+    motion: Annotated[bool, typer.Option("--motion/--frames", help="Model input: frame differences (moving things) or the frames themselves.")] = False,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Horizontal-flip augmentation.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initial weights and the batch order.")] = 0,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop after the epoch that passes this many minutes.")] = None,
@@ -169,8 +170,8 @@ def train(
     # Fail in a second, before Prefect's server starts, on everything that can be checked cheaply.
     config = TrainConfig(
         role=model, arch=arch, epochs=epochs, batch=batch, lr=lr, size=parse_size(size) if size else None,
-        channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, flip=flip, seed=seed,
-        max_minutes=max_minutes,
+        channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, motion=motion, flip=flip,
+        seed=seed, max_minutes=max_minutes,
     )
     target = out or checkpoint_path(base, dataset, model, str(config.arch))
     plan = plan_training(store_url(base, dataset), target, config, overwrite=force)
@@ -185,7 +186,7 @@ def train(
     with _interruptible(f"interrupted; the last finished epoch is saved in {target}.state: run the same command to resume"):
         result = train_flow(
             dataset=dataset, root=base, role=model, arch=config.arch, epochs=epochs, batch=batch, lr=lr, size=size,
-            gray=gray, clip_len=clip_len, stride=stride, flip=flip, seed=seed, max_minutes=max_minutes, out=target,
+            gray=gray, clip_len=clip_len, stride=stride, motion=motion, flip=flip, seed=seed, max_minutes=max_minutes, out=target,
             force=force, resume=not fresh, progress=True,
         )
     typer.echo(result.summary())

@@ -32,6 +32,7 @@ def train_flow(
     gray: bool | None = None,
     clip_len: int = 16,
     stride: int = 8,
+    motion: bool = False,
     flip: bool = True,
     seed: int = 0,
     max_minutes: float | None = None,
@@ -45,7 +46,7 @@ def train_flow(
     root = root or default_root()
     config = TrainConfig(
         role=role, arch=arch, epochs=epochs, batch=batch, lr=lr, size=parse_size(size) if size else None,
-        channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, flip=flip,
+        channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, motion=motion, flip=flip,
         seed=seed, max_minutes=max_minutes,
     )
     target = out or checkpoint_path(root, dataset, role, config.arch)

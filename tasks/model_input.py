@@ -23,22 +23,29 @@ _LUMA = (0.299, 0.587, 0.114)
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What a model sees: clips of `clip_len` frames every `stride` frames, at height x width x channels."""
+    """What a model sees: clips of `clip_len` frames every `stride` frames, at height x width x channels.
+
+    `motion`: the model sees the absolute difference of each frame to the one before (the clip's
+    first frame repeats the second's difference) instead of the frames: moving things, not the
+    static scene.
+    """
 
     clip_len: int
     stride: int
     height: int
     width: int
     channels: int
+    motion: bool = False
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
+        for name in ("clip_len", "stride", "height", "width", "channels"):
+            value = getattr(self, name)
             if int(value) < 1:
                 raise ParameterError(f"{name} must be >= 1, got {value}")
         if self.channels not in (1, 3):
             raise ParameterError(f"channels must be 1 or 3, got {self.channels}")
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | bool]:
         return asdict(self)
 
 
@@ -67,6 +74,11 @@ def prepare_clips(
         size = (x.shape[2], spec.height, spec.width)
         shrink = spec.height <= h and spec.width <= w
         x = F.interpolate(x, size=size, mode="area") if shrink else F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+    if spec.motion:
+        if x.shape[2] < 2:
+            raise ParameterError("motion input needs clips of at least 2 frames")
+        d = (x[:, :, 1:] - x[:, :, :-1]).abs_()
+        x = torch.cat([d[:, :, :1], d], dim=2)
     lo, hi = value_range
     return x.mul_(hi - lo).add_(lo).contiguous() if (lo, hi) != (0.0, 1.0) else x.contiguous()
 

@@ -65,6 +65,7 @@ class TrainConfig:
     train_stride: int | None = None  # None: stride // 2 (more, overlapping training clips)
     size: tuple[int, int] | None = None
     channels: int | None = None
+    motion: bool = False  # the model sees frame differences (see InputSpec)
     val_fraction: float = 0.2
     patience: int = 5  # epochs without improvement before stopping
     lr_patience: int = 2  # epochs without improvement before halving the learning rate
@@ -356,7 +357,8 @@ def plan_training(store_url: str, out: str | Path, config: TrainConfig, *, overw
     defaults = model_class(config.arch).config_class()
     height, width = config.size or (defaults.height, defaults.width)
     channels = config.channels or store_c
-    spec = InputSpec(clip_len=config.clip_len, stride=config.stride, height=height, width=width, channels=channels)
+    spec = InputSpec(clip_len=config.clip_len, stride=config.stride, height=height, width=width, channels=channels,
+                     motion=config.motion)
     model_cfg = make_config(
         config.arch, {**config.model, "in_channels": channels, "clip_len": config.clip_len, "height": height, "width": width}
     )

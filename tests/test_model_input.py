@@ -25,6 +25,17 @@ def test_value_range_and_layout():
     assert y.unique().item() == pytest.approx(0.2)
 
 
+def test_motion_input_is_the_difference_to_the_previous_frame():
+    # frames 0, 0.2, 0.2, 0.6: differences 0.2, 0, 0.4, the first frame repeating the first difference
+    x = prepare_clips(_frames([0, 51, 51, 153], c=1), InputSpec(4, 1, 4, 4, 1, motion=True), (0.0, 1.0))
+    assert x.shape == (1, 1, 4, 4, 4)
+    assert [round(x[0, 0, t].unique().item(), 6) for t in range(4)] == [0.2, 0.2, 0.0, 0.4]
+    assert InputSpec(**InputSpec(4, 1, 4, 4, 1, motion=True).to_dict()).motion  # recorded in checkpoints
+    assert not InputSpec(**{"clip_len": 4, "stride": 1, "height": 4, "width": 4, "channels": 1}).motion  # older ones
+    with pytest.raises(ParameterError, match="2 frames"):
+        prepare_clips(_frames([0], c=1), InputSpec(1, 1, 4, 4, 1, motion=True), (0.0, 1.0))
+
+
 def test_rgb_to_gray_uses_luma_and_gray_to_rgb_repeats():
     rgb = torch.zeros(1, 1, 2, 2, 3, dtype=torch.uint8)
     rgb[..., 0] = 255  # pure red: luma 0.299
