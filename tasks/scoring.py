@@ -396,8 +396,8 @@ class ScoreSummary:
         lines = [
             f"score {self.dataset} (run {self.run_id}): {self.clips:,} clips, {self.frames:,} frames; escalated "
             f"{self.escalated:,} ({self.escalation_rate:.1%}); large-model calls {self.large_calls:,}",
-            f"time: {self.seconds['total']:.1f} s ({per_k:.2f} s per 1,000 frames; pass 1 {self.seconds['pass1']:.1f} s, "
-            f"pass 2 {self.seconds['pass2']:.1f} s)",
+            f"time: {self.seconds['total']:.1f} s ({per_k:.2f} s per 1,000 frames); model time summed over videos, "
+            f"which may run at once: pass 1 {self.seconds['pass1']:.1f} s, pass 2 {self.seconds['pass2']:.1f} s",
         ]
         lines += [f"{name}: {path}" for name, path in self.paths.items()]
         return "\n".join(lines)
