@@ -126,7 +126,8 @@ def backfill_flow(
     small_ck, large_ck = load_pair(root, dataset, small, large)
     settings = ArchiveSettings(small_ck.path, large_ck.path, parse_budget(budget, bucket), RouterConfig(margin=margin),
                                frame_mode, device)
-    params, key = settings.params(), settings.key()
+    params = settings.params()
+    key = settings.key(params)
     videos = list_archive(archive, since=since, until=until, date_from=date_from)
     ClipStore.open_or_create(store_url(root, dataset), dataset=dataset)  # once, before the per-video writers
     manifest = {

@@ -20,6 +20,10 @@ RunnerOpt = Annotated[str, typer.Option("--runner", help="Task runner: threads (
 DaskOpt = Annotated[Optional[str], typer.Option("--dask-address", help="Run the tasks on this Dask scheduler (tcp://HOST:8786); its workers need PREFECT_API_URL.")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Threads (threads runner; default: the cores) or worker processes (local Dask; default 2).")]
 
+SmallOpt = Annotated[Optional[str], typer.Option(help="Small-model checkpoint (default: the one small-*.pt in <root>/checkpoints/<dataset>/).")]
+LargeOpt = Annotated[Optional[str], typer.Option(help="Large-model checkpoint (default: the one large-*.pt there).")]
+MarginOpt = Annotated[float, typer.Option(help="Gray-zone half-width around the threshold, in percentile units.")]
+
 RootOpt = Annotated[
     Optional[str],
     typer.Option("--root", help="Workspace for stores, checkpoints, scores and reports (default: $VAD_ROOT, else ./vad-workspace)."),
@@ -195,12 +199,12 @@ def train(
 @app.command()
 def score(
     dataset: Annotated[str, typer.Option(help="Dataset whose store's test videos are scored.")],
-    small: Annotated[Optional[str], typer.Option(help="Small-model checkpoint (default: the one small-*.pt in <root>/checkpoints/<dataset>/).")] = None,
-    large: Annotated[Optional[str], typer.Option(help="Large-model checkpoint (default: the one large-*.pt there).")] = None,
+    small: SmallOpt = None,
+    large: LargeOpt = None,
     budget: Annotated[Optional[float], typer.Option(help="Escalate this fraction of clips, the hardest first (default 0.2).")] = None,
     bucket: Annotated[Optional[str], typer.Option(help="Token bucket per video instead: CAPACITY,REFILL (tokens added per clip).")] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Run id (default: the UTC time); re-using one replaces that run.")] = None,
-    margin: Annotated[float, typer.Option(help="Gray-zone half-width around the threshold, in percentile units.")] = 0.05,
+    margin: MarginOpt = 0.05,
     frame_mode: Annotated[str, typer.Option("--frame-mode", help="Frame scores from covering clips' scores (clip) or their per-frame errors (frame).")] = "clip",
     runner: RunnerOpt = "threads",
     dask_address: DaskOpt = None,
@@ -208,10 +212,10 @@ def score(
     root: RootOpt = None,
 ) -> None:
     """Score a dataset with the small model, escalate within the budget to the large one, write Parquet tables."""
-    from storage import check_run_id
-    from tasks.checkpoint import load_checkpoint
+    from storage import ClipStore, check_run_id
     from tasks.routing import RouterConfig, parse_budget
-    from tasks.scoring import find_checkpoint
+    from tasks.runners import check_runner
+    from tasks.scoring import load_pair
     from tasks.workspace import check_dataset_name, store_url
 
     base = _root(root)
@@ -224,14 +228,9 @@ def score(
         raise ParameterError(f"--frame-mode must be clip or frame, got {frame_mode!r}")
     if run_id:
         check_run_id(run_id)
-    from storage import ClipStore
-    from tasks.runners import check_runner
-
     check_runner(runner, dask_address=dask_address, workers=workers)
-
     ClipStore.open(store_url(base, dataset))
-    for role, path in (("small", small), ("large", large)):
-        load_checkpoint(path or find_checkpoint(base, dataset, role))
+    load_pair(base, dataset, small, large)
     typer.echo(f"scoring {dataset} with {chosen.describe()}")
     from flows.score import score_flow
 
@@ -253,11 +252,11 @@ def backfill(
     lookback_days: Annotated[Optional[int], typer.Option("--lookback-days", help="Instead of --since: the last N days up to today (UTC).")] = None,
     date_from: Annotated[str, typer.Option("--date-from", help="A video's date: auto (a date in its path, else its modification time), path or mtime.")] = "auto",
     run_id: Annotated[str, typer.Option("--run-id", help="Archive run the rows go to; one run holds each video once.")] = "archive",
-    small: Annotated[Optional[str], typer.Option(help="Small-model checkpoint (default: the one small-*.pt in <root>/checkpoints/<dataset>/).")] = None,
-    large: Annotated[Optional[str], typer.Option(help="Large-model checkpoint (default: the one large-*.pt there).")] = None,
+    small: SmallOpt = None,
+    large: LargeOpt = None,
     budget: Annotated[Optional[float], typer.Option(help="Escalate this fraction of each video's clips (default 0.2).")] = None,
     bucket: Annotated[Optional[str], typer.Option(help="Token bucket per video instead: CAPACITY,REFILL.")] = None,
-    margin: Annotated[float, typer.Option(help="Gray-zone half-width around the threshold, in percentile units.")] = 0.05,
+    margin: MarginOpt = 0.05,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Videos submitted together.")] = 8,
     rescore: Annotated[bool, typer.Option(help="Score videos again even when already scored with these models.")] = False,
     runner: RunnerOpt = "threads",

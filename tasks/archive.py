@@ -187,9 +187,10 @@ class ArchiveSettings:
             "frame_mode": self.frame_mode,
         }
 
-    def key(self) -> str:
-        """A digest of the models' bytes and the routing parameters (not the paths or the device)."""
-        p = self.params()
+    def key(self, params: dict[str, Any] | None = None) -> str:
+        """A digest of the models' bytes and the routing parameters (not the paths or the device);
+        pass `params()` when already at hand, to read the checkpoints once."""
+        p = params or self.params()
         core = {**p, "small": p["small"]["sha"], "large": p["large"]["sha"]}
         return hashlib.blake2b(json.dumps(core, sort_keys=True).encode(), digest_size=12).hexdigest()
 

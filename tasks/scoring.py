@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from storage import ClipStore, check_run_id, write_manifest, write_table
 from tasks.calibration import cosine_distances
@@ -67,13 +68,12 @@ class PassOutput:
 
 def run_pass(
     checkpoint: Checkpoint, store_url: str, index: list[tuple[str, int]], *, device: str = "auto", batch: int = 16,
-    workers: int | None = None, bar: Any = None,
+    workers: int | None = None,
 ) -> PassOutput:
     """Score the clips `index` ((video, start) pairs) with the checkpoint's model, under inference mode.
 
     Clips are read as uint8 by a prefetching DataLoader (one spawned worker process when there are
     enough clips to pay for its start-up, a few seconds) and converted on the compute device.
-    `bar` (a tqdm bar) is advanced by the clips scored.
     """
     spec = checkpoint.input
     if not index:
@@ -98,8 +98,6 @@ def run_pass(
             unc.append(s.uncertainty.float().cpu().numpy())
             emb.append(s.embedding.float().cpu().numpy())
             frames.append(s.frames.float().cpu().numpy())
-            if bar is not None:
-                bar.update(clips.shape[0])
     seconds = time.perf_counter() - t0
     cal = checkpoint.calibration
     raw_a = np.concatenate(raw).astype(np.float64)
@@ -175,7 +173,7 @@ def check_pair(small: Checkpoint, large: Checkpoint | None) -> None:
 
 def first_pass(
     store_url: str, small: Checkpoint, video_id: str, *, large: Checkpoint | None = None, device: str = "auto",
-    batch: int = 16, bar: Any = None,
+    batch: int = 16,
 ) -> VideoPass:
     """Check that the video fits both checkpoints, then score each of its clips with the small model."""
     store = ClipStore.open(store_url)
@@ -188,7 +186,7 @@ def first_pass(
     starts = np.array([st for _, st in index], dtype=np.int64)
     scene_cut = video.scene_cut
     cuts = np.array([bool(scene_cut[st + 1 : st + t].any()) for st in starts], dtype=bool)
-    out = run_pass(small, store_url, index, device=device, batch=batch, bar=bar)
+    out = run_pass(small, store_url, index, device=device, batch=batch)
     return VideoPass(video_id, video.n_frames, video.labels, starts, cuts, out)
 
 
@@ -230,11 +228,10 @@ def plan_routes(
 
 def second_pass(
     store_url: str, large: Checkpoint, video_id: str, starts: np.ndarray, *, device: str = "auto", batch: int = 16,
-    bar: Any = None,
 ) -> PassOutput:
     """Re-score the clips of one video that start at `starts` with the large model."""
     index = [(video_id, int(st)) for st in starts]
-    return run_pass(large, store_url, index, device=device, batch=batch, bar=bar)
+    return run_pass(large, store_url, index, device=device, batch=batch)
 
 
 def assemble(
@@ -313,38 +310,16 @@ def score_videos(
     check_pair(small, large)
     t0 = time.perf_counter()
     ids = video_list(store_url, videos, split)
-    with _bar(progress, f"pass 1 ({small.arch})", "video") as bar:
-        passes = [first_pass(store_url, small, v, large=large, device=device, batch=batch) for v in _tick(ids, bar)]
+    bar = {"unit": "video", "leave": False, "dynamic_ncols": True, "disable": not progress}
+    passes = [first_pass(store_url, small, v, large=large, device=device, batch=batch)
+              for v in tqdm(ids, desc=f"pass 1 ({small.arch})", **bar)]
     plan = plan_routes(passes, small, budget, router=router, has_large=large is not None)
-    todo = plan.escalated_starts(passes)
-    second = {}
-    if large is not None and todo:
-        with _bar(progress, f"pass 2 ({large.arch})", "video") as bar:
-            second = {v: second_pass(store_url, large, v, st, device=device, batch=batch) for v, st in _tick(todo.items(), bar)}
+    todo = plan.escalated_starts(passes)  # empty without a large model
+    second = {v: second_pass(store_url, large, v, st, device=device, batch=batch)  # type: ignore[arg-type]
+              for v, st in tqdm(todo.items(), desc=f"pass 2 ({large.arch if large else ''})", **bar)}
     result = assemble(passes, plan, second, small, large, frame_mode=frame_mode)
     result.seconds["total"] = time.perf_counter() - t0
     return result
-
-
-def _bar(enabled: bool, desc: str, unit: str) -> Any:
-    from contextlib import nullcontext
-
-    if not enabled:
-        return nullcontext(None)
-    from tqdm import tqdm
-
-    return tqdm(desc=desc, unit=unit, leave=False, dynamic_ncols=True)
-
-
-def _tick(items: Any, bar: Any) -> Any:
-    items = list(items)
-    if bar is not None:
-        bar.total = len(items)
-        bar.refresh()
-    for item in items:
-        yield item
-        if bar is not None:
-            bar.update()
 
 
 def run_manifest(result: ScoreResult, small: Checkpoint, large: Checkpoint | None, budget: Budget,
