@@ -10,12 +10,13 @@ from typing import Any
 
 from models._base import ClipConfig, ClipModel, ClipScores, ModelOutput
 from models.ae3d import AE3D, AE3DConfig
+from models.predictor import Predictor, PredictorConfig
 from models.resnet3d_attn import ResNet3DAttn, ResNet3DAttnConfig
 from models.topheavy import TopHeavy, TopHeavyConfig
 from models.vae3d import VAE3D, VAE3DConfig
 from tasks.errors import ParameterError
 
-REGISTRY: dict[str, type[ClipModel]] = {m.arch: m for m in (VAE3D, TopHeavy, AE3D, ResNet3DAttn)}
+REGISTRY: dict[str, type[ClipModel]] = {m.arch: m for m in (VAE3D, TopHeavy, AE3D, ResNet3DAttn, Predictor)}
 DEFAULT_ARCH = {"small": "vae3d", "large": "resnet3d_attn"}
 
 
@@ -41,7 +42,7 @@ def trainable_parameters(model: ClipModel) -> int:
 
 
 __all__ = [
-    "AE3D", "AE3DConfig", "ResNet3DAttn", "ResNet3DAttnConfig", "TopHeavy", "TopHeavyConfig", "VAE3D", "VAE3DConfig",
+    "AE3D", "AE3DConfig", "Predictor", "PredictorConfig", "ResNet3DAttn", "ResNet3DAttnConfig", "TopHeavy", "TopHeavyConfig", "VAE3D", "VAE3DConfig",
     "DEFAULT_ARCH", "REGISTRY", "ClipConfig", "ClipModel", "ClipScores", "ModelOutput", "build", "make_config",
     "model_class", "trainable_parameters",
 ]

@@ -41,6 +41,51 @@ def pareto_front(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
     return front
 
 
+class Simulation:
+    """One budget-1 run's tables, ready to replay the router under any budget.
+
+    `frames_for(escalated)` gives the frame table with the score a run escalating exactly those
+    clips would have written (large-model score where escalated, small-model score elsewhere,
+    frames the mean of their covering clips).
+    """
+
+    def __init__(self, clips: pd.DataFrame, frames: pd.DataFrame, *, clip_len: int) -> None:
+        if clips["large_score"].isna().any():
+            raise ParameterError(
+                "the sweep needs a run whose clips all have a large-model score; score once with --budget 1"
+            )
+        self.clips = clips.sort_values(["video", "clip"], kind="stable").reset_index(drop=True)
+        self.frames = frames.sort_values(["video", "frame"], kind="stable").reset_index(drop=True)
+        self.clip_len = clip_len
+        self.videos = self.clips["video"].to_numpy()
+        self.signals = _signals(self.clips)
+        self.small = self.clips["small_score"].to_numpy(float)
+        self.large = self.clips["large_score"].to_numpy(float)
+        self._starts = self.clips["start_frame"].to_numpy(np.int64)
+        self._frame_rows = self.frames.groupby("video", observed=True, sort=False).indices
+
+    def escalated(self, budget: Budget | None, *, everything: bool = False, signals: Sequence[str] | None = None) -> np.ndarray:
+        """The clips the router escalates under `budget` (None: none, or all with `everything`),
+        with only the named `signals` allowed to fire (None: those of the run)."""
+        if budget is None:
+            return np.full(len(self.clips), everything)
+        sig = self.signals
+        if signals is not None:
+            unknown = sorted(set(signals) - set(sig.flags))
+            if unknown:
+                raise ParameterError(f"the run has no signal(s) {unknown}; it has {', '.join(sig.flags)}")
+            sig = Signals(sig.gray_distance, sig.ood_distance, sig.instability, {k: sig.flags[k] for k in signals})
+        return route(sig, self.videos, budget).escalated
+
+    def frames_for(self, escalated: np.ndarray) -> pd.DataFrame:
+        final = np.where(escalated, self.large, self.small)
+        out = np.empty(len(self.frames))
+        for vid, idx in self._frame_rows.items():
+            rows = np.flatnonzero(self.videos == vid)
+            out[idx] = aggregate_frames(len(idx), self._starts[rows], self.clip_len, final[rows])
+        return self.frames.assign(score=out)
+
+
 def sweep(
     clips: pd.DataFrame, frames: pd.DataFrame, *, clip_len: int, budgets: Sequence[float] = DEFAULT_BUDGETS,
     buckets: Sequence[tuple[float, float]] = (), protocol: Protocol = Protocol(),
@@ -49,38 +94,14 @@ def sweep(
 
     `clips` and `frames` are one run's tables; every clip must carry a large-model score.
     """
-    if clips["large_score"].isna().any():
-        raise ParameterError(
-            "the sweep needs a run whose clips all have a large-model score; score once with --budget 1"
-        )
-    clips = clips.sort_values(["video", "clip"], kind="stable").reset_index(drop=True)
-    frames = frames.sort_values(["video", "frame"], kind="stable").reset_index(drop=True)
-    videos = clips["video"].to_numpy()
-    signals = _signals(clips)
-    small, large = clips["small_score"].to_numpy(float), clips["large_score"].to_numpy(float)
-    starts = clips["start_frame"].to_numpy(np.int64)
-    frame_rows = frames.groupby("video", observed=True, sort=False).indices
-    n_frames = {v: len(idx) for v, idx in frame_rows.items()}
-
-    def frame_scores(final: np.ndarray) -> np.ndarray:
-        out = np.empty(len(frames))
-        for vid, idx in frame_rows.items():
-            rows = np.flatnonzero(videos == vid)
-            out[idx] = aggregate_frames(n_frames[vid], starts[rows], clip_len, final[rows])
-        return out
-
+    sim = Simulation(clips, frames, clip_len=clip_len)
     settings: list[tuple[str, str, Budget | None]] = [("small only", "-", None), ("large only", "-", None)]
     settings += [("batch", f"{b:g}", BatchBudget(float(b))) for b in budgets]
     settings += [("token bucket", f"{c:g},{r:g}", TokenBucket(float(c), float(r))) for c, r in buckets]
     rows = []
     for policy, setting, budget in settings:
-        if budget is None:
-            escalated = np.zeros(len(clips), bool) if policy == "small only" else np.ones(len(clips), bool)
-        else:
-            escalated = route(signals, videos, budget).escalated
-        final = np.where(escalated, large, small)
-        table = frames.assign(score=frame_scores(final))
-        summary, _ = evaluate(table, "score", protocol)
+        escalated = sim.escalated(budget, everything=policy == "large only")
+        summary, _ = evaluate(sim.frames_for(escalated), "score", protocol)
         rows.append({
             "policy": policy, "setting": setting, "escalation_rate": float(escalated.mean()),
             "large_calls": int(escalated.sum()), "micro_auc": summary["micro_auc"],
