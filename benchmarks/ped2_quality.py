@@ -34,16 +34,17 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from storage import ClipStore, read_table  # noqa: E402
+from storage import ClipStore, clip_windows, read_table  # noqa: E402
 from tasks.checkpoint import load_checkpoint  # noqa: E402
 from tasks.datasets import discover  # noqa: E402
 from tasks.errors import ParameterError  # noqa: E402
 from tasks.ingest import Preprocess, ingest_video  # noqa: E402
 from tasks.metrics import evaluate  # noqa: E402
+from tasks.model_input import prepare_clips  # noqa: E402
 from tasks.pareto import Simulation  # noqa: E402
 from tasks.report import RunRef, _md_table, build_report  # noqa: E402
 from tasks.routing import SIGNALS, BatchBudget  # noqa: E402
-from tasks.scoring import score_dataset  # noqa: E402
+from tasks.scoring import aggregate_frames, score_dataset  # noqa: E402
 from tasks.training import TrainConfig, train_model  # noqa: E402
 from tasks.workspace import store_url  # noqa: E402
 
@@ -59,6 +60,7 @@ class Option:
     motion: bool
     max_minutes: float
     what: str
+    model: tuple[tuple[str, object], ...] = ()  # architecture config fields besides the defaults
 
 
 OPTIONS = {o.name: o for o in (
@@ -67,9 +69,14 @@ OPTIONS = {o.name: o for o in (
     Option("resnet3d_attn-frames", "large", "resnet3d_attn", False, 24, "residual 3D VAE + attention on frames (seed design)"),
     Option("resnet3d_attn-motion", "large", "resnet3d_attn", True, 22, "residual 3D VAE + attention on frame differences"),
     Option("predictor", "large", "predictor", False, 24, "U-Net future-frame predictor (4 frames -> next)"),
+    Option("predictor-wide", "large", "predictor", False, 25, "the predictor at twice the widths, every 4th frame predicted",
+           (("channels", (16, 32, 64, 128)), ("step", 4))),
 )}
-PAIRS = (("vae3d-frames", "resnet3d_attn-frames"), ("vae3d-motion", "resnet3d_attn-motion"), ("vae3d-motion", "predictor"))
-HEADLINE = ("vae3d-motion", "predictor")
+PAIRS = (
+    ("vae3d-frames", "resnet3d_attn-frames"), ("vae3d-motion", "resnet3d_attn-motion"), ("vae3d-motion", "predictor"),
+    ("vae3d-motion", "predictor-wide"),
+)
+HEADLINE = ("vae3d-motion", "predictor-wide")
 REPORT = "ped2-quality"
 
 
@@ -102,10 +109,49 @@ def train(url: str, root: Path, option: Option, *, allowed: bool) -> Path:
     if not allowed:
         raise ParameterError(f"{path} is missing and --no-train was given")
     say(f"train {option.name}: {option.what}, at most {option.max_minutes:g} min")
-    config = TrainConfig(role=option.role, arch=option.arch, epochs=30, size=SIZE, motion=option.motion, max_minutes=option.max_minutes)
+    config = TrainConfig(role=option.role, arch=option.arch, epochs=30, size=SIZE, motion=option.motion,
+                         max_minutes=option.max_minutes, model=dict(option.model))
     result = train_model(url, path, config, progress=sys.stderr.isatty(), log=say)
     say(result.summary())
     return path
+
+
+def patch_ablation(url: str, path: Path, patches: tuple[int, ...] = (0, 8, 16, 32), *, flips: bool = False) -> list[dict]:
+    """Micro AUC of one model's raw clip scores with each `score_patch` (0: the mean over the whole
+    frame), frames taking the mean of their covering clips. Raw scores, so no calibration refit.
+    `flips`: test-time augmentation, the error map averaged with that of the mirrored clip."""
+    checkpoint = load_checkpoint(path)
+    model = checkpoint.build_model().eval()
+    spec = checkpoint.input
+    store = ClipStore.open(url)
+    per_patch: dict[int, list[pd.DataFrame]] = {p: [] for p in patches}
+    for video in store.videos(split="test"):
+        frames = video.read(0, video.n_frames)
+        starts = np.array([a for a, _ in clip_windows(video.n_frames, spec.clip_len, spec.stride)])
+        maps = []
+        for i in range(0, len(starts), 16):
+            batch = torch.from_numpy(np.stack([frames[a : a + spec.clip_len] for a in starts[i : i + 16]]))
+            x = prepare_clips(batch, spec, model.value_range)
+            with torch.inference_mode():
+                e = model.error_map(x, model(x).recon)
+                if flips:
+                    xf = x.flip(-1)
+                    e = (e + model.error_map(xf, model(xf).recon).flip(-1)) / 2
+                maps.append(e)
+        errors = torch.cat(maps)
+        labels = video.labels.astype("float64")
+        labels[labels < 0] = np.nan
+        for p in patches:
+            model.config.score_patch = p
+            if model.arch == "predictor":
+                clip = model.frame_scores(errors[:, model.targets()]).mean(dim=1)
+            else:
+                clip = model.frame_scores(errors).mean(dim=1)
+            per_patch[p].append(pd.DataFrame({
+                "video": video.id, "frame": np.arange(video.n_frames), "label": pd.array(labels, dtype="Int8"),
+                "score": aggregate_frames(video.n_frames, starts, spec.clip_len, clip.numpy()),
+            }))
+    return [{"patch": p, "flips": flips, **metrics_row("", pd.concat(t, ignore_index=True))} for p, t in per_patch.items()]
 
 
 def frame_difference(url: str, patch: int = 16) -> pd.DataFrame:
@@ -175,6 +221,12 @@ def main() -> None:
                 rows.append(metrics_row(name, sim.frames_for(sim.escalated(None, everything=everything)), role=role,
                                         input="motion" if o.motion else "frames", escalation=float(everything),
                                         train_minutes=training_minutes(paths[name])))
+        if not any(r["scores"] == f"{small} + embedding distance" for r in rows):
+            # the embedding-distance ensemble: the mean of the calibrated score and the percentile
+            # rank of the clip's embedding distance from the normal centroid (both from normal data)
+            ood = load_checkpoint(paths[small]).calibration.ood.rank(sim.clips["ood_distance"].to_numpy(float))
+            rows.append(metrics_row(f"{small} + embedding distance", sim.frames_from((sim.small + ood) / 2),
+                                    role="small", input="motion" if OPTIONS[small].motion else "frames", escalation=0.0))
         for b in budgets:
             esc = sim.escalated(BatchBudget(b))
             rows.append(metrics_row(f"routed {small} -> {large} @ {b:g}", sim.frames_for(esc), role="routed", input="-", escalation=float(esc.mean())))
@@ -210,6 +262,15 @@ def main() -> None:
         router.to_parquet(out / "ped2_router.parquet", index=False)
         say("\nrouter signals, headline pair at budget 0.2:\n" + router.round(4).to_string(index=False))
     (out / "ped2_quality.md").write_text(text + "\n")
+    ablation = [{**metrics_row("frame difference", frame_difference(url, p)), "patch": p, "flips": False} for p in (8, 16, 24, 32)]
+    for name in ("vae3d-motion", "predictor", "predictor-wide"):
+        if name in paths:
+            ablation += [{**row, "scores": name} for row in patch_ablation(url, paths[name])]
+            ablation += [{**row, "scores": name} for row in patch_ablation(url, paths[name], (16,), flips=True)]
+    ablation_table = pd.DataFrame(ablation)[["scores", "patch", "flips", "micro_auc", "macro_auc", "test001_auc"]]
+    ablation_table.to_parquet(out / "ped2_patches.parquet", index=False)
+    say("\nscore patch (model-input pixels; the frame difference at the stored 240x360; 0 = whole-frame mean):\n"
+        + ablation_table.round(3).to_string(index=False))
     report = root / "reports" / REPORT
     if (report / "pareto.parquet").exists():
         pareto = pd.read_parquet(report / "pareto.parquet")

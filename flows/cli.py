@@ -147,7 +147,8 @@ def ingest(
 def train(
     dataset: Annotated[str, typer.Option(help="Dataset whose store <root>/stores/<name>.zarr holds the normal training videos.")],
     model: Annotated[str, typer.Option("--model", help="Role: small (scores every clip) or large (re-scores escalated clips).")] = "small",
-    arch: Annotated[Optional[str], typer.Option(help="Architecture: vae3d, topheavy, ae3d, resnet3d_attn (default: vae3d for small, resnet3d_attn for large).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Architecture: vae3d, topheavy, ae3d, resnet3d_attn, predictor (default: vae3d for small, resnet3d_attn for large).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Architecture setting KEY=VALUE, repeatable (e.g. --set channels=16,32,64,128 --set step=4 for predictor); see docs/models.md.")] = None,
     epochs: Annotated[int, typer.Option(help="Most epochs; early stopping may end sooner.")] = 20,
     batch: Annotated[int, typer.Option(help="Clips per batch.")] = 8,
     lr: Annotated[float, typer.Option(help="Adam learning rate (halved when the held-out loss stalls).")] = 1e-3,
@@ -166,16 +167,18 @@ def train(
 ) -> None:
     """Train a model on a dataset's normal clips and write a calibrated checkpoint."""
     from tasks.ingest import parse_size
-    from tasks.training import TrainConfig, plan_training
+    from models import DEFAULT_ARCH
+    from tasks.training import TrainConfig, parse_model_options, plan_training
     from tasks.workspace import check_dataset_name, checkpoint_path, store_url
 
     base = _root(root)
     check_dataset_name(dataset)
     # Fail in a second, before Prefect's server starts, on everything that can be checked cheaply.
+    options = parse_model_options(set_, arch or DEFAULT_ARCH.get(model, "vae3d"))
     config = TrainConfig(
         role=model, arch=arch, epochs=epochs, batch=batch, lr=lr, size=parse_size(size) if size else None,
         channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, motion=motion, flip=flip,
-        seed=seed, max_minutes=max_minutes,
+        seed=seed, max_minutes=max_minutes, model=options,
     )
     target = out or checkpoint_path(base, dataset, model, str(config.arch))
     plan = plan_training(store_url(base, dataset), target, config, overwrite=force)
@@ -191,7 +194,7 @@ def train(
         result = train_flow(
             dataset=dataset, root=base, role=model, arch=config.arch, epochs=epochs, batch=batch, lr=lr, size=size,
             gray=gray, clip_len=clip_len, stride=stride, motion=motion, flip=flip, seed=seed, max_minutes=max_minutes, out=target,
-            force=force, resume=not fresh, progress=True,
+            force=force, resume=not fresh, progress=True, model_options=options,
         )
     typer.echo(result.summary())
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -40,14 +40,16 @@ def train_flow(
     force: bool = False,
     resume: bool = True,
     progress: bool = False,
+    model_options: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train `arch` (default: the role's) on `<root>/stores/<dataset>.zarr` and write a calibrated checkpoint
-    (default `<root>/checkpoints/<dataset>/<role>-<arch>.pt`)."""
+    (default `<root>/checkpoints/<dataset>/<role>-<arch>.pt`). `model_options` sets architecture config
+    fields (e.g. {"channels": [16, 32, 64, 128], "step": 4} for `predictor`)."""
     root = root or default_root()
     config = TrainConfig(
         role=role, arch=arch, epochs=epochs, batch=batch, lr=lr, size=parse_size(size) if size else None,
         channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, motion=motion, flip=flip,
-        seed=seed, max_minutes=max_minutes,
+        seed=seed, max_minutes=max_minutes, model=dict(model_options or {}),
     )
     target = out or checkpoint_path(root, dataset, role, config.arch)
     return train_task(store_url(root, dataset), target, config, progress, resume, force)

@@ -78,7 +78,10 @@ class Simulation:
         return route(sig, self.videos, budget).escalated
 
     def frames_for(self, escalated: np.ndarray) -> pd.DataFrame:
-        final = np.where(escalated, self.large, self.small)
+        return self.frames_from(np.where(escalated, self.large, self.small))
+
+    def frames_from(self, final: np.ndarray) -> pd.DataFrame:
+        """The frame table scored by one value per clip (clips in video, clip order)."""
         out = np.empty(len(self.frames))
         for vid, idx in self._frame_rows.items():
             rows = np.flatnonzero(self.videos == vid)

@@ -13,7 +13,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,40 @@ class TrainConfig:
     @property
     def effective_train_stride(self) -> int:
         return self.train_stride or max(1, self.stride // 2)
+
+
+def _option_value(text: str) -> Any:
+    """'4' -> 4, '0.5' -> 0.5, 'true' -> True, '16,32,64' -> [16, 32, 64]."""
+    if "," in text:
+        return [_option_value(part) for part in text.split(",") if part]
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_model_options(items: list[str] | None, arch: str) -> dict[str, Any]:
+    """`--set KEY=VALUE` items as architecture config fields, checked against `arch`'s config."""
+    values: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise ParameterError(f"--set takes KEY=VALUE (e.g. channels=16,32,64,128), got {item!r}")
+        values[key.strip()] = _option_value(text.strip())
+    shared = sorted(set(values) & {"in_channels", "clip_len", "height", "width"})
+    if shared:
+        raise ParameterError(f"--set cannot change {shared}: use --gray/--rgb, --clip-len and --size")
+    known = [f.name for f in fields(model_class(arch).config_class) if f.name not in ("in_channels", "clip_len", "height", "width")]
+    unknown = sorted(set(values) - set(known) - {"in_channels", "clip_len", "height", "width"})
+    if unknown:
+        raise ParameterError(f"{arch} has no setting(s) {unknown}; its settings: {', '.join(known)}")
+    make_config(arch, values).validate()  # bad values fail here
+    return values
 
 
 @dataclass

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from tasks.errors import ParameterError
-from tasks.pareto import pareto_front, sweep
+from tasks.pareto import Simulation, pareto_front, sweep
+from tasks.routing import BatchBudget
 
 
 def test_pareto_front_by_hand():
@@ -48,3 +49,21 @@ def test_sweep_needs_a_large_score_for_every_clip():
     clips.loc[0, "large_score"] = np.nan
     with pytest.raises(ParameterError, match="--budget 1"):
         sweep(clips, frames, clip_len=4)
+
+
+def test_simulation_limits_escalation_to_the_named_signals():
+    clips, frames = _tables()
+    # clip 1 is out of distribution (its signal fired), clip 0 is nearer the threshold
+    clips["signal_ood"] = [False, True]
+    sim = Simulation(clips, frames, clip_len=4)
+    # all signals: clip 1 has one signal fired (difficulty 1 + 0.25) and goes before clip 0 (0.95)
+    assert sim.escalated(BatchBudget(0.5)).tolist() == [False, True]
+    # gray zone only (it fired nowhere): closeness to the threshold decides, clip 0 goes
+    assert sim.escalated(BatchBudget(0.5), signals=("gray_zone",)).tolist() == [True, False]
+    assert sim.escalated(None).tolist() == [False, False]
+    assert sim.escalated(None, everything=True).tolist() == [True, True]
+    # the frames of an escalated clip take its large-model score, the others the small one's
+    scores = sim.frames_for(np.array([True, False]))["score"].tolist()
+    assert scores == [0.1] * 4 + [0.2] * 4
+    with pytest.raises(ParameterError, match="no signal"):
+        sim.escalated(BatchBudget(0.5), signals=("loud",))

@@ -15,7 +15,7 @@ from storage import ClipStore
 from tasks.checkpoint import load_checkpoint
 from tasks.errors import ParameterError, PipelineError, StoreNotFoundError
 from tasks.model_input import ClipDataset, clip_index
-from tasks.training import TrainConfig, plan_training, score_clips, split_clips, train_model
+from tasks.training import TrainConfig, parse_model_options, plan_training, score_clips, split_clips, train_model
 
 SIZE = (32, 32)
 
@@ -155,3 +155,36 @@ def test_an_interrupt_during_a_run_becomes_one_resume_hint(tmp_path):
     with pytest.raises(ValueError):  # other errors pass through untouched
         with _interruptible("unused"):
             raise ValueError("not an interrupt")
+
+
+def test_architecture_settings_parse_and_are_checked_against_the_architecture():
+    assert parse_model_options(["channels=16,32,64", "step=4", "gradient_weight=0.5"], "predictor") == {
+        "channels": [16, 32, 64], "step": 4, "gradient_weight": 0.5,
+    }
+    assert parse_model_options(["variational=false"], "vae3d") == {"variational": False}
+    assert parse_model_options(None, "vae3d") == {}
+    with pytest.raises(ParameterError, match=r"vae3d has no setting\(s\) \['step'\]; its settings: score_patch, channels, latent"):
+        parse_model_options(["step=4"], "vae3d")  # a predictor setting given to vae3d
+    with pytest.raises(ParameterError, match="step must be >= 1"):
+        parse_model_options(["step=0"], "predictor")
+    with pytest.raises(ParameterError, match="KEY=VALUE"):
+        parse_model_options(["step"], "predictor")
+    with pytest.raises(ParameterError, match="--size"):
+        parse_model_options(["height=64"], "predictor")
+
+
+def test_architecture_settings_reach_the_checkpoint(synthetic_store, tmp_path):
+    config = _config("predictor", epochs=1, model=parse_model_options(["channels=4,8", "step=4"], "predictor"))
+    ckpt = load_checkpoint(train_model(synthetic_store, tmp_path / "p.pt", config).checkpoint)
+    assert ckpt.model_config["channels"] == [4, 8] or tuple(ckpt.model_config["channels"]) == (4, 8)
+    model = ckpt.build_model()
+    assert model.config.step == 4 and model.targets().tolist() == [4, 8, 12]
+    assert ckpt.training["config"]["model"] == {"channels": [4, 8], "step": 4}
+
+
+def test_cli_train_refuses_a_bad_architecture_setting_in_one_line(tmp_path):
+    vad = Path(sys.executable).with_name("vad")
+    cmd = [str(vad), "train", "--dataset", "nope", "--arch", "predictor", "--set", "step=0", "--root", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "step must be >= 1" in proc.stderr and "Traceback" not in proc.stderr
