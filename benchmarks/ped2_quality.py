@@ -66,6 +66,10 @@ class Option:
 OPTIONS = {o.name: o for o in (
     Option("vae3d-frames", "small", "vae3d", False, 14, "3D-conv VAE on frames (seed design)"),
     Option("vae3d-motion", "small", "vae3d", True, 12, "3D-conv VAE on frame differences"),
+    Option("vae3d-motion-plain", "small", "vae3d", True, 12, "vae3d on frame differences, not variational",
+           (("variational", False),)),
+    Option("predictor-small", "small", "predictor", False, 24, "the predictor predicting every 4th frame (half its cost)",
+           (("step", 4),)),
     Option("resnet3d_attn-frames", "large", "resnet3d_attn", False, 24, "residual 3D VAE + attention on frames (seed design)"),
     Option("resnet3d_attn-motion", "large", "resnet3d_attn", True, 22, "residual 3D VAE + attention on frame differences"),
     Option("predictor", "large", "predictor", False, 24, "U-Net future-frame predictor (4 frames -> next)"),
@@ -74,7 +78,7 @@ OPTIONS = {o.name: o for o in (
 )}
 PAIRS = (
     ("vae3d-frames", "resnet3d_attn-frames"), ("vae3d-motion", "resnet3d_attn-motion"), ("vae3d-motion", "predictor"),
-    ("vae3d-motion", "predictor-wide"),
+    ("vae3d-motion", "predictor-wide"), ("vae3d-motion-plain", "predictor-wide"), ("predictor-small", "predictor-wide"),
 )
 HEADLINE = ("vae3d-motion", "predictor-wide")
 REPORT = "ped2-quality"
