@@ -34,8 +34,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from storage import ClipStore, clip_windows, read_table  # noqa: E402
-from tasks.checkpoint import load_checkpoint  # noqa: E402
+from storage import ClipStore, Video, clip_windows, read_table  # noqa: E402
+from tasks.checkpoint import cached_checkpoint  # noqa: E402
 from tasks.datasets import discover  # noqa: E402
 from tasks.errors import ParameterError  # noqa: E402
 from tasks.ingest import Preprocess, ingest_video  # noqa: E402
@@ -120,11 +120,18 @@ def train(url: str, root: Path, option: Option, *, allowed: bool) -> Path:
     return path
 
 
+def frame_table(video: Video, score: np.ndarray) -> pd.DataFrame:
+    """A video's frames with their labels (unknown: null) and one score each, as `evaluate` takes them."""
+    labels = video.labels.astype("float64")
+    labels[labels < 0] = np.nan
+    return pd.DataFrame({"video": video.id, "frame": np.arange(video.n_frames), "label": pd.array(labels, dtype="Int8"), "score": score})
+
+
 def patch_ablation(url: str, path: Path, patches: tuple[int, ...] = (0, 8, 16, 32), *, flips: bool = False) -> list[dict]:
     """Micro AUC of one model's raw clip scores with each `score_patch` (0: the mean over the whole
     frame), frames taking the mean of their covering clips. Raw scores, so no calibration refit.
     `flips`: test-time augmentation, the error map averaged with that of the mirrored clip."""
-    checkpoint = load_checkpoint(path)
+    checkpoint = cached_checkpoint(path)
     model = checkpoint.build_model().eval()
     spec = checkpoint.input
     store = ClipStore.open(url)
@@ -143,18 +150,13 @@ def patch_ablation(url: str, path: Path, patches: tuple[int, ...] = (0, 8, 16, 3
                     e = (e + model.error_map(xf, model(xf).recon).flip(-1)) / 2
                 maps.append(e)
         errors = torch.cat(maps)
-        labels = video.labels.astype("float64")
-        labels[labels < 0] = np.nan
         for p in patches:
             model.config.score_patch = p
             if model.arch == "predictor":
                 clip = model.frame_scores(errors[:, model.targets()]).mean(dim=1)
             else:
                 clip = model.frame_scores(errors).mean(dim=1)
-            per_patch[p].append(pd.DataFrame({
-                "video": video.id, "frame": np.arange(video.n_frames), "label": pd.array(labels, dtype="Int8"),
-                "score": aggregate_frames(video.n_frames, starts, spec.clip_len, clip.numpy()),
-            }))
+            per_patch[p].append(frame_table(video, aggregate_frames(video.n_frames, starts, spec.clip_len, clip.numpy())))
     return [{"patch": p, "flips": flips, **metrics_row("", pd.concat(t, ignore_index=True))} for p, t in per_patch.items()]
 
 
@@ -168,9 +170,7 @@ def frame_difference(url: str, patch: int = 16) -> pd.DataFrame:
         d = (x[1:] - x[:-1]).abs()
         d = torch.cat([d[:1], d])
         score = F.avg_pool2d(d[:, None], patch, stride=patch // 2).flatten(1).amax(1).numpy()
-        labels = video.labels.astype("float64")
-        labels[labels < 0] = np.nan
-        tables.append(pd.DataFrame({"video": video.id, "frame": np.arange(video.n_frames), "label": pd.array(labels, dtype="Int8"), "score": score}))
+        tables.append(frame_table(video, score))
     return pd.concat(tables, ignore_index=True)
 
 
@@ -185,7 +185,7 @@ def metrics_row(label: str, frames: pd.DataFrame, **extra: object) -> dict:
 
 
 def training_minutes(path: Path) -> float:
-    return float(load_checkpoint(path).training["seconds"]) / 60
+    return float(cached_checkpoint(path).training["seconds"]) / 60
 
 
 def main() -> None:
@@ -218,7 +218,7 @@ def main() -> None:
         score_dataset(str(root), DATASET, small_path=str(paths[small]), large_path=str(paths[large]), budget=BatchBudget(1.0), run_id=run_id)
         clips = read_table(str(root), "clips", dataset=DATASET, run_id=run_id)
         frames = read_table(str(root), "frames", dataset=DATASET, run_id=run_id)
-        sim = Simulation(clips, frames, clip_len=load_checkpoint(paths[small]).input.clip_len)
+        sim = Simulation(clips, frames, clip_len=cached_checkpoint(paths[small]).input.clip_len)
         for name, role, everything in ((small, "small", False), (large, "large", True)):
             if not any(r["scores"] == name for r in rows):
                 o = OPTIONS[name]
@@ -228,7 +228,7 @@ def main() -> None:
         if not any(r["scores"] == f"{small} + embedding distance" for r in rows):
             # the embedding-distance ensemble: the mean of the calibrated score and the percentile
             # rank of the clip's embedding distance from the normal centroid (both from normal data)
-            ood = load_checkpoint(paths[small]).calibration.ood.rank(sim.clips["ood_distance"].to_numpy(float))
+            ood = cached_checkpoint(paths[small]).calibration.ood.rank(sim.clips["ood_distance"].to_numpy(float))
             rows.append(metrics_row(f"{small} + embedding distance", sim.frames_from((sim.small + ood) / 2),
                                     role="small", input="motion" if OPTIONS[small].motion else "frames", escalation=0.0))
         for b in budgets:
@@ -250,7 +250,7 @@ def main() -> None:
             say(f"score {small} + {large} at budget 0.2 ({routed}), then the report")
             summary = score_dataset(str(root), DATASET, small_path=str(paths[small]), large_path=str(paths[large]), budget=BatchBudget(0.2), run_id=routed)
             say(f"routed run: {summary.large_calls} large-model calls for {summary.clips} clips")
-            folder = build_report(str(root), [RunRef(DATASET, routed, sweep_run_id=run_id)], name=REPORT)
+            build_report(str(root), [RunRef(DATASET, routed, sweep_run_id=run_id)], name=REPORT)
 
     table = pd.DataFrame(rows)
     out = Path(__file__).resolve().parent / "results"

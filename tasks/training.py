@@ -109,6 +109,9 @@ class TrainConfig:
         return self.train_stride or max(1, self.stride // 2)
 
 
+GEOMETRY = frozenset({"in_channels", "clip_len", "height", "width"})  # config fields set from the input spec
+
+
 def _option_value(text: str) -> Any:
     """'4' -> 4, '0.5' -> 0.5, 'true' -> True, '16,32,64' -> [16, 32, 64]."""
     if "," in text:
@@ -132,11 +135,11 @@ def parse_model_options(items: list[str] | None, arch: str) -> dict[str, Any]:
         if not sep or not key.strip() or not text.strip():
             raise ParameterError(f"--set takes KEY=VALUE (e.g. channels=16,32,64,128), got {item!r}")
         values[key.strip()] = _option_value(text.strip())
-    shared = sorted(set(values) & {"in_channels", "clip_len", "height", "width"})
+    shared = sorted(set(values) & GEOMETRY)
     if shared:
         raise ParameterError(f"--set cannot change {shared}: use --gray/--rgb, --clip-len and --size")
-    known = [f.name for f in fields(model_class(arch).config_class) if f.name not in ("in_channels", "clip_len", "height", "width")]
-    unknown = sorted(set(values) - set(known) - {"in_channels", "clip_len", "height", "width"})
+    known = [f.name for f in fields(model_class(arch).config_class) if f.name not in GEOMETRY]
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ParameterError(f"{arch} has no setting(s) {unknown}; its settings: {', '.join(known)}")
     make_config(arch, values).validate()  # bad values fail here
