@@ -61,6 +61,7 @@ class Option:
     max_minutes: float
     what: str
     model: tuple[tuple[str, object], ...] = ()  # architecture config fields besides the defaults
+    pseudo: float = 0.0  # weight of the pseudo-anomaly head's loss (tasks/pseudo.py)
 
 
 OPTIONS = {o.name: o for o in (
@@ -68,6 +69,8 @@ OPTIONS = {o.name: o for o in (
     Option("vae3d-motion", "small", "vae3d", True, 12, "3D-conv VAE on frame differences"),
     Option("vae3d-motion-plain", "small", "vae3d", True, 12, "vae3d on frame differences, not variational",
            (("variational", False),)),
+    Option("vae3d-motion-pseudo", "small", "vae3d", True, 12,
+           "vae3d on frame differences with the pseudo-anomaly head (weight 0.01)", pseudo=0.01),
     Option("predictor-small", "small", "predictor", False, 24, "the predictor predicting every 4th frame (half its cost)",
            (("step", 4),)),
     Option("resnet3d_attn-frames", "large", "resnet3d_attn", False, 24, "residual 3D VAE + attention on frames (seed design)"),
@@ -75,10 +78,16 @@ OPTIONS = {o.name: o for o in (
     Option("predictor", "large", "predictor", False, 24, "U-Net future-frame predictor (4 frames -> next)"),
     Option("predictor-wide", "large", "predictor", False, 25, "the predictor at twice the widths, every 4th frame predicted",
            (("channels", (16, 32, 64, 128)), ("step", 4))),
+    Option("resnet18_ae", "large", "resnet18_ae", False, 25,
+           "single-frame ResNet-18-layout autoencoder at half width, pixel + feature-consistency error, flip TTA",
+           (("base_channels", 32),)),
+    Option("forecaster", "large", "forecaster", False, 25,
+           "per-frame CNN encoder + convolutional GRU forecasting the features of frame t+4"),
 )}
 PAIRS = (
     ("vae3d-frames", "resnet3d_attn-frames"), ("vae3d-motion", "resnet3d_attn-motion"), ("vae3d-motion", "predictor"),
     ("vae3d-motion", "predictor-wide"), ("vae3d-motion-plain", "predictor-wide"), ("predictor-small", "predictor-wide"),
+    ("vae3d-motion", "resnet18_ae"), ("vae3d-motion", "forecaster"), ("vae3d-motion-pseudo", "predictor-wide"),
 )
 HEADLINE = ("vae3d-motion", "predictor-wide")
 REPORT = "ped2-quality"
@@ -114,7 +123,7 @@ def train(url: str, root: Path, option: Option, *, allowed: bool) -> Path:
         raise ParameterError(f"{path} is missing and --no-train was given")
     say(f"train {option.name}: {option.what}, at most {option.max_minutes:g} min")
     config = TrainConfig(role=option.role, arch=option.arch, epochs=30, size=SIZE, motion=option.motion,
-                         max_minutes=option.max_minutes, model=dict(option.model))
+                         max_minutes=option.max_minutes, model=dict(option.model), pseudo_weight=option.pseudo)
     result = train_model(url, path, config, progress=sys.stderr.isatty(), log=say)
     say(result.summary())
     return path

@@ -147,7 +147,7 @@ def ingest(
 def train(
     dataset: Annotated[str, typer.Option(help="Dataset whose store <root>/stores/<name>.zarr holds the normal training videos.")],
     model: Annotated[str, typer.Option("--model", help="Role: small (scores every clip) or large (re-scores escalated clips).")] = "small",
-    arch: Annotated[Optional[str], typer.Option(help="Architecture: vae3d, topheavy, ae3d, resnet3d_attn, predictor (default: vae3d for small, resnet3d_attn for large).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Architecture: vae3d, topheavy, ae3d, resnet3d_attn, predictor, resnet18_ae, forecaster (default: vae3d for small, resnet3d_attn for large).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Architecture setting KEY=VALUE, repeatable (e.g. --set channels=16,32,64,128 --set step=4 for predictor); see docs/models.md.")] = None,
     epochs: Annotated[int, typer.Option(help="Most epochs; early stopping may end sooner.")] = 20,
     batch: Annotated[int, typer.Option(help="Clips per batch.")] = 8,
@@ -160,6 +160,7 @@ def train(
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Horizontal-flip augmentation.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initial weights and the batch order.")] = 0,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop after the epoch that passes this many minutes.")] = None,
+    pseudo: Annotated[float, typer.Option("--pseudo", help="Weight of the pseudo-anomaly head's loss (erased, shuffled, jittered copies of training clips); 0: off. See docs/models.md.")] = 0.0,
     out: Annotated[Optional[str], typer.Option(help="Checkpoint path (default: <root>/checkpoints/<dataset>/<role>-<arch>.pt).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing checkpoint.")] = False,
     fresh: Annotated[bool, typer.Option(help="Ignore a saved training state instead of resuming from it.")] = False,
@@ -178,7 +179,7 @@ def train(
     config = TrainConfig(
         role=model, arch=arch, epochs=epochs, batch=batch, lr=lr, size=parse_size(size) if size else None,
         channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, motion=motion, flip=flip,
-        seed=seed, max_minutes=max_minutes, model=options,
+        seed=seed, max_minutes=max_minutes, model=options, pseudo_weight=pseudo,
     )
     target = out or checkpoint_path(base, dataset, model, str(config.arch))
     plan = plan_training(store_url(base, dataset), target, config, overwrite=force)
@@ -194,7 +195,7 @@ def train(
         result = train_flow(
             dataset=dataset, root=base, role=model, arch=config.arch, epochs=epochs, batch=batch, lr=lr, size=size,
             gray=gray, clip_len=clip_len, stride=stride, motion=motion, flip=flip, seed=seed, max_minutes=max_minutes, out=target,
-            force=force, resume=not fresh, progress=True, model_options=options,
+            force=force, resume=not fresh, progress=True, model_options=options, pseudo_weight=pseudo,
         )
     typer.echo(result.summary())
 

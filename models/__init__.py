@@ -10,13 +10,15 @@ from typing import Any
 
 from models._base import ClipConfig, ClipModel, ClipScores, ModelOutput
 from models.ae3d import AE3D, AE3DConfig
+from models.forecaster import Forecaster, ForecasterConfig
 from models.predictor import Predictor, PredictorConfig
+from models.resnet18_ae import ResNet18AE, ResNet18AEConfig
 from models.resnet3d_attn import ResNet3DAttn, ResNet3DAttnConfig
 from models.topheavy import TopHeavy, TopHeavyConfig
 from models.vae3d import VAE3D, VAE3DConfig
 from tasks.errors import ParameterError
 
-REGISTRY: dict[str, type[ClipModel]] = {m.arch: m for m in (VAE3D, TopHeavy, AE3D, ResNet3DAttn, Predictor)}
+REGISTRY: dict[str, type[ClipModel]] = {m.arch: m for m in (VAE3D, TopHeavy, AE3D, ResNet3DAttn, Predictor, ResNet18AE, Forecaster)}
 DEFAULT_ARCH = {"small": "vae3d", "large": "resnet3d_attn"}
 
 
@@ -42,7 +44,7 @@ def trainable_parameters(model: ClipModel) -> int:
 
 
 __all__ = [
-    "AE3D", "AE3DConfig", "Predictor", "PredictorConfig", "ResNet3DAttn", "ResNet3DAttnConfig", "TopHeavy", "TopHeavyConfig", "VAE3D", "VAE3DConfig",
+    "AE3D", "AE3DConfig", "Forecaster", "ForecasterConfig", "Predictor", "PredictorConfig", "ResNet18AE", "ResNet18AEConfig", "ResNet3DAttn", "ResNet3DAttnConfig", "TopHeavy", "TopHeavyConfig", "VAE3D", "VAE3DConfig",
     "DEFAULT_ARCH", "REGISTRY", "ClipConfig", "ClipModel", "ClipScores", "ModelOutput", "build", "make_config",
     "model_class", "trainable_parameters",
 ]

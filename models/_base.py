@@ -90,6 +90,7 @@ class ClipModel(nn.Module):
     role: ClassVar[str]  # "small" or "large": the role the architecture was designed for
     config_class: ClassVar[type[ClipConfig]]
     value_range: ClassVar[tuple[float, float]] = (-1.0, 1.0)  # of inputs and reconstructions
+    appearance_only: ClassVar[bool] = False  # True: scores each frame on its own, blind to motion
 
     def __init__(self, config: ClipConfig) -> None:
         super().__init__()
@@ -109,6 +110,11 @@ class ClipModel(nn.Module):
             total = total + weight * out.kl
             parts["kl"] = float(out.kl.detach())
         return total, parts
+
+    def heldout_error(self, x: torch.Tensor, out: ModelOutput) -> torch.Tensor:  # -> (B,)
+        """Per-clip criterion on held-out normal clips, for early stopping and the best weights:
+        the mean squared reconstruction error. Models whose score is not a reconstruction override it."""
+        return (out.recon.float() - x.float()).pow(2).flatten(1).mean(dim=1)
 
     @staticmethod
     def error_map(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
@@ -137,6 +143,13 @@ class ClipModel(nn.Module):
         return ClipScores(
             clip=frames.mean(dim=1), frames=frames, embedding=out.embedding.float(), uncertainty=uncertainty.float()
         )
+
+
+def fill_nearest(scores: torch.Tensor, targets: torch.Tensor, clip_len: int) -> torch.Tensor:
+    """(B, P) scores of the frames `targets` -> (B, clip_len): every frame takes its nearest target's
+    score, the earlier one on ties. Models that score only some frames of a clip use it."""
+    nearest = (torch.arange(clip_len)[:, None] - targets[None, :]).abs().argmin(dim=1)  # first on ties
+    return scores[:, nearest.to(scores.device)]
 
 
 class GaussianLatent(nn.Module):

