@@ -87,3 +87,24 @@ def test_training_with_the_head_learns_to_tell_pseudo_anomalies_apart_and_keeps_
 def test_a_negative_weight_is_refused():
     with pytest.raises(ParameterError, match="pseudo_weight"):
         TrainConfig(pseudo_weight=-0.1)
+
+
+def test_a_resumed_pseudo_anomaly_run_ends_with_the_uninterrupted_weights(synthetic_store, tmp_path):
+    config = TrainConfig(role="small", arch="vae3d", epochs=3, batch=8, size=(32, 32), workers=0, pseudo_weight=0.5)
+    whole = train_model(synthetic_store, tmp_path / "whole.pt", config)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_epoch_2(message):
+        if message.startswith("epoch 2:"):
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_model(synthetic_store, tmp_path / "cut.pt", config, log=stop_at_epoch_2)
+    resumed = train_model(synthetic_store, tmp_path / "cut.pt", config)
+    assert resumed.resumed_from == 1
+    # equal only if the head, its optimiser state and the per-epoch pseudo-anomaly seeds come back
+    a, b = load_checkpoint(whole.checkpoint), load_checkpoint(resumed.checkpoint)
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert [h["pseudo_accuracy"] for h in a.training["history"]] == [h["pseudo_accuracy"] for h in b.training["history"]]
