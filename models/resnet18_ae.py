@@ -112,8 +112,12 @@ class ResNet18AE(ClipModel):
         return out
 
     def _frames(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W) -> (B * P, C, H, W)
-        b, c, _, h, w = x.shape
+        c, h, w = x.shape[1], x.shape[3], x.shape[4]
         return x[:, :, self.targets()].transpose(1, 2).reshape(-1, c, h, w)
+
+    def _embedding(self, deepest: torch.Tensor, batch: int) -> torch.Tensor:  # (B * P, c, h, w) -> (B, c)
+        """The deepest features' global average over each clip's rebuilt frames."""
+        return deepest.mean(dim=(2, 3)).reshape(batch, len(self.targets()), -1).mean(dim=1)
 
     def _reconstruct(self, frames: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         feats = self.features(frames)
@@ -123,7 +127,7 @@ class ResNet18AE(ClipModel):
         b, c, t, h, w = x.shape
         targets = self.targets()
         rebuilt, feats = self._reconstruct(self._frames(x))
-        embedding = feats[-1].mean(dim=(2, 3)).reshape(b, len(targets), -1).mean(dim=1)
+        embedding = self._embedding(feats[-1], b)
         recon = x.clone()
         recon[:, :, targets] = rebuilt.to(x.dtype).reshape(b, len(targets), c, h, w).transpose(1, 2)
         return ModelOutput(recon=recon, embedding=embedding)
@@ -170,7 +174,7 @@ class ResNet18AE(ClipModel):
             errors = 0.5 * (errors + (pixel_f + self.config.feature_weight * feature_f).flip(-1))
         scored = self.frame_scores(errors.reshape(b, len(targets), h, w))
         per_frame = fill_nearest(scored, targets, t)
-        embedding = deepest.mean(dim=(2, 3)).reshape(b, len(targets), -1).mean(dim=1)
+        embedding = self._embedding(deepest, b)
         return ClipScores(
             clip=per_frame.mean(dim=1), frames=per_frame, embedding=embedding.float(),
             uncertainty=torch.zeros(b, device=x.device),

@@ -54,6 +54,23 @@ def ramp_frames(n: int, h: int = 32, w: int = 48) -> np.ndarray:
     return np.broadcast_to((np.arange(n) * 10 + 5).astype(np.uint8)[:, None, None, None], (n, h, w, 3)).copy()
 
 
+class Interrupted(Exception):
+    """Raised from a training log callback to stop a run the way Ctrl-C would, between epochs."""
+
+
+def train_until_epoch_2(store_url: str, out: Path, config) -> None:
+    """Start `train_model` and interrupt it when epoch 2 reports, before that epoch's state is saved:
+    `out.state` then holds epoch 1."""
+    from tasks.training import train_model
+
+    def stop(message: str) -> None:
+        if message.startswith("epoch 2:"):
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_model(store_url, out, config, log=stop)
+
+
 def make_checkpoint(store_url: str, arch: str, seed: int, folder: Path, clip_len: int = 16, stride: int = 8,
                     role: str | None = None):
     """An untrained model at 32x32 gray with a plausible calibration, saved as `<folder>/<role>-<arch>.pt`

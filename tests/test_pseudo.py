@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import train_until_epoch_2
 
 from tasks.checkpoint import load_checkpoint
 from tasks.errors import ParameterError
@@ -92,16 +93,7 @@ def test_a_negative_weight_is_refused():
 def test_a_resumed_pseudo_anomaly_run_ends_with_the_uninterrupted_weights(synthetic_store, tmp_path):
     config = TrainConfig(role="small", arch="vae3d", epochs=3, batch=8, size=(32, 32), workers=0, pseudo_weight=0.5)
     whole = train_model(synthetic_store, tmp_path / "whole.pt", config)
-
-    class Interrupted(Exception):
-        pass
-
-    def stop_at_epoch_2(message):
-        if message.startswith("epoch 2:"):
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        train_model(synthetic_store, tmp_path / "cut.pt", config, log=stop_at_epoch_2)
+    train_until_epoch_2(synthetic_store, tmp_path / "cut.pt", config)
     resumed = train_model(synthetic_store, tmp_path / "cut.pt", config)
     assert resumed.resumed_from == 1
     # equal only if the head, its optimiser state and the per-epoch pseudo-anomaly seeds come back

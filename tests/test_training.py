@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import train_until_epoch_2
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
@@ -92,16 +93,7 @@ def test_short_training_scores_synthetic_anomalies_above_normal_clips(arch, synt
 def test_resuming_after_an_interruption_gives_the_uninterrupted_weights(synthetic_store, tmp_path):
     config = _config("vae3d", epochs=3, workers=1)  # a worker process, as the CLI trains
     whole = train_model(synthetic_store, tmp_path / "whole.pt", config)
-
-    class Interrupted(Exception):
-        pass
-
-    def stop_after_epoch_2(message):
-        if message.startswith("epoch 2:"):
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        train_model(synthetic_store, tmp_path / "cut.pt", config, log=stop_after_epoch_2)
+    train_until_epoch_2(synthetic_store, tmp_path / "cut.pt", config)
     assert (tmp_path / "cut.pt.state").exists() and not (tmp_path / "cut.pt").exists()
     messages = []
     resumed = train_model(synthetic_store, tmp_path / "cut.pt", config, log=messages.append)
