@@ -57,37 +57,43 @@ class Option:
     name: str
     role: str
     arch: str
-    motion: bool
+    input: str  # frames, motion (frame differences) or flow (optical flow)
     max_minutes: float
     what: str
     model: tuple[tuple[str, object], ...] = ()  # architecture config fields besides the defaults
     pseudo: float = 0.0  # weight of the pseudo-anomaly head's loss (tasks/pseudo.py)
+    teacher: str | None = None  # the optical-flow option whose frame scores this one learns (tasks/distill.py)
+    distill_weight: float = 1.0
 
 
 OPTIONS = {o.name: o for o in (
-    Option("vae3d-frames", "small", "vae3d", False, 14, "3D-conv VAE on frames (seed design)"),
-    Option("vae3d-motion", "small", "vae3d", True, 12, "3D-conv VAE on frame differences"),
-    Option("vae3d-motion-plain", "small", "vae3d", True, 12, "vae3d on frame differences, not variational",
+    Option("vae3d-frames", "small", "vae3d", "frames", 14, "3D-conv VAE on frames (seed design)"),
+    Option("vae3d-motion", "small", "vae3d", "motion", 12, "3D-conv VAE on frame differences"),
+    Option("vae3d-motion-plain", "small", "vae3d", "motion", 12, "vae3d on frame differences, not variational",
            (("variational", False),)),
-    Option("vae3d-motion-pseudo", "small", "vae3d", True, 12,
+    Option("vae3d-motion-pseudo", "small", "vae3d", "motion", 12,
            "vae3d on frame differences with the pseudo-anomaly head (weight 0.01)", pseudo=0.01),
-    Option("predictor-small", "small", "predictor", False, 24, "the predictor predicting every 4th frame (half its cost)",
+    Option("vae3d-flow", "small", "vae3d", "flow", 12, "3D-conv VAE on optical flow (Lucas-Kanade; the distillation teacher)"),
+    Option("vae3d-frames-distilled", "small", "vae3d", "frames", 14,
+           "vae3d on frames, learning vae3d-flow's frame scores (weight 0.1)", teacher="vae3d-flow", distill_weight=0.1),
+    Option("predictor-small", "small", "predictor", "frames", 24, "the predictor predicting every 4th frame (half its cost)",
            (("step", 4),)),
-    Option("resnet3d_attn-frames", "large", "resnet3d_attn", False, 24, "residual 3D VAE + attention on frames (seed design)"),
-    Option("resnet3d_attn-motion", "large", "resnet3d_attn", True, 22, "residual 3D VAE + attention on frame differences"),
-    Option("predictor", "large", "predictor", False, 24, "U-Net future-frame predictor (4 frames -> next)"),
-    Option("predictor-wide", "large", "predictor", False, 25, "the predictor at twice the widths, every 4th frame predicted",
+    Option("resnet3d_attn-frames", "large", "resnet3d_attn", "frames", 24, "residual 3D VAE + attention on frames (seed design)"),
+    Option("resnet3d_attn-motion", "large", "resnet3d_attn", "motion", 22, "residual 3D VAE + attention on frame differences"),
+    Option("predictor", "large", "predictor", "frames", 24, "U-Net future-frame predictor (4 frames -> next)"),
+    Option("predictor-wide", "large", "predictor", "frames", 25, "the predictor at twice the widths, every 4th frame predicted",
            (("channels", (16, 32, 64, 128)), ("step", 4))),
-    Option("resnet18_ae", "large", "resnet18_ae", False, 25,
+    Option("resnet18_ae", "large", "resnet18_ae", "frames", 25,
            "single-frame ResNet-18-layout autoencoder at half width, pixel + feature-consistency error, flip TTA",
            (("base_channels", 32),)),
-    Option("forecaster", "large", "forecaster", False, 25,
+    Option("forecaster", "large", "forecaster", "frames", 25,
            "per-frame CNN encoder + convolutional GRU forecasting the features of frame t+4"),
 )}
 PAIRS = (
     ("vae3d-frames", "resnet3d_attn-frames"), ("vae3d-motion", "resnet3d_attn-motion"), ("vae3d-motion", "predictor"),
     ("vae3d-motion", "predictor-wide"), ("vae3d-motion-plain", "predictor-wide"), ("predictor-small", "predictor-wide"),
     ("vae3d-motion", "resnet18_ae"), ("vae3d-motion", "forecaster"), ("vae3d-motion-pseudo", "predictor-wide"),
+    ("vae3d-flow", "predictor-wide"), ("vae3d-frames-distilled", "predictor-wide"),
 )
 HEADLINE = ("vae3d-motion", "predictor-wide")
 REPORT = "ped2-quality"
@@ -121,9 +127,11 @@ def train(url: str, root: Path, option: Option, *, allowed: bool) -> Path:
         return path
     if not allowed:
         raise ParameterError(f"{path} is missing and --no-train was given")
+    teacher = None if option.teacher is None else str(train(url, root, OPTIONS[option.teacher], allowed=allowed))
     say(f"train {option.name}: {option.what}, at most {option.max_minutes:g} min")
-    config = TrainConfig(role=option.role, arch=option.arch, epochs=30, size=SIZE, motion=option.motion,
-                         max_minutes=option.max_minutes, model=dict(option.model), pseudo_weight=option.pseudo)
+    config = TrainConfig(role=option.role, arch=option.arch, epochs=30, size=SIZE, motion=option.input == "motion",
+                         flow=option.input == "flow", max_minutes=option.max_minutes, model=dict(option.model),
+                         pseudo_weight=option.pseudo, distill=teacher, distill_weight=option.distill_weight)
     result = train_model(url, path, config, progress=sys.stderr.isatty(), log=say)
     say(result.summary())
     return path
@@ -232,14 +240,14 @@ def main() -> None:
             if not any(r["scores"] == name for r in rows):
                 o = OPTIONS[name]
                 rows.append(metrics_row(name, sim.frames_for(sim.escalated(None, everything=everything)), role=role,
-                                        input="motion" if o.motion else "frames", escalation=float(everything),
+                                        input=o.input, escalation=float(everything),
                                         train_minutes=training_minutes(paths[name])))
         if not any(r["scores"] == f"{small} + embedding distance" for r in rows):
             # the embedding-distance ensemble: the mean of the calibrated score and the percentile
             # rank of the clip's embedding distance from the normal centroid (both from normal data)
             ood = cached_checkpoint(paths[small]).calibration.ood.rank(sim.clips["ood_distance"].to_numpy(float))
             rows.append(metrics_row(f"{small} + embedding distance", sim.frames_from((sim.small + ood) / 2),
-                                    role="small", input="motion" if OPTIONS[small].motion else "frames", escalation=0.0))
+                                    role="small", input=OPTIONS[small].input, escalation=0.0))
         for b in budgets:
             esc = sim.escalated(BatchBudget(b))
             rows.append(metrics_row(f"routed {small} -> {large} @ {b:g}", sim.frames_for(esc), role="routed", input="-", escalation=float(esc.mean())))

@@ -157,10 +157,13 @@ def train(
     clip_len: Annotated[int, typer.Option("--clip-len", help="Frames per clip.")] = 16,
     stride: Annotated[int, typer.Option(help="Frames between clip starts when scoring and calibrating (training uses half).")] = 8,
     motion: Annotated[bool, typer.Option("--motion/--frames", help="Model input: frame differences (moving things) or the frames themselves.")] = False,
+    flow: Annotated[bool, typer.Option("--flow", help="Model input: dense optical flow (x, y, speed; Lucas-Kanade on the luma) instead of frames. Such a model can teach --distill.")] = False,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Horizontal-flip augmentation.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initial weights and the batch order.")] = 0,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop after the epoch that passes this many minutes.")] = None,
     pseudo: Annotated[float, typer.Option("--pseudo", help="Weight of the pseudo-anomaly head's loss (erased, shuffled, jittered copies of training clips); 0: off. See docs/models.md.")] = 0.0,
+    distill: Annotated[Optional[str], typer.Option("--distill", help="Checkpoint of an optical-flow model (trained with --flow) whose frame scores this model learns to match; see docs/models.md.")] = None,
+    distill_weight: Annotated[float, typer.Option("--distill-weight", help="Weight of the score-distillation loss.")] = 1.0,
     out: Annotated[Optional[str], typer.Option(help="Checkpoint path (default: <root>/checkpoints/<dataset>/<role>-<arch>.pt).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing checkpoint.")] = False,
     fresh: Annotated[bool, typer.Option(help="Ignore a saved training state instead of resuming from it.")] = False,
@@ -178,8 +181,9 @@ def train(
     options = parse_model_options(set_, arch or DEFAULT_ARCH.get(model, "vae3d"))
     config = TrainConfig(
         role=model, arch=arch, epochs=epochs, batch=batch, lr=lr, size=parse_size(size) if size else None,
-        channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, motion=motion, flip=flip,
-        seed=seed, max_minutes=max_minutes, model=options, pseudo_weight=pseudo,
+        channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, motion=motion, flow=flow,
+        flip=flip, seed=seed, max_minutes=max_minutes, model=options, pseudo_weight=pseudo, distill=distill,
+        distill_weight=distill_weight,
     )
     target = out or checkpoint_path(base, dataset, model, str(config.arch))
     plan = plan_training(store_url(base, dataset), target, config, overwrite=force)
@@ -194,8 +198,9 @@ def train(
     with _interruptible(f"interrupted; the last finished epoch is saved in {target}.state: run the same command to resume"):
         result = train_flow(
             dataset=dataset, root=base, role=model, arch=config.arch, epochs=epochs, batch=batch, lr=lr, size=size,
-            gray=gray, clip_len=clip_len, stride=stride, motion=motion, flip=flip, seed=seed, max_minutes=max_minutes, out=target,
-            force=force, resume=not fresh, progress=True, model_options=options, pseudo_weight=pseudo,
+            gray=gray, clip_len=clip_len, stride=stride, motion=motion, flow=flow, flip=flip, seed=seed, max_minutes=max_minutes,
+            out=target, force=force, resume=not fresh, progress=True, model_options=options, pseudo_weight=pseudo,
+            distill=distill, distill_weight=distill_weight,
         )
     typer.echo(result.summary())
 

@@ -33,6 +33,7 @@ def train_flow(
     clip_len: int = 16,
     stride: int = 8,
     motion: bool = False,
+    flow: bool = False,
     flip: bool = True,
     seed: int = 0,
     max_minutes: float | None = None,
@@ -42,16 +43,20 @@ def train_flow(
     progress: bool = False,
     model_options: dict[str, Any] | None = None,
     pseudo_weight: float = 0.0,
+    distill: str | None = None,
+    distill_weight: float = 1.0,
 ) -> TrainResult:
     """Train `arch` (default: the role's) on `<root>/stores/<dataset>.zarr` and write a calibrated checkpoint
     (default `<root>/checkpoints/<dataset>/<role>-<arch>.pt`). `model_options` sets architecture config
     fields (e.g. {"channels": [16, 32, 64, 128], "step": 4} for `predictor`); `pseudo_weight` > 0 adds the
-    pseudo-anomaly head's loss (`tasks/pseudo.py`)."""
+    pseudo-anomaly head's loss (`tasks/pseudo.py`); `flow` trains on optical flow, and `distill` (an
+    optical-flow checkpoint) adds score distillation from it (`tasks/distill.py`)."""
     root = root or default_root()
     config = TrainConfig(
         role=role, arch=arch, epochs=epochs, batch=batch, lr=lr, size=parse_size(size) if size else None,
-        channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, motion=motion, flip=flip,
-        seed=seed, max_minutes=max_minutes, model=dict(model_options or {}), pseudo_weight=pseudo_weight,
+        channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, motion=motion, flow=flow,
+        flip=flip, seed=seed, max_minutes=max_minutes, model=dict(model_options or {}), pseudo_weight=pseudo_weight,
+        distill=distill, distill_weight=distill_weight,
     )
     target = out or checkpoint_path(root, dataset, role, config.arch)
     return train_task(store_url(root, dataset), target, config, progress, resume, force)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from storage import ClipStore, clip_windows
 from tasks.errors import ParameterError
+from tasks.flow import flow_clips
 
 # ITU-R BT.601 luma, the weights FFmpeg's gray conversion uses
 _LUMA = (0.299, 0.587, 0.114)
@@ -28,6 +29,9 @@ class InputSpec:
     `motion`: the model sees the absolute difference of each frame to the one before (the clip's
     first frame repeats the second's difference) instead of the frames: moving things, not the
     static scene.
+
+    `flow`: the model sees the dense optical flow from each frame's predecessor, found on the frames'
+    luma (`tasks/flow.py`), as 3 channels (x and y components, speed); `channels` is then 3.
     """
 
     clip_len: int
@@ -36,6 +40,7 @@ class InputSpec:
     width: int
     channels: int
     motion: bool = False
+    flow: bool = False
 
     def __post_init__(self) -> None:
         for name in ("clip_len", "stride", "height", "width", "channels"):
@@ -44,9 +49,18 @@ class InputSpec:
                 raise ParameterError(f"{name} must be >= 1, got {value}")
         if self.channels not in (1, 3):
             raise ParameterError(f"channels must be 1 or 3, got {self.channels}")
+        if self.flow and self.motion:
+            raise ParameterError("choose one model input: frame differences (motion) or optical flow, not both")
+        if self.flow and self.channels != 3:
+            raise ParameterError(f"optical-flow input has 3 channels (x, y, speed), got channels={self.channels}")
 
     def to_dict(self) -> dict[str, int | bool]:
         return asdict(self)
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) RGB -> (B, 1, T, H, W) luma."""
+    return (x * torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1, 1)).sum(dim=1, keepdim=True)
 
 
 def prepare_clips(
@@ -62,9 +76,13 @@ def prepare_clips(
     x = frames.to(device, non_blocking=True) if device is not None else frames
     x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, C, T, H, W) in [0, 1]
     c = x.shape[1]
-    if spec.channels == 1 and c == 3:
-        w = torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1, 1)
-        x = (x * w).sum(dim=1, keepdim=True)
+    if spec.flow:  # flow is found on the luma; the 3 model channels are the flow's
+        if c == 3:
+            x = _luma(x)
+        elif c != 1:
+            raise ParameterError(f"cannot find optical flow on {c}-channel frames")
+    elif spec.channels == 1 and c == 3:
+        x = _luma(x)
     elif spec.channels == 3 and c == 1:
         x = x.repeat(1, 3, 1, 1, 1)  # a copy: the scaling below writes in place
     elif spec.channels != c:
@@ -74,7 +92,9 @@ def prepare_clips(
         size = (x.shape[2], spec.height, spec.width)
         shrink = spec.height <= h and spec.width <= w
         x = F.interpolate(x, size=size, mode="area") if shrink else F.interpolate(x, size=size, mode="trilinear", align_corners=False)
-    if spec.motion:
+    if spec.flow:
+        x = flow_clips(x)
+    elif spec.motion:
         if x.shape[2] < 2:
             raise ParameterError("motion input needs clips of at least 2 frames")
         d = (x[:, :, 1:] - x[:, :, :-1]).abs_()

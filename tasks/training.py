@@ -30,6 +30,7 @@ from tasks.calibration import Calibration
 from tasks.checkpoint import Checkpoint, atomic_torch_save, dataset_fingerprint, save_checkpoint, source_spec
 from tasks.errors import ParameterError, PipelineError
 from tasks.model_input import ClipDataset, InputSpec, prepare_clips
+from tasks.distill import ScoreTeacher, check_student, standardised_mismatch, student_frame_scores
 from tasks.pseudo import PseudoAnomalyHead, pseudo_anomalies
 
 
@@ -69,6 +70,7 @@ class TrainConfig:
     size: tuple[int, int] | None = None
     channels: int | None = None
     motion: bool = False  # the model sees frame differences (see InputSpec)
+    flow: bool = False  # the model sees optical flow (see InputSpec); channels are then 3
     val_fraction: float = 0.2
     patience: int = 5  # epochs without improvement before stopping
     lr_patience: int = 2  # epochs without improvement before halving the learning rate
@@ -82,6 +84,8 @@ class TrainConfig:
     device: str = "auto"
     model: dict[str, Any] = field(default_factory=dict)  # extra architecture config fields
     pseudo_weight: float = 0.0  # weight of the pseudo-anomaly head's loss (tasks/pseudo.py); 0: off
+    distill: str | None = None  # checkpoint of an optical-flow teacher whose frame scores the model learns (tasks/distill.py)
+    distill_weight: float = 1.0  # weight of the score-distillation loss
 
     def __post_init__(self) -> None:
         if self.role not in DEFAULT_ARCH:
@@ -109,6 +113,14 @@ class TrainConfig:
             raise ParameterError(f"max_minutes must be > 0, got {self.max_minutes}")
         if not (math.isfinite(self.pseudo_weight) and self.pseudo_weight >= 0):
             raise ParameterError(f"pseudo_weight must be a finite number >= 0, got {self.pseudo_weight}")
+        if not (math.isfinite(self.distill_weight) and self.distill_weight > 0):
+            raise ParameterError(f"distill_weight must be a finite number > 0, got {self.distill_weight}")
+        if self.flow and self.motion:
+            raise ParameterError("choose one model input: frame differences (motion) or optical flow, not both")
+        if self.flow and self.channels == 1:
+            raise ParameterError("optical-flow input has 3 channels (x, y, speed); it cannot be gray")
+        if self.distill is not None:
+            self.distill = str(self.distill)
 
     @property
     def effective_train_stride(self) -> int:
@@ -359,19 +371,32 @@ class _PseudoTraining:
     gen: torch.Generator
 
 
+@dataclass
+class _Distillation:
+    teacher: ScoreTeacher
+    weight: float
+
+
 def _train_epoch(
     model: ClipModel, loader: DataLoader, spec: InputSpec, optimizer: torch.optim.Optimizer, device: torch.device,
     flip_gen: torch.Generator | None, bar: _Progress, pseudo: _PseudoTraining | None = None,
-) -> tuple[float, float | None]:
+    distill: _Distillation | None = None,
+) -> tuple[float, dict[str, float]]:
     """One pass over the training clips; flips half of them when `flip_gen` is given. Mean loss, and
-    the pseudo-anomaly head's mean accuracy when `pseudo` is given."""
+    epoch means of the extras: the pseudo-anomaly head's accuracy (`pseudo_accuracy`) and the
+    correlation of the model's frame scores with the teacher's (`teacher_correlation`)."""
     model.train()
-    running, n_batches, accuracy = 0.0, 0, 0.0
+    running, n_batches, accuracy, correlation = 0.0, 0, 0.0, 0.0
     for frames in loader:
         x = prepare_clips(frames, spec, model.value_range, device=device)
+        mask = None
         if flip_gen is not None:
             mask = (torch.rand(x.shape[0], generator=flip_gen) < 0.5).to(device)
             x = torch.where(mask.view(-1, 1, 1, 1, 1), x.flip(-1), x)
+        target = None
+        if distill is not None:  # the teacher sees the same clips, flipped alike (frames are (B, T, H, W, C))
+            raw = frames if mask is None else torch.where(mask.cpu().view(-1, 1, 1, 1, 1), frames.flip(3), frames)
+            target = distill.teacher.frame_scores(raw, device)
         with autocast_for(device):
             out = model(x)
             loss, _parts = model.loss(x, out)
@@ -383,6 +408,10 @@ def _train_epoch(
                 head_loss, acc = pseudo.head.loss(out.embedding, made_out.embedding)
                 loss = loss + pseudo.weight * head_loss
                 accuracy += acc
+            if distill is not None:
+                mismatch, r = standardised_mismatch(student_frame_scores(model, x, out), target)
+                loss = loss + distill.weight * mismatch
+                correlation += r
         if not torch.isfinite(loss):
             raise PipelineError(f"training {model.arch} diverged (loss {float(loss.detach())}); lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -391,7 +420,12 @@ def _train_epoch(
         running += float(loss.detach())
         n_batches += 1
         bar.update(x.shape[0], running / n_batches)
-    return running / max(n_batches, 1), (accuracy / max(n_batches, 1) if pseudo is not None else None)
+    extras = {}
+    if pseudo is not None:
+        extras["pseudo_accuracy"] = accuracy / max(n_batches, 1)
+    if distill is not None:
+        extras["teacher_correlation"] = correlation / max(n_batches, 1)
+    return running / max(n_batches, 1), extras
 
 
 # Settings that change when or where a run stops or reads, not the weights it reaches epoch by epoch.
@@ -432,13 +466,16 @@ def plan_training(store_url: str, out: str | Path, config: TrainConfig, *, overw
     store_c = frame_sizes.pop()[2]
     defaults = model_class(config.arch).config_class()
     height, width = config.size or (defaults.height, defaults.width)
-    channels = config.channels or store_c
+    channels = 3 if config.flow else (config.channels or store_c)
     spec = InputSpec(clip_len=config.clip_len, stride=config.stride, height=height, width=width, channels=channels,
-                     motion=config.motion)
+                     motion=config.motion, flow=config.flow)
     model_cfg = make_config(
         config.arch, {**config.model, "in_channels": channels, "clip_len": config.clip_len, "height": height, "width": width}
     )
     model_cfg.validate()
+    if config.distill is not None:
+        check_student(model_class(config.arch))
+        ScoreTeacher.load(config.distill, spec, torch.device("cpu"))  # refuses a missing or mismatched teacher
     split = split_clips(videos, config)
     if len(split.train) < 2:
         raise PipelineError(f"only {len(split.train)} training clip fits in {split.train_videos}; batch normalisation needs two")
@@ -486,6 +523,9 @@ def train_model(
             features = model(blank).embedding.shape[1]
         pseudo = _PseudoTraining(PseudoAnomalyHead(features).to(device), config.pseudo_weight, torch.Generator())
         parameters += list(pseudo.head.parameters())
+    distill = None
+    if config.distill is not None:
+        distill = _Distillation(ScoreTeacher.load(config.distill, spec, device), config.distill_weight)
     optimizer = torch.optim.Adam(parameters, lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=config.lr_patience)
     config_record = asdict(config)
@@ -529,8 +569,8 @@ def train_model(
         sampler.set_epoch(epoch)
         if pseudo is not None:
             pseudo.gen.manual_seed(config.seed + 29 + epoch)
-        train_loss, pseudo_accuracy = _train_epoch(
-            model, train_loader, spec, optimizer, device, flip_gen if config.flip else None, bar, pseudo
+        train_loss, extras = _train_epoch(
+            model, train_loader, spec, optimizer, device, flip_gen if config.flip else None, bar, pseudo, distill
         )
         bar.close()
         val = evaluate_loss(model, val_loader, spec, device)
@@ -545,10 +585,12 @@ def train_model(
             bad += 1
         seconds = elapsed_before + time.perf_counter() - t0
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val, "lr": optimizer.param_groups[0]["lr"], "seconds": seconds})
+        history[-1].update(extras)
         told = ""
-        if pseudo_accuracy is not None:
-            history[-1]["pseudo_accuracy"] = pseudo_accuracy
-            told = f", pseudo-anomalies told apart {pseudo_accuracy:.0%}"
+        if "pseudo_accuracy" in extras:
+            told += f", pseudo-anomalies told apart {extras['pseudo_accuracy']:.0%}"
+        if "teacher_correlation" in extras:
+            told += f", frame scores' correlation with the teacher {extras['teacher_correlation']:.2f}"
         say(f"epoch {epoch}: train loss {train_loss:.5f}, held-out loss {val:.5f}{' (best)' if improved else ''}{told}")
         atomic_torch_save({
             "config": config_record, "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
@@ -582,6 +624,7 @@ def train_model(
             "config": config_record, "train_videos": split.train_videos, "val_videos": split.val_videos,
             "train_clips": len(split.train), "val_clips": len(split.val), "history": history,
             "best_epoch": best_epoch, "best_val_loss": best, "stopped": stopped, "seconds": seconds,
+            "teacher": None if distill is None else {"path": distill.teacher.path, "arch": distill.teacher.arch},
             "device": str(device), "threads": cores, "workers": workers, "parameters": trainable_parameters(model),
         },
         versions=package_versions(),

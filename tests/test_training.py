@@ -194,6 +194,9 @@ def test_architecture_settings_reach_the_checkpoint(synthetic_store, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--arch", "predictor", "--set", "step=0"], "step must be >= 1"),
     (["--pseudo", "-0.5"], "pseudo_weight must be a finite number >= 0"),
+    (["--flow", "--gray"], "optical-flow input has 3 channels (x, y, speed); it cannot be gray"),
+    (["--flow", "--motion"], "frame differences (motion) or optical flow, not both"),
+    (["--distill-weight", "0"], "distill_weight must be a finite number > 0"),
 ])
 def test_cli_train_refuses_a_bad_setting_in_one_line(args, message, tmp_path):
     vad = Path(sys.executable).with_name("vad")
