@@ -29,6 +29,7 @@ from storage import ClipStore, check_run_id, write_manifest, write_table
 from tasks.calibration import cosine_distances
 from tasks.checkpoint import Checkpoint, cached_checkpoint
 from tasks.errors import NotFoundError, ParameterError, PipelineError
+from tasks.memory import release_freed_memory
 from tasks.model_input import ClipDataset, clip_index, prepare_clips
 from tasks.routing import BatchBudget, Budget, RouterConfig, Routing, Signals, budget_record, compute_signals, route
 from tasks.training import autocast_for, available_cores, package_versions, pick_device
@@ -89,22 +90,29 @@ def run_pass(
         multiprocessing_context="spawn" if workers else None, prefetch_factor=4 if workers else None,
         pin_memory=dev.type == "cuda",
     )
-    raw, unc, emb, frames = [], [], [], []
+    # Results go straight into arrays sized for the whole pass: no per-batch objects accumulate
+    # between the batches' large temporaries, which would keep the allocator from returning memory.
+    n = len(index)
+    raw, unc = np.empty(n), np.empty(n)
+    frames = np.empty((n, spec.clip_len), np.float32)
+    emb: np.ndarray | None = None
+    done = 0
     t0 = time.perf_counter()
     with autocast_for(dev):
         for clips in loader:
             s = model.score(prepare_clips(clips, spec, model.value_range, device=dev))
-            raw.append(s.clip.float().cpu().numpy())
-            unc.append(s.uncertainty.float().cpu().numpy())
-            emb.append(s.embedding.float().cpu().numpy())
-            frames.append(s.frames.float().cpu().numpy())
+            k = slice(done, done + len(clips))
+            if emb is None:
+                emb = np.empty((n, s.embedding.shape[1]), np.float32)
+            raw[k], unc[k] = s.clip.float().cpu().numpy(), s.uncertainty.float().cpu().numpy()
+            emb[k], frames[k] = s.embedding.float().cpu().numpy(), s.frames.float().cpu().numpy()
+            done += len(clips)
+            release_freed_memory(every=16)
     seconds = time.perf_counter() - t0
     cal = checkpoint.calibration
-    raw_a = np.concatenate(raw).astype(np.float64)
     return PassOutput(
-        raw=raw_a, calibrated=cal.calibrate(raw_a), uncertainty=np.concatenate(unc).astype(np.float64),
-        ood_distance=cosine_distances(np.concatenate(emb), cal.centroid), frame_errors=np.concatenate(frames),
-        seconds=seconds, calls=len(index),
+        raw=raw, calibrated=cal.calibrate(raw), uncertainty=unc, ood_distance=cosine_distances(emb, cal.centroid),
+        frame_errors=frames, seconds=seconds, calls=n,
     )
 
 
