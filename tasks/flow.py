@@ -74,7 +74,13 @@ def flow_clips(gray: torch.Tensor, *, max_speed: float = MAX_SPEED, scale: int =
     b, _, t, h, w = gray.shape
     if t < 2:
         raise ParameterError("flow input needs clips of at least 2 frames")
-    frames = gray.permute(0, 2, 1, 3, 4).reshape(b * t, 1, h, w).float()
+    with torch.autocast(gray.device.type, enabled=False):  # float32 even inside a scoring pass's autocast
+        return _flow_clips(gray.float(), max_speed=max_speed, scale=scale, **kwargs)
+
+
+def _flow_clips(gray: torch.Tensor, *, max_speed: float, scale: int, **kwargs: float) -> torch.Tensor:
+    b, _, t, h, w = gray.shape
+    frames = gray.permute(0, 2, 1, 3, 4).reshape(b * t, 1, h, w)
     if scale > 1 and h >= 8 * scale and w >= 8 * scale:
         frames = F.interpolate(frames, size=(h // scale, w // scale), mode="area")
     else:

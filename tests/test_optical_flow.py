@@ -77,3 +77,11 @@ def test_bad_flow_requests_are_refused():
         lucas_kanade(_pattern(), _pattern(), window=4)
     with pytest.raises(ParameterError, match="one shape"):
         lucas_kanade(_pattern(), torch.zeros(1, 1, 8, 8))
+
+
+def test_flow_stays_float32_inside_a_bfloat16_autocast():
+    # scoring passes run under autocast (bfloat16 on CUDA); the flow's 2x2 solve needs float32
+    moving = torch.stack([_pattern(1.5 * i) for i in range(3)], dim=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = flow_clips(moving)
+    assert inside.dtype == torch.float32 and torch.equal(inside, flow_clips(moving))
