@@ -12,8 +12,7 @@ window,
 where S.. are window means of products of the derivatives (Horn and Schunck's estimates over the
 2x2x2 cube of both frames) and r a small ridge that sends the flow of flat, textureless regions (a
 still background) to 0 instead of to noise. The window means are separable box filters, so a batch of
-8 clips of 16 frames at 128x192 takes well under a second on 2 cores (`benchmarks/models.py` has no
-row for it; the figure is from the module's own timing in docs/quality.md).
+8 clips of 16 frames at 128x192 takes about 0.1 s on 2 cores (docs/models.md, "Optical-flow input").
 
 It is a small-motion method: it holds to about 3 pixels per frame on smooth texture. Flow is found at
 half the model's resolution (`scale`), which doubles that reach in model pixels and quarters the

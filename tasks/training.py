@@ -447,6 +447,7 @@ class TrainingPlan:
     spec: InputSpec
     model_config: Any
     split: Split
+    teacher: ScoreTeacher | None = None  # the distillation teacher, loaded on the CPU
 
 
 def plan_training(store_url: str, out: str | Path, config: TrainConfig, *, overwrite: bool = False) -> TrainingPlan:
@@ -473,9 +474,10 @@ def plan_training(store_url: str, out: str | Path, config: TrainConfig, *, overw
         config.arch, {**config.model, "in_channels": channels, "clip_len": config.clip_len, "height": height, "width": width}
     )
     model_cfg.validate()
+    teacher = None
     if config.distill is not None:
         check_student(model_class(config.arch))
-        ScoreTeacher.load(config.distill, spec, torch.device("cpu"))  # refuses a missing or mismatched teacher
+        teacher = ScoreTeacher.load(config.distill, spec, torch.device("cpu"))  # refuses a missing or mismatched teacher
     split = split_clips(videos, config)
     if len(split.train) < 2:
         raise PipelineError(f"only {len(split.train)} training clip fits in {split.train_videos}; batch normalisation needs two")
@@ -487,7 +489,7 @@ def plan_training(store_url: str, out: str | Path, config: TrainConfig, *, overw
             f"{config.clip_len} and stride {config.stride}); the held-out {split.val_videos} give at most {longest}. "
             "Lower --stride or --clip-len, or add longer training videos"
         )
-    return TrainingPlan(store, videos, spec, model_cfg, split)
+    return TrainingPlan(store, videos, spec, model_cfg, split, teacher)
 
 
 def train_model(
@@ -524,8 +526,9 @@ def train_model(
         pseudo = _PseudoTraining(PseudoAnomalyHead(features).to(device), config.pseudo_weight, torch.Generator())
         parameters += list(pseudo.head.parameters())
     distill = None
-    if config.distill is not None:
-        distill = _Distillation(ScoreTeacher.load(config.distill, spec, device), config.distill_weight)
+    if plan.teacher is not None:
+        plan.teacher.model.to(device)
+        distill = _Distillation(plan.teacher, config.distill_weight)
     optimizer = torch.optim.Adam(parameters, lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=config.lr_patience)
     config_record = asdict(config)
