@@ -3,7 +3,8 @@ synthetic 1280x720 videos of a given length, and the cost of routed scoring agai
 model alone.
 
     python benchmarks/throughput.py [--ped2 ../shared/datasets/ped2 | --no-ped2] [--small PATH --large PATH]
-        [--minutes 1,10,60] [--budget 0.2] [--budgets 0.1,0.2,0.3] [--device auto] [--batch 16] [--work DIR]
+        [--minutes 1,10,60] [--budget 0.2] [--budgets 0.1,0.2,0.3] [--device auto] [--batch N] [--precision auto]
+        [--compile] [--batches 4,8,16] [--no-compile-table] [--work DIR]
 
 Stages, each timed alone by calling the stage functions `score_videos` runs in a loop
 (`tasks/scoring.py`): ingest (`ingest_video` of each video into a fresh store, one at a time),
@@ -13,8 +14,13 @@ memory), tables (`write_run`: clip and frame Parquet files and run.json), report
 the run just written), and end to end (the sum of the stages, which run back to back; loading the
 checkpoints before them is not counted). `frames_per_s` is the input's frame count over the stage's
 wall seconds for every stage, so the stages' costs add up; `loop_s` is the time inside `run_pass`'s
-batch loop (what `score_videos` reports), the rest of a pass being model builds (one per video),
-clip indexing and DataLoader start-up.
+batch loop (what `score_videos` reports), the rest of a pass being the model's build (once per
+checkpoint and device, in the first video's pass), clip indexing and DataLoader start-up.
+
+Model table (`--batches`): each model alone (copy to the device, conversion, `score`) on random
+clips, per batch size, as trained and with the scoring rewrites of `models/_inference.py`, and
+compiled (`torch.compile`) unless `--no-compile-table`; it shows what the model costs apart from
+reading the store, and which batch size is fastest.
 
 Memory: a background thread samples the resident set size (RSS) every 20 ms, summed over this
 process and all its child processes (the FFmpeg decoder during ingest, the DataLoader worker that
@@ -41,7 +47,7 @@ Routing cost (Ped2): pass 1 is the one timed above (it is common to every routed
 large-only run is the large model alone over every clip, then frame aggregation: no small pass.
 `ratio` is routed total / large-only total; `ratio_without_pass1` leaves pass 1 out.
 
-Results: benchmarks/results/throughput.parquet and throughput_routing.parquet.
+Results: benchmarks/results/throughput.parquet, throughput_routing.parquet and throughput_models.parquet.
 """
 
 from __future__ import annotations
@@ -76,11 +82,12 @@ from tasks.datasets import VideoSource, discover  # noqa: E402
 from tasks.errors import CheckpointMismatchError, DatasetLayoutError, FFmpegError, ParameterError  # noqa: E402
 from tasks.ffmpeg_io import ffmpeg_exe  # noqa: E402
 from tasks.ingest import Preprocess, ingest_video  # noqa: E402
-from tasks.model_input import InputSpec, clip_index  # noqa: E402
+from tasks.model_input import InputSpec, clip_index, prepare_clips  # noqa: E402
 from tasks.report import RunRef, build_report  # noqa: E402
 from tasks.routing import BatchBudget  # noqa: E402
 from tasks.scoring import (  # noqa: E402
-    aggregate_frames, assemble, check_pair, first_pass, plan_routes, second_pass, write_run,
+    PRECISIONS, Compute, aggregate_frames, assemble, check_pair, first_pass, plan_routes, scoring_precision, second_pass,
+    write_run,
 )
 from tasks.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
 from tasks.training import available_cores, pick_device  # noqa: E402
@@ -356,20 +363,20 @@ def run_input(
     large = fit(templates["large"], "large", first, root / "checkpoints", seed=1)
     check_pair(small, large)
     with measured(memory, stages, "pass1", device) as rec:
-        passes = [first_pass(url, small, v, large=large, device=args.device, batch=args.batch) for v in ids]
+        passes = [first_pass(url, small, v, large=large, compute=compute(args)) for v in ids]
         rec.update(clips=sum(p.out.calls for p in passes), loop_s=sum(p.out.seconds for p in passes))
     with measured(memory, stages, "routing", device) as rec:
         plan = plan_routes(passes, small, budget)
         rec["clips"] = len(plan.video_of)
     with measured(memory, stages, "pass2", device) as rec:
-        second = {v: second_pass(url, large, v, st, device=args.device, batch=args.batch)
+        second = {v: second_pass(url, large, v, st, compute=compute(args))
                   for v, st in plan.escalated_starts(passes).items()}
         rec.update(clips=sum(o.calls for o in second.values()), loop_s=sum(o.seconds for o in second.values()))
     with measured(memory, stages, "frames", device):
         result = assemble(passes, plan, second, small, large)
     result.seconds["total"] = sum(r["seconds"] for r in stages[1:])  # as score_videos reports it
     with measured(memory, stages, "tables", device):
-        write_run(str(root), name, RUN_ID, result, small, large, budget)
+        write_run(str(root), name, RUN_ID, result, small, large, budget, compute=compute(args))
     with measured(memory, stages, "report", device):
         build_report(str(root), [RunRef(name, RUN_ID)], name=RUN_ID)
     stages.append({
@@ -401,7 +408,7 @@ def routing_cost(context: dict[str, Any], budgets: list[float], args: argparse.N
         t0 = time.perf_counter()
         plan = plan_routes(passes, small, BatchBudget(b))
         t1 = time.perf_counter()
-        second = {v: second_pass(url, large, v, st, device=args.device, batch=args.batch)
+        second = {v: second_pass(url, large, v, st, compute=compute(args))
                   for v, st in plan.escalated_starts(passes).items()}
         t2 = time.perf_counter()
         assemble(passes, plan, second, small, large)
@@ -421,7 +428,7 @@ def routing_cost(context: dict[str, Any], budgets: list[float], args: argparse.N
         large.check_video(video)
         starts = np.array([st for _, st in clip_index(store, [p.video], t, s)], dtype=np.int64)
         t1 = time.perf_counter()
-        out = second_pass(url, large, p.video, starts, device=args.device, batch=args.batch)
+        out = second_pass(url, large, p.video, starts, compute=compute(args))
         t2 = time.perf_counter()
         aggregate_frames(video.n_frames, starts, t, out.calibrated)
         calls, pass_s, frames_s = calls + out.calls, pass_s + t2 - t1, frames_s + time.perf_counter() - t2
@@ -434,6 +441,46 @@ def routing_cost(context: dict[str, Any], budgets: list[float], args: argparse.N
         r["ratio"] = r["total_s"] / large_only
         r["ratio_without_pass1"] = (r["total_s"] - r["pass1_s"]) / large_only
         r.update(weights=context["weights"], device=str(pick_device(args.device)), threads=torch.get_num_threads())
+    return rows
+
+
+def compute(args: argparse.Namespace) -> Compute:
+    return Compute(device=args.device, batch=args.batch, precision=args.precision, compile=args.compile)
+
+
+def model_table(templates: dict[str, Checkpoint | None], batches: list[int], device: torch.device,
+                args: argparse.Namespace) -> list[dict]:
+    """Clips/s of each model alone (copy to the device, conversion, `score`) on random clips of its
+    stored size, per batch size: the network as trained (`build_model`), the scoring rewrite
+    (`scoring_model`) and, unless --no-compile-table, the rewrite compiled; best of 3 timed batches
+    after one warm-up (and the compile)."""
+    rows = []
+    for role, template in templates.items():
+        if template is None:
+            continue
+        spec = template.input
+        h, w, c = stored_frame_size(template)
+        variants = {"as trained": template.build_model(device), "rewritten": template.scoring_model(device)}
+        if not args.no_compile_table:
+            variants["rewritten + compiled"] = template.scoring_model(device, compile=True)
+        for name, model in variants.items():
+            for b in batches:
+                clips = torch.randint(0, 256, (b, spec.clip_len, h, w, c), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+                times = []
+                with torch.inference_mode(), scoring_precision(device, args.precision):
+                    t0 = time.perf_counter()
+                    model.score(prepare_clips(clips, spec, model.value_range, device=device))
+                    warm = time.perf_counter() - t0
+                    for _ in range(3):
+                        t0 = time.perf_counter()
+                        model.score(prepare_clips(clips, spec, model.value_range, device=device))
+                        if device.type == "cuda":
+                            torch.cuda.synchronize(device)
+                        times.append(time.perf_counter() - t0)
+                rate = b / min(times)
+                rows.append({"role": role, "arch": template.arch, "model": name, "batch": b, "clips_per_s": rate,
+                             "frames_per_s": rate * spec.stride, "first_call_s": warm, "device": str(device)})
+                say(f"  {role} {template.arch} {name}, batch {b}: {rate:.1f} clips/s (first call {warm:.1f} s)")
     return rows
 
 
@@ -465,13 +512,19 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.2, help="batch budget of the stage runs")
     parser.add_argument("--budgets", default="0.1,0.2,0.3", help="budgets of the routing-cost table (Ped2)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--batch", type=int, default=16, help="clips per model batch")
+    parser.add_argument("--batch", type=int, help="clips per model batch (default: 8 on a CPU, measured on CUDA)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the scoring models")
+    parser.add_argument("--batches", default="4,8,16",
+                        help="batch sizes of the model table (each model alone: as trained, rewritten, compiled); '' for none")
+    parser.add_argument("--no-compile-table", action="store_true", help="leave the compiled rows out of the model table")
     parser.add_argument("--work", help="keep the work (stores, videos, runs) in this folder; default a temporary one")
     parser.add_argument("--out", default=str(RESULTS / "throughput.parquet"))
     args = parser.parse_args()
     minutes = _floats(args.minutes, "--minutes")
     budgets = _floats(args.budgets, "--budgets")
-    if any(m <= 0 for m in minutes) or any(not 0 < b <= 1 for b in budgets + [args.budget]) or args.batch < 1:
+    batches = [int(b) for b in _floats(args.batches, "--batches")]
+    if any(m <= 0 for m in minutes) or any(not 0 < b <= 1 for b in budgets + [args.budget]) or min([args.batch or 1, *batches]) < 1:
         parser.error("minutes must be > 0, budgets in (0, 1], batch >= 1")
     for role in ("small", "large"):
         if getattr(args, role) and not Path(getattr(args, role)).is_file():
@@ -493,6 +546,15 @@ def main() -> None:
             source = synthetic_source(work, m)
             part, _ = run_input(f"synthetic-720p-{m:g}min", [source], templates, work, memory, args)
             rows += part
+    # last, so that the models it builds and compiles do not raise the stages' memory
+    models = model_table(templates, batches, device, args) if batches else []
+    if models:
+        model_out = Path(args.out).with_name(f"{Path(args.out).stem}_models.parquet")
+        model_out.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(models).to_parquet(model_out, index=False)
+        say("\neach model alone on random clips (clips/s; frames/s = clips/s x stride):")
+        say(pd.DataFrame(models).drop(columns=["device"]).to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
+        say(f"saved {model_out}")
     if not rows:
         say("nothing measured: no Ped2 and no --minutes")
         return

@@ -215,6 +215,10 @@ def score(
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Run id (default: the UTC time); re-using one replaces that run.")] = None,
     margin: MarginOpt = 0.05,
     frame_mode: Annotated[str, typer.Option("--frame-mode", help="Frame scores from covering clips' scores (clip) or their per-frame errors (frame).")] = "clip",
+    device: Annotated[str, typer.Option(help="Compute device: auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    batch: Annotated[Optional[int], typer.Option(help="Clips per batch (default: 8 on a CPU, measured on CUDA).")] = None,
+    precision: Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 on a CPU), float32 or bfloat16.")] = "auto",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the models first (5-20 s each; pays on long runs on CUDA).")] = False,
     runner: RunnerOpt = "threads",
     dask_address: DaskOpt = None,
     workers: WorkersOpt = None,
@@ -224,7 +228,8 @@ def score(
     from storage import ClipStore, check_run_id
     from tasks.routing import RouterConfig, parse_budget
     from tasks.runners import check_runner
-    from tasks.scoring import load_pair
+    from tasks.scoring import Compute, load_pair
+    from tasks.training import pick_device
     from tasks.workspace import check_dataset_name, store_url
 
     base = _root(root)
@@ -237,6 +242,8 @@ def score(
         raise ParameterError(f"--frame-mode must be clip or frame, got {frame_mode!r}")
     if run_id:
         check_run_id(run_id)
+    Compute(device=device, batch=batch, precision=precision, compile=compile)  # type: ignore[arg-type]
+    pick_device(device)
     check_runner(runner, dask_address=dask_address, workers=workers)
     ClipStore.open(store_url(base, dataset))
     load_pair(base, dataset, small, large)
@@ -246,8 +253,8 @@ def score(
     with _interruptible("interrupted; no table of this run was left half-written: run the command again"):
         summary = score_flow(
             dataset=dataset, root=base, small=small, large=large, budget=budget, bucket=bucket, run_id=run_id,
-            margin=margin, frame_mode=frame_mode, runner=runner, dask_address=dask_address, workers=workers,  # type: ignore[arg-type]
-            progress=True,
+            margin=margin, frame_mode=frame_mode, device=device, batch=batch, precision=precision, compile=compile,  # type: ignore[arg-type]
+            runner=runner, dask_address=dask_address, workers=workers, progress=True,
         )
     typer.echo(summary.text())
 

@@ -19,20 +19,20 @@ from tasks.checkpoint import cached_checkpoint
 from tasks.routing import Budget, RouterConfig, parse_budget
 from tasks.runners import Runner, completed, task_runner
 from tasks.scoring import (
-    FrameMode, PassOutput, ScoreResult, ScoreSummary, VideoPass, assemble, first_pass, load_pair, plan_routes,
+    Compute, FrameMode, Precision, PassOutput, ScoreResult, ScoreSummary, VideoPass, assemble, first_pass, load_pair, plan_routes,
     second_pass, video_list, write_run,
 )
 from tasks.workspace import default_root, store_url
 
 
 @task(name="first-pass", task_run_name="pass1-{video}", cache_policy=NO_CACHE)
-def first_pass_task(store: str, small: str, large: str, video: str, device: str) -> VideoPass:
-    return first_pass(store, cached_checkpoint(small), video, large=cached_checkpoint(large), device=device)
+def first_pass_task(store: str, small: str, large: str, video: str, compute: Compute) -> VideoPass:
+    return first_pass(store, cached_checkpoint(small), video, large=cached_checkpoint(large), compute=compute)
 
 
 @task(name="second-pass", task_run_name="pass2-{video}", cache_policy=NO_CACHE)
-def second_pass_task(store: str, large: str, video: str, starts: np.ndarray, device: str) -> PassOutput:
-    return second_pass(store, cached_checkpoint(large), video, starts, device=device)
+def second_pass_task(store: str, large: str, video: str, starts: np.ndarray, compute: Compute) -> PassOutput:
+    return second_pass(store, cached_checkpoint(large), video, starts, compute=compute)
 
 
 def _gather(futures: dict, desc: str, progress: bool) -> dict:
@@ -49,13 +49,13 @@ def _gather(futures: dict, desc: str, progress: bool) -> dict:
 
 @flow(name="score-stages")
 def score_stages_flow(store: str, small: str, large: str, videos: list[str], budget: Budget, router: RouterConfig,
-                      frame_mode: FrameMode, device: str = "auto", progress: bool = False) -> ScoreResult:
+                      frame_mode: FrameMode, compute: Compute = Compute(), progress: bool = False) -> ScoreResult:
     small_ck, large_ck = cached_checkpoint(small), cached_checkpoint(large)
-    first = _gather({first_pass_task.submit(store, small, large, v, device): v for v in videos}, "pass 1", progress)
+    first = _gather({first_pass_task.submit(store, small, large, v, compute): v for v in videos}, "pass 1", progress)
     passes = [first[v] for v in videos]
     plan = plan_routes(passes, small_ck, budget, router=router)
     todo = plan.escalated_starts(passes)
-    second = _gather({second_pass_task.submit(store, large, v, st, device): v for v, st in todo.items()}, "pass 2", progress)
+    second = _gather({second_pass_task.submit(store, large, v, st, compute): v for v, st in todo.items()}, "pass 2", progress)
     return assemble(passes, plan, second, small_ck, large_ck, frame_mode=frame_mode)
 
 
@@ -71,6 +71,9 @@ def score_flow(
     margin: float = 0.05,
     frame_mode: Literal["clip", "frame"] = "clip",
     device: str = "auto",
+    batch: int | None = None,
+    precision: Precision = "auto",
+    compile: bool = False,
     runner: Runner = "threads",
     dask_address: str | None = None,
     workers: int | None = None,
@@ -79,15 +82,18 @@ def score_flow(
     """Score `<root>/stores/<dataset>.zarr` (test split) and write `<root>/scores/{clips,frames,runs}/dataset=<dataset>/run=<id>/`.
 
     Budget: `budget` (a fraction of clips) or `bucket` ("CAPACITY,REFILL"); neither means 0.2.
+    Compute: `device`, `batch` (None: measured per device), `precision` and `compile` (see `Compute`).
     """
     t0 = datetime.now(timezone.utc)
     root = root or default_root()
     run = check_run_id(run_id or t0.strftime("%Y%m%dT%H%M%SZ"))
     plan_budget, router = parse_budget(budget, bucket), RouterConfig(margin=margin)
+    compute = Compute(device=device, batch=batch, precision=precision, compile=compile)
     small_ck, large_ck = load_pair(root, dataset, small, large)
     url = store_url(root, dataset)
     stages = score_stages_flow.with_options(task_runner=task_runner(runner, dask_address=dask_address, workers=workers))
     result = stages(url, small_ck.path, large_ck.path, video_list(url, None, "test"), plan_budget, router, frame_mode,
-                    device=device, progress=progress)
+                    compute=compute, progress=progress)
     result.seconds["total"] = (datetime.now(timezone.utc) - t0).total_seconds()
-    return write_run(root, dataset, run, result, small_ck, large_ck, plan_budget, router=router, frame_mode=frame_mode)
+    return write_run(root, dataset, run, result, small_ck, large_ck, plan_budget, router=router, frame_mode=frame_mode,
+                     compute=compute)

@@ -36,7 +36,7 @@ from tasks.datasets._base import VIDEO_EXTENSIONS, VideoSource
 from tasks.errors import DatasetLayoutError, NotFoundError, ParameterError
 from tasks.ingest import Preprocess, describe_failure, ingest_video
 from tasks.routing import Budget, RouterConfig, budget_record
-from tasks.scoring import FrameMode, score_videos
+from tasks.scoring import Compute, FrameMode, score_videos
 from tasks.training import package_versions
 from tasks.workspace import store_url
 
@@ -270,7 +270,7 @@ def score_archive_video(
         source = VideoSource(video.video_id, "test", path, "file")
         ingest_video(url, source, ingest_preprocess(small), dataset=dataset, source_uri=video.uri)
     result = score_videos(url, small, large, settings.budget, videos=[video.video_id], split=None,
-                          router=settings.router, frame_mode=settings.frame_mode, device=settings.device)
+                          router=settings.router, frame_mode=settings.frame_mode, compute=Compute(settings.device))
     write_table(root, "clips", dataset, run_id, result.clips, part=video.video_id)
     write_table(root, "frames", dataset, run_id, result.frames, part=video.video_id)
     stored = ClipStore.open(url).video(video.video_id)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from models import ClipModel, make_config, model_class
+from models._inference import for_inference
 from storage import Video
 from tasks.calibration import Calibration
 from tasks.errors import CheckpointError, CheckpointMismatchError, NotFoundError
@@ -61,12 +62,33 @@ class Checkpoint:
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     path: str = ""
+    # what scoring built or measured for this checkpoint (models per device, batch sizes); never
+    # saved or pickled
+    cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def build_model(self, device: torch.device | str = "cpu") -> ClipModel:
         """The network with the checkpoint's weights, in eval mode (deterministic scores)."""
         model = model_class(self.arch)(make_config(self.arch, self.model_config))
         model.load_state_dict(self.state_dict)
         return model.to(device).eval()
+
+    def scoring_model(self, device: torch.device | str = "cpu", *, compile: bool = False) -> ClipModel:
+        """`build_model` rewritten for fast scoring (`models/_inference.py`: same scores up to float
+        rounding), with `score` compiled by `torch.compile` when asked. Built once per device and
+        kept on this object, so a pass per video does not rebuild it."""
+        key = ("model", str(torch.device(device)), compile)
+        if key not in self.cache:
+            model = for_inference(self.build_model(device))
+            if compile:
+                # freezing folds the weights in as constants; shapes are static (run_pass pads the last batch)
+                model.score = torch.compile(model.score, options={"freezing": True}, dynamic=False)  # type: ignore[method-assign]
+            self.cache[key] = model
+        return self.cache[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["cache"] = {}
+        return state
 
     def check_video(self, video: Video) -> None:
         """Refuse a video whose stored frames were preprocessed differently from the training store's."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from storage import ClipStore, clip_windows
 from tasks.errors import ParameterError
 from tasks.flow import flow_clips
+from tasks.memory import release_freed_memory
 
 # ITU-R BT.601 luma, the weights FFmpeg's gray conversion uses
 _LUMA = (0.299, 0.587, 0.114)
@@ -115,6 +116,9 @@ class ClipDataset(torch.utils.data.Dataset):
     """Clips of a store by (video id, start frame), read as uint8 (T, H, W, C) tensors.
 
     The store opens lazily in each process, so the dataset pickles cheaply to DataLoader workers.
+    Every 64 clips read, freed heap memory goes back to the system (`release_freed_memory`), in
+    whichever process reads: a DataLoader worker decodes chunk after chunk as the main process
+    scores, and its heap fragments the same way.
     """
 
     def __init__(self, store_url: str, index: list[tuple[str, int]], clip_len: int, *, storage_options: dict[str, Any] | None = None) -> None:
@@ -138,4 +142,6 @@ class ClipDataset(torch.utils.data.Dataset):
         video = self._videos.get(vid)
         if video is None:
             video = self._videos[vid] = self._store.video(vid)
-        return torch.from_numpy(np.ascontiguousarray(video.read(start, start + self.clip_len)))
+        clip = torch.from_numpy(np.ascontiguousarray(video.read(start, start + self.clip_len)))
+        release_freed_memory(every=64)
+        return clip

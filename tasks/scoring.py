@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,29 @@ from tasks.workspace import check_dataset_name
 from tasks.workspace import store_url as workspace_store_url
 
 FrameMode = Literal["clip", "frame"]
+Precision = Literal["auto", "float32", "bfloat16"]
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and how the scoring passes run; recorded in run.json.
+
+    `batch` None: measured per device (`choose_batch`); `precision` "auto": bfloat16 autocast on
+    CUDA, float32 elsewhere (`scoring_precision`); `compile`: `torch.compile` the scoring model
+    (a one-off compile of 5-20 s per model and device; see docs/operations.md for when it pays).
+    """
+
+    device: str = "auto"
+    batch: int | None = None
+    precision: Precision = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.batch is not None and self.batch < 1:
+            raise ParameterError(f"batch must be 1 or more, got {self.batch}")
 
 
 @dataclass
@@ -67,21 +90,106 @@ class PassOutput:
         )
 
 
+def scoring_precision(device: torch.device, precision: Precision = "auto") -> Any:
+    """The autocast context of a scoring pass: `"auto"` is bfloat16 on CUDA and float32 elsewhere
+    (`autocast_for`); `"float32"` and `"bfloat16"` force one. bfloat16 on a CPU without native
+    support is slower than float32; it is there to check on any machine what a GPU's scores will be."""
+    if precision == "auto":
+        return autocast_for(device)
+    if precision == "float32":
+        return torch.autocast(device.type, enabled=False)
+    if precision == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+# batch sizes tried on CUDA, in order; measurement stops at the first that runs out of memory or
+# is not at least 5% faster per clip than the best so far
+BATCH_CANDIDATES = (16, 32, 64, 128, 256)
+# benchmarks/throughput.py --batches on 2 cores: vae3d-motion 39, 54, 51, 36 clips/s and
+# predictor-wide 13.6, 13.1, 12.3, 9.2 at batches 2, 4, 8, 16; larger batches also hold more memory
+CPU_BATCH = 8
+
+
+def measure_batch(
+    checkpoint: Checkpoint, device: torch.device, *, precision: Precision = "auto", compile: bool = False,
+    candidates: tuple[int, ...] = BATCH_CANDIDATES, repeats: int = 3,
+) -> tuple[int, dict[int, float]]:
+    """The batch size that scores the most clips per second on `device`, and clips/s of each tried.
+
+    Each candidate scores random clips of the checkpoint's stored frame size (copy to the device,
+    conversion, model) once to warm up and then `repeats` times, timed to the device's completion.
+    """
+    model = checkpoint.scoring_model(device, compile=compile)
+    spec = checkpoint.input
+    h, w, c = (int(v) for v in checkpoint.source["frame_size"])
+    gen = torch.Generator().manual_seed(0)
+    rates: dict[int, float] = {}
+    best = 0.0
+    for b in candidates:
+        clips = torch.randint(0, 256, (b, spec.clip_len, h, w, c), dtype=torch.uint8, generator=gen)
+        if device.type == "cuda":
+            clips = clips.pin_memory()
+        try:
+            with torch.inference_mode(), scoring_precision(device, precision):
+                model.score(prepare_clips(clips, spec, model.value_range, device=device))
+                _synchronize(device)
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    model.score(prepare_clips(clips, spec, model.value_range, device=device))
+                _synchronize(device)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            break
+        rates[b] = b * repeats / (time.perf_counter() - t0)
+        if rates[b] < best * 1.05:
+            break
+        best = max(best, rates[b])
+    if not rates:
+        raise PipelineError(f"{checkpoint.path or checkpoint.arch}: not even {candidates[0]} clips fit on {device}")
+    return max(rates, key=rates.__getitem__), rates
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def choose_batch(checkpoint: Checkpoint, device: torch.device, *, precision: Precision = "auto", compile: bool = False) -> int:
+    """Clips per batch when none is given: `CPU_BATCH` on a CPU; on CUDA the fastest of
+    `BATCH_CANDIDATES` (`measure_batch`), measured once per checkpoint, device and settings."""
+    if device.type != "cuda":
+        return CPU_BATCH
+    key = ("batch", str(device), precision, compile)
+    if key not in checkpoint.cache:
+        checkpoint.cache[key] = measure_batch(checkpoint, device, precision=precision, compile=compile)[0]
+    return checkpoint.cache[key]
+
+
 def run_pass(
-    checkpoint: Checkpoint, store_url: str, index: list[tuple[str, int]], *, device: str = "auto", batch: int = 16,
-    workers: int | None = None,
+    checkpoint: Checkpoint, store_url: str, index: list[tuple[str, int]], *, device: str = "auto",
+    batch: int | None = None, workers: int | None = None, precision: Precision = "auto", compile: bool = False,
 ) -> PassOutput:
     """Score the clips `index` ((video, start) pairs) with the checkpoint's model, under inference mode.
 
     Clips are read as uint8 by a prefetching DataLoader (one spawned worker process when there are
-    enough clips to pay for its start-up, a few seconds) and converted on the compute device.
+    enough clips to pay for its start-up, a few seconds; pinned memory on CUDA, copied without
+    blocking) and converted on the compute device. The model is the checkpoint's scoring model
+    (`Checkpoint.scoring_model`), built once per device; with `compile` the last, short batch is
+    padded to full size so the compiled graph keeps one shape.
     """
     spec = checkpoint.input
     if not index:
         return PassOutput.empty(spec.clip_len)
     dev = pick_device(device)
+    if precision not in PRECISIONS:
+        raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     torch.set_num_threads(available_cores())
-    model = checkpoint.build_model(dev)
+    model = checkpoint.scoring_model(dev, compile=compile)
+    if batch is None:
+        batch = choose_batch(checkpoint, dev, precision=precision, compile=compile)
+    if batch < 1:
+        raise ParameterError(f"batch must be 1 or more, got {batch}")
     if workers is None:
         # a daemon process (a Dask worker) may not start children
         workers = 1 if len(index) >= 400 and not multiprocessing.current_process().daemon else 0
@@ -98,15 +206,18 @@ def run_pass(
     emb: np.ndarray | None = None
     done = 0
     t0 = time.perf_counter()
-    with autocast_for(dev):
+    with torch.inference_mode(), scoring_precision(dev, precision):
         for clips in loader:
+            m = len(clips)
+            if compile and m < batch:
+                clips = torch.cat([clips, clips[-1:].expand(batch - m, *clips.shape[1:])])
             s = model.score(prepare_clips(clips, spec, model.value_range, device=dev))
-            k = slice(done, done + len(clips))
+            k = slice(done, done + m)
             if emb is None:
                 emb = np.empty((n, s.embedding.shape[1]), np.float32)
-            raw[k], unc[k] = s.clip.float().cpu().numpy(), s.uncertainty.float().cpu().numpy()
-            emb[k], frames[k] = s.embedding.float().cpu().numpy(), s.frames.float().cpu().numpy()
-            done += len(clips)
+            raw[k], unc[k] = s.clip[:m].float().cpu().numpy(), s.uncertainty[:m].float().cpu().numpy()
+            emb[k], frames[k] = s.embedding[:m].float().cpu().numpy(), s.frames[:m].float().cpu().numpy()
+            done += m
             release_freed_memory(every=16)
     seconds = time.perf_counter() - t0
     cal = checkpoint.calibration
@@ -180,8 +291,7 @@ def check_pair(small: Checkpoint, large: Checkpoint | None) -> None:
 
 
 def first_pass(
-    store_url: str, small: Checkpoint, video_id: str, *, large: Checkpoint | None = None, device: str = "auto",
-    batch: int = 16,
+    store_url: str, small: Checkpoint, video_id: str, *, large: Checkpoint | None = None, compute: Compute = Compute(),
 ) -> VideoPass:
     """Check that the video fits both checkpoints, then score each of its clips with the small model."""
     store = ClipStore.open(store_url)
@@ -194,7 +304,7 @@ def first_pass(
     starts = np.array([st for _, st in index], dtype=np.int64)
     scene_cut = video.scene_cut
     cuts = np.array([bool(scene_cut[st + 1 : st + t].any()) for st in starts], dtype=bool)
-    out = run_pass(small, store_url, index, device=device, batch=batch)
+    out = run_pass(small, store_url, index, **_pass_options(compute))
     return VideoPass(video_id, video.n_frames, video.labels, starts, cuts, out)
 
 
@@ -235,11 +345,15 @@ def plan_routes(
 
 
 def second_pass(
-    store_url: str, large: Checkpoint, video_id: str, starts: np.ndarray, *, device: str = "auto", batch: int = 16,
+    store_url: str, large: Checkpoint, video_id: str, starts: np.ndarray, *, compute: Compute = Compute(),
 ) -> PassOutput:
     """Re-score the clips of one video that start at `starts` with the large model."""
     index = [(video_id, int(st)) for st in starts]
-    return run_pass(large, store_url, index, device=device, batch=batch)
+    return run_pass(large, store_url, index, **_pass_options(compute))
+
+
+def _pass_options(compute: Compute) -> dict[str, Any]:
+    return {"device": compute.device, "batch": compute.batch, "precision": compute.precision, "compile": compute.compile}
 
 
 def assemble(
@@ -309,7 +423,7 @@ def video_list(store_url: str, videos: list[str] | None, split: str | None) -> l
 def score_videos(
     store_url: str, small: Checkpoint, large: Checkpoint | None, budget: Budget, *, videos: list[str] | None = None,
     split: str | None = "test", router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip",
-    device: str = "auto", batch: int = 16, progress: bool = False,
+    compute: Compute = Compute(), progress: bool = False,
 ) -> ScoreResult:
     """Score the store's videos (the test split by default) with both passes and the router: the
     stages of the score flow, called in a plain loop."""
@@ -319,11 +433,11 @@ def score_videos(
     t0 = time.perf_counter()
     ids = video_list(store_url, videos, split)
     bar = {"unit": "video", "leave": False, "dynamic_ncols": True, "disable": not progress}
-    passes = [first_pass(store_url, small, v, large=large, device=device, batch=batch)
+    passes = [first_pass(store_url, small, v, large=large, compute=compute)
               for v in tqdm(ids, desc=f"pass 1 ({small.arch})", **bar)]
     plan = plan_routes(passes, small, budget, router=router, has_large=large is not None)
     todo = plan.escalated_starts(passes)  # empty without a large model
-    second = {v: second_pass(store_url, large, v, st, device=device, batch=batch)  # type: ignore[arg-type]
+    second = {v: second_pass(store_url, large, v, st, compute=compute)  # type: ignore[arg-type]
               for v, st in tqdm(todo.items(), desc=f"pass 2 ({large.arch if large else ''})", **bar)}
     result = assemble(passes, plan, second, small, large, frame_mode=frame_mode)
     result.seconds["total"] = time.perf_counter() - t0
@@ -394,9 +508,19 @@ def load_pair(root: str, dataset: str, small_path: str | None = None, large_path
     return small, large
 
 
+def compute_record(compute: Compute, small: Checkpoint, large: Checkpoint | None) -> dict[str, Any]:
+    """The compute settings as run.json records them: the device used and each model's batch size."""
+    dev = pick_device(compute.device)
+    batch = {role: compute.batch or choose_batch(ck, dev, precision=compute.precision, compile=compute.compile)
+             for role, ck in (("small", small), ("large", large)) if ck is not None}
+    return {"device": str(dev), "requested_device": compute.device, "batch": batch, "batch_given": compute.batch is not None,
+            "precision": compute.precision, "compile": compute.compile}
+
+
 def write_run(
     root: str, dataset: str, run_id: str, result: ScoreResult, small: Checkpoint, large: Checkpoint | None,
     budget: Budget, *, router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip",
+    compute: Compute = Compute(),
 ) -> ScoreSummary:
     """Write a run's clip and frame tables, then its run.json (last, so a run with a manifest is whole)."""
     clips_path = write_table(root, "clips", dataset, run_id, result.clips)
@@ -404,8 +528,8 @@ def write_run(
     manifest = {
         "run": run_id, "dataset": dataset, "store": workspace_store_url(root, dataset),
         "created_at": datetime.now(timezone.utc).isoformat(),
-        **run_manifest(result, small, large, budget, router, frame_mode), "versions": package_versions(),
-        "tables": {"clips": str(clips_path), "frames": str(frames_path)},
+        **run_manifest(result, small, large, budget, router, frame_mode), "compute": compute_record(compute, small, large),
+        "versions": package_versions(), "tables": {"clips": str(clips_path), "frames": str(frames_path)},
     }
     run_path = write_manifest(root, dataset, run_id, manifest)
     return ScoreSummary(
@@ -418,12 +542,13 @@ def write_run(
 def score_dataset(
     root: str, dataset: str, *, small_path: str | None = None, large_path: str | None = None, budget: Budget,
     run_id: str, router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip", split: str | None = "test",
-    device: str = "auto", batch: int = 16, progress: bool = False,
+    compute: Compute = Compute(), progress: bool = False,
 ) -> ScoreSummary:
     """Score a dataset's store with both passes and write the run's clip and frame tables and run.json."""
     check_run_id(run_id)
     small, large = load_pair(root, dataset, small_path, large_path)
     url = workspace_store_url(root, dataset)
     result = score_videos(url, small, large, budget, split=split, router=router, frame_mode=frame_mode,
-                          device=device, batch=batch, progress=progress)
-    return write_run(root, dataset, run_id, result, small, large, budget, router=router, frame_mode=frame_mode)
+                          compute=compute, progress=progress)
+    return write_run(root, dataset, run_id, result, small, large, budget, router=router, frame_mode=frame_mode,
+                     compute=compute)
