@@ -8,7 +8,7 @@ import torch
 
 from storage import ClipStore
 from tasks.errors import ParameterError
-from tasks.model_input import ClipDataset, InputSpec, clip_index, prepare_clips
+from tasks.model_input import ClipBatches, ClipDataset, InputSpec, clip_index, plan_batches, prepare_clips, read_clips
 
 
 def _frames(values, h=4, w=4, c=3):
@@ -79,3 +79,47 @@ def test_clip_dataset_reads_the_indexed_frames_and_pickles_without_the_store(tmp
     assert ds[1][:, 0, 0, 0].tolist() == [3, 4, 5, 6]
     copy = pickle.loads(pickle.dumps(ds))  # as sent to a worker process: reopens the store lazily
     assert copy._store is None and copy[2][:, 0, 0, 0].tolist() == [6, 7, 8, 9]
+
+
+def _frame_numbered_store(tmp_path, videos=(("v", 20), ("w", 12))):
+    """Videos whose frame i holds the value i everywhere (2x2 gray, 4-frame chunks)."""
+    url = str(tmp_path / "n.zarr")
+    store = ClipStore.create(url, dataset="d")
+    for vid, n in videos:
+        w = store.begin_video(vid, height=2, width=2, channels=1, chunk_frames=4, attrs={"split": "test"})
+        w.append(np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2), np.zeros(n, bool))
+        w.finish(np.zeros(n, np.int8), {})
+    return url, ClipStore.open(url)
+
+
+def test_batches_keep_the_order_and_never_mix_videos():
+    index = [("v", 0), ("v", 2), ("v", 4), ("w", 0), ("w", 2), ("v", 9)]
+    batches = plan_batches(index, 2)
+    assert [(v, s.tolist()) for v, s in batches] == [("v", [0, 2]), ("v", [4]), ("w", [0, 2]), ("v", [9])]
+    with pytest.raises(ParameterError, match="batch must be 1 or more"):
+        plan_batches(index, 0)
+
+
+@pytest.mark.parametrize("starts", [
+    [0, 2, 4, 6],  # overlapping, one span of frames 0-9
+    [0, 4, 8],  # touching: still one span
+    [0, 9, 14],  # apart: three reads
+    [8, 0, 3],  # out of order (pass 2 never asks for this, but it must still be right)
+])
+def test_clips_read_as_spans_hold_the_frames_of_their_starts(tmp_path, starts):
+    _, store = _frame_numbered_store(tmp_path)
+    clips = read_clips(store.video("v"), np.array(starts), 4)
+    assert clips.shape == (len(starts), 4, 2, 2, 1)
+    assert clips[:, :, 0, 0, 0].tolist() == [[s, s + 1, s + 2, s + 3] for s in starts]
+
+
+def test_clip_batches_read_what_clip_by_clip_reading_reads(tmp_path):
+    url, store = _frame_numbered_store(tmp_path)
+    index = clip_index(store, ["v", "w"], clip_len=4, stride=2)  # 9 clips of v, 5 of w
+    batches = ClipBatches(url, index, 4, batch=4)
+    assert [len(s) for _, s in batches.batches] == [4, 4, 1, 4, 1]
+    joined = torch.cat([batches[i] for i in range(len(batches))])
+    single = ClipDataset(url, index, 4)
+    assert torch.equal(joined, torch.stack([single[i] for i in range(len(index))]))
+    copy = pickle.loads(pickle.dumps(batches))
+    assert copy._store is None and torch.equal(copy[4], batches[4])
