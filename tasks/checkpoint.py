@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ def source_spec(video: Video) -> dict[str, Any]:
     }
 
 
+_BUILD_LOCK = threading.Lock()
+
+
 @dataclass
 class Checkpoint:
     """A loaded checkpoint; `build_model()` rebuilds the network from it alone."""
@@ -77,13 +81,14 @@ class Checkpoint:
         rounding), with `score` compiled by `torch.compile` when asked. Built once per device and
         kept on this object, so a pass per video does not rebuild it."""
         key = ("model", str(torch.device(device)), compile)
-        if key not in self.cache:
-            model = for_inference(self.build_model(device))
-            if compile:
-                # freezing folds the weights in as constants; shapes are static (run_pass pads the last batch)
-                model.score = torch.compile(model.score, options={"freezing": True}, dynamic=False)  # type: ignore[method-assign]
-            self.cache[key] = model
-        return self.cache[key]
+        with _BUILD_LOCK:  # the passes of several videos may ask at once, on threads
+            if key not in self.cache:
+                model = for_inference(self.build_model(device))
+                if compile:
+                    # weights frozen in as constants; static shapes (run_pass pads the last batch)
+                    model.score = torch.compile(model.score, options={"freezing": True}, dynamic=False)  # type: ignore[method-assign]
+                self.cache[key] = model
+            return self.cache[key]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -112,7 +112,30 @@ def clip_index(store: ClipStore, video_ids: list[str], clip_len: int, stride: in
     return index
 
 
-class ClipDataset(torch.utils.data.Dataset):
+class _StoreReader(torch.utils.data.Dataset):
+    """A dataset over a store's videos that opens the store lazily in each process, so it pickles
+    cheaply to DataLoader workers."""
+
+    def __init__(self, store_url: str, clip_len: int, storage_options: dict[str, Any] | None) -> None:
+        self.store_url, self.clip_len, self.storage_options = store_url, clip_len, storage_options
+        self._videos: dict[str, Any] = {}
+        self._store: ClipStore | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_videos"], state["_store"] = {}, None
+        return state
+
+    def _video(self, vid: str) -> Any:
+        if self._store is None:
+            self._store = ClipStore.open(self.store_url, storage_options=self.storage_options)
+        video = self._videos.get(vid)
+        if video is None:
+            video = self._videos[vid] = self._store.video(vid)
+        return video
+
+
+class ClipDataset(_StoreReader):
     """Clips of a store by (video id, start frame), read as uint8 (T, H, W, C) tensors.
 
     The store opens lazily in each process, so the dataset pickles cheaply to DataLoader workers.
@@ -122,27 +145,15 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, store_url: str, index: list[tuple[str, int]], clip_len: int, *, storage_options: dict[str, Any] | None = None) -> None:
-        self.store_url, self.index, self.clip_len = store_url, list(index), clip_len
-        self.storage_options = storage_options
-        self._videos: dict[str, Any] = {}
-        self._store: ClipStore | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_videos"], state["_store"] = {}, None
-        return state
+        super().__init__(store_url, clip_len, storage_options)
+        self.index = list(index)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         vid, start = self.index[i]
-        if self._store is None:
-            self._store = ClipStore.open(self.store_url, storage_options=self.storage_options)
-        video = self._videos.get(vid)
-        if video is None:
-            video = self._videos[vid] = self._store.video(vid)
-        clip = torch.from_numpy(np.ascontiguousarray(video.read(start, start + self.clip_len)))
+        clip = torch.from_numpy(np.ascontiguousarray(self._video(vid).read(start, start + self.clip_len)))
         release_freed_memory(every=64)
         return clip
 
@@ -186,38 +197,24 @@ def read_clips(video: Any, starts: np.ndarray, clip_len: int) -> np.ndarray:
     return out
 
 
-class ClipBatches(torch.utils.data.Dataset):
+class ClipBatches(_StoreReader):
     """Batches of clips (`plan_batches`), each read with `read_clips` as uint8 (B, T, H, W, C):
     the scoring passes' reader (use with `DataLoader(batch_size=None)`).
 
-    The store opens lazily in each process, so the dataset pickles cheaply to DataLoader workers;
-    every 8 batches freed heap memory goes back to the system in the reading process (see
-    `ClipDataset`).
+    The store opens lazily in each process, as for `ClipDataset`; every 8 batches freed heap memory
+    goes back to the system in the reading process.
     """
 
     def __init__(self, store_url: str, index: list[tuple[str, int]], clip_len: int, batch: int, *,
                  storage_options: dict[str, Any] | None = None) -> None:
-        self.store_url, self.clip_len = store_url, clip_len
+        super().__init__(store_url, clip_len, storage_options)
         self.batches = plan_batches(index, batch)
-        self.storage_options = storage_options
-        self._videos: dict[str, Any] = {}
-        self._store: ClipStore | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_videos"], state["_store"] = {}, None
-        return state
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         vid, starts = self.batches[i]
-        if self._store is None:
-            self._store = ClipStore.open(self.store_url, storage_options=self.storage_options)
-        video = self._videos.get(vid)
-        if video is None:
-            video = self._videos[vid] = self._store.video(vid)
-        clips = torch.from_numpy(np.ascontiguousarray(read_clips(video, starts, self.clip_len)))
+        clips = torch.from_numpy(np.ascontiguousarray(read_clips(self._video(vid), starts, self.clip_len)))
         release_freed_memory(every=8)
         return clips

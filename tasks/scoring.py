@@ -12,7 +12,9 @@ the last clip that reaches furthest, so every frame has a score.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -106,13 +108,14 @@ def scoring_precision(device: torch.device, precision: Precision = "auto") -> An
 # batch sizes tried on CUDA, in order; measurement stops at the first that runs out of memory or
 # is not at least 5% faster per clip than the best so far
 BATCH_CANDIDATES = (16, 32, 64, 128, 256)
-# benchmarks/throughput.py --batches on 2 cores: vae3d-motion 39, 54, 51, 36 clips/s and
-# predictor-wide 13.6, 13.1, 12.3, 9.2 at batches 2, 4, 8, 16; larger batches also hold more memory
+# benchmarks/throughput.py --batches 4,8,16 on 2 cores (README): vae3d-motion 51.6, 55.2, 40.2 clips/s,
+# predictor-wide 12.2, 10.4, 8.7 (another run 12.6, 9.0, 7.1); larger batches also hold more memory
 CPU_BATCH = 8
+_COMPILED_PASS = threading.Lock()
 
 
 def measure_batch(
-    checkpoint: Checkpoint, device: torch.device, *, precision: Precision = "auto", compile: bool = False,
+    checkpoint: Checkpoint, device: torch.device, *, precision: Precision = "auto",
     candidates: tuple[int, ...] = BATCH_CANDIDATES, repeats: int = 3,
 ) -> tuple[int, dict[int, float]]:
     """The batch size that scores the most clips per second on `device`, and clips/s of each tried.
@@ -120,7 +123,7 @@ def measure_batch(
     Each candidate scores random clips of the checkpoint's stored frame size (copy to the device,
     conversion, model) once to warm up and then `repeats` times, timed to the device's completion.
     """
-    model = checkpoint.scoring_model(device, compile=compile)
+    model = checkpoint.scoring_model(device)
     spec = checkpoint.input
     h, w, c = (int(v) for v in checkpoint.source["frame_size"])
     gen = torch.Generator().manual_seed(0)
@@ -155,14 +158,15 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def choose_batch(checkpoint: Checkpoint, device: torch.device, *, precision: Precision = "auto", compile: bool = False) -> int:
+def choose_batch(checkpoint: Checkpoint, device: torch.device, *, precision: Precision = "auto") -> int:
     """Clips per batch when none is given: `CPU_BATCH` on a CPU; on CUDA the fastest of
-    `BATCH_CANDIDATES` (`measure_batch`), measured once per checkpoint, device and settings."""
+    `BATCH_CANDIDATES` (`measure_batch`), measured once per checkpoint, device and precision."""
     if device.type != "cuda":
         return CPU_BATCH
-    key = ("batch", str(device), precision, compile)
+    # measured on the model uncompiled: compiling once per candidate size would take minutes
+    key = ("batch", str(device), precision)
     if key not in checkpoint.cache:
-        checkpoint.cache[key] = measure_batch(checkpoint, device, precision=precision, compile=compile)[0]
+        checkpoint.cache[key] = measure_batch(checkpoint, device, precision=precision)[0]
     return checkpoint.cache[key]
 
 
@@ -188,7 +192,7 @@ def run_pass(
     torch.set_num_threads(available_cores())
     model = checkpoint.scoring_model(dev, compile=compile)
     if batch is None:
-        batch = choose_batch(checkpoint, dev, precision=precision, compile=compile)
+        batch = choose_batch(checkpoint, dev, precision=precision)
     if batch < 1:
         raise ParameterError(f"batch must be 1 or more, got {batch}")
     if workers is None:
@@ -211,7 +215,8 @@ def run_pass(
     emb: np.ndarray | None = None
     done = 0
     t0 = time.perf_counter()
-    with torch.inference_mode(), scoring_precision(dev, precision):
+    # torch.compile is not safe to run from two threads at once: compiled passes take turns
+    with _COMPILED_PASS if compile else contextlib.nullcontext(), torch.inference_mode(), scoring_precision(dev, precision):
         for clips in loader:
             m = len(clips)
             if compile and m < batch:
@@ -516,7 +521,7 @@ def load_pair(root: str, dataset: str, small_path: str | None = None, large_path
 def compute_record(compute: Compute, small: Checkpoint, large: Checkpoint | None) -> dict[str, Any]:
     """The compute settings as run.json records them: the device used and each model's batch size."""
     dev = pick_device(compute.device)
-    batch = {role: compute.batch or choose_batch(ck, dev, precision=compute.precision, compile=compute.compile)
+    batch = {role: compute.batch or choose_batch(ck, dev, precision=compute.precision)
              for role, ck in (("small", small), ("large", large)) if ck is not None}
     return {"device": str(dev), "requested_device": compute.device, "batch": batch, "batch_given": compute.batch is not None,
             "precision": compute.precision, "compile": compute.compile}
