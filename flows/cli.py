@@ -218,7 +218,7 @@ def score(
     device: Annotated[str, typer.Option(help="Compute device: auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     batch: Annotated[Optional[int], typer.Option(help="Clips per batch (default: 8 on a CPU, measured on CUDA).")] = None,
     precision: Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 on a CPU), float32 or bfloat16.")] = "auto",
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the models (5-20 s each before their first batch; pays on long runs).")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the models (3-20 s each before their first batch; pays on long runs).")] = False,
     runner: RunnerOpt = "threads",
     dask_address: DaskOpt = None,
     workers: WorkersOpt = None,

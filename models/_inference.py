@@ -14,8 +14,9 @@ rounding (the scoring contract test compares every architecture with and without
   pays only where C_out is small (the last decoder layer, C_out 1 or 3). On 2 CPU cores, batch of
   16, 16x8x64x96 input: C_out 1 takes 93 ms against 183 ms, C_out 3 219 against 268, C_out 8 528
   against 451 (`benchmarks/throughput.py` measures the whole pass).
-- **Channels-last memory** for models with 3D convolutions (`channels_last_3d`), which oneDNN and
-  cuDNN prefer; the clips `prepare_clips` makes are already laid out that way.
+- **Channels-last memory** for the weights of models with 3D convolutions (`channels_last_3d`),
+  which oneDNN and cuDNN prefer; the input stays in the standard layout `prepare_clips` gives
+  (converting it first was no faster here).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ class Compute:
 
     `batch` None: measured per device (`choose_batch`); `precision` "auto": bfloat16 autocast on
     CUDA, float32 elsewhere (`scoring_precision`); `compile`: `torch.compile` the scoring model
-    (a one-off compile of 5-20 s per model and device; see docs/operations.md for when it pays).
+    (a one-off compile of 3-20 s per model, device and batch shape; docs/operations.md says when it pays).
     """
 
     device: str = "auto"
@@ -75,6 +75,8 @@ class PassOutput:
     frame_errors: np.ndarray  # (N, T) raw per-frame scores
     seconds: float
     calls: int  # clips the model ran on
+    device: str = ""  # where it ran ("" when no clip was scored)
+    batch: int = 0  # clips per model call (0 when no clip was scored)
 
     @classmethod
     def empty(cls, clip_len: int) -> PassOutput:
@@ -86,9 +88,11 @@ class PassOutput:
         """The passes of several videos as one, in the order given."""
         if not parts:
             return cls.empty(clip_len)
+        ran = [p for p in parts if p.calls]
         return cls(
             *(np.concatenate([getattr(p, f) for p in parts]) for f in ("raw", "calibrated", "uncertainty", "ood_distance", "frame_errors")),
             seconds=sum(p.seconds for p in parts), calls=sum(p.calls for p in parts),
+            device=ran[0].device if ran else "", batch=max((p.batch for p in ran), default=0),
         )
 
 
@@ -112,6 +116,8 @@ BATCH_CANDIDATES = (16, 32, 64, 128, 256)
 # predictor-wide 12.2, 10.4, 8.7 (another run 12.6, 9.0, 7.1); larger batches also hold more memory
 CPU_BATCH = 8
 _COMPILED_PASS = threading.Lock()
+_DEVICE_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_LOCK = threading.Lock()
 
 
 def measure_batch(
@@ -149,7 +155,9 @@ def measure_batch(
             break
         best = max(best, rates[b])
     if not rates:
-        raise PipelineError(f"{checkpoint.path or checkpoint.arch}: not even {candidates[0]} clips fit on {device}")
+        raise PipelineError(
+            f"{checkpoint.path or checkpoint.arch}: not even {candidates[0]} clips fit in {device}'s memory; give a smaller --batch"
+        )
     return max(rates, key=rates.__getitem__), rates
 
 
@@ -163,11 +171,28 @@ def choose_batch(checkpoint: Checkpoint, device: torch.device, *, precision: Pre
     `BATCH_CANDIDATES` (`measure_batch`), measured once per checkpoint, device and precision."""
     if device.type != "cuda":
         return CPU_BATCH
-    # measured on the model uncompiled: compiling once per candidate size would take minutes
+    # measured on the model uncompiled: compiling once per candidate size would take minutes;
+    # under the device's lock, so that no pass runs on the GPU meanwhile
     key = ("batch", str(device), precision)
-    if key not in checkpoint.cache:
-        checkpoint.cache[key] = measure_batch(checkpoint, device, precision=precision)[0]
+    with _device_lock(device):
+        if key not in checkpoint.cache:
+            checkpoint.cache[key] = measure_batch(checkpoint, device, precision=precision)[0]
     return checkpoint.cache[key]
+
+
+def _device_lock(device: torch.device) -> threading.RLock:
+    """One lock per CUDA device: passes on one GPU take turns (see `run_pass`)."""
+    with _LOCKS_LOCK:
+        return _DEVICE_LOCKS.setdefault(str(device), threading.RLock())
+
+
+def _pass_lock(device: torch.device, compile: bool) -> Any:
+    """What a pass holds while it scores: compiled passes take turns (torch.compile is not safe
+    from two threads at once), and so do passes on one GPU (each sized its batch for the GPU alone);
+    CPU passes on threads share the cores freely."""
+    if compile:
+        return _COMPILED_PASS
+    return _device_lock(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def run_pass(
@@ -178,10 +203,11 @@ def run_pass(
 
     Clips are read as uint8 in batches of one video, each run of overlapping clips as one span of
     frames (`ClipBatches`), by a DataLoader: in this process on a CPU; on CUDA by one spawned reader
-    process prefetching 4 batches when there are enough clips to pay for its start-up (a few
-    seconds), into pinned memory copied without blocking. They are converted on the compute device. The model is the checkpoint's scoring model
-    (`Checkpoint.scoring_model`), built once per device; with `compile` the last, short batch is
-    padded to full size so the compiled graph keeps one shape.
+    process reading about 64 clips ahead into pinned memory, copied without blocking, when there
+    are enough clips to pay for its start-up (a few seconds). They are converted on the compute
+    device. The model is the checkpoint's scoring model (`Checkpoint.scoring_model`), built once per
+    device; with `compile` a short last batch is padded to the next power of two, so few shapes are
+    compiled. Passes on one GPU, and compiled passes anywhere, take turns (`_pass_lock`).
     """
     spec = checkpoint.input
     if not index:
@@ -204,7 +230,8 @@ def run_pass(
         workers = 1 if dev.type == "cuda" and spawn_ok else 0
     loader = DataLoader(
         ClipBatches(store_url, index, spec.clip_len, batch), batch_size=None, num_workers=workers,
-        multiprocessing_context="spawn" if workers else None, prefetch_factor=4 if workers else None,
+        # about 64 clips read ahead, whatever the batch size
+        multiprocessing_context="spawn" if workers else None, prefetch_factor=max(1, min(4, 64 // batch)) if workers else None,
         pin_memory=dev.type == "cuda",
     )
     # Results go straight into arrays sized for the whole pass: no per-batch objects accumulate
@@ -215,12 +242,13 @@ def run_pass(
     emb: np.ndarray | None = None
     done = 0
     t0 = time.perf_counter()
-    # torch.compile is not safe to run from two threads at once: compiled passes take turns
-    with _COMPILED_PASS if compile else contextlib.nullcontext(), torch.inference_mode(), scoring_precision(dev, precision):
+    with _pass_lock(dev, compile), torch.inference_mode(), scoring_precision(dev, precision):
         for clips in loader:
             m = len(clips)
             if compile and m < batch:
-                clips = torch.cat([clips, clips[-1:].expand(batch - m, *clips.shape[1:])])
+                # a short batch is padded to the next power of two (at most `batch`): a pass
+                # compiles at most log2(batch) + 1 shapes and wastes at most half a batch
+                clips = torch.cat([clips, clips[-1:].expand(min(batch, 1 << (m - 1).bit_length()) - m, *clips.shape[1:])])
             s = model.score(prepare_clips(clips, spec, model.value_range, device=dev))
             k = slice(done, done + m)
             if emb is None:
@@ -233,7 +261,7 @@ def run_pass(
     cal = checkpoint.calibration
     return PassOutput(
         raw=raw, calibrated=cal.calibrate(raw), uncertainty=unc, ood_distance=cosine_distances(emb, cal.centroid),
-        frame_errors=frames, seconds=seconds, calls=n,
+        frame_errors=frames, seconds=seconds, calls=n, device=str(dev), batch=batch,
     )
 
 
@@ -518,13 +546,14 @@ def load_pair(root: str, dataset: str, small_path: str | None = None, large_path
     return small, large
 
 
-def compute_record(compute: Compute, small: Checkpoint, large: Checkpoint | None) -> dict[str, Any]:
-    """The compute settings as run.json records them: the device used and each model's batch size."""
-    dev = pick_device(compute.device)
-    batch = {role: compute.batch or choose_batch(ck, dev, precision=compute.precision)
-             for role, ck in (("small", small), ("large", large)) if ck is not None}
-    return {"device": str(dev), "requested_device": compute.device, "batch": batch, "batch_given": compute.batch is not None,
-            "precision": compute.precision, "compile": compute.compile}
+def compute_record(compute: Compute, result: ScoreResult) -> dict[str, Any]:
+    """The compute settings as run.json records them, with the device and batch size each pass
+    actually used (None for a model that scored no clip)."""
+    return {
+        "device": result.small.device or None, "requested_device": compute.device,
+        "batch": {"small": result.small.batch or None, "large": result.large.batch or None},
+        "batch_given": compute.batch is not None, "precision": compute.precision, "compile": compute.compile,
+    }
 
 
 def write_run(
@@ -538,7 +567,7 @@ def write_run(
     manifest = {
         "run": run_id, "dataset": dataset, "store": workspace_store_url(root, dataset),
         "created_at": datetime.now(timezone.utc).isoformat(),
-        **run_manifest(result, small, large, budget, router, frame_mode), "compute": compute_record(compute, small, large),
+        **run_manifest(result, small, large, budget, router, frame_mode), "compute": compute_record(compute, result),
         "versions": package_versions(), "tables": {"clips": str(clips_path), "frames": str(frames_path)},
     }
     run_path = write_manifest(root, dataset, run_id, manifest)

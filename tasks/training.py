@@ -47,11 +47,21 @@ def available_cores() -> int:
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """`auto` (CUDA when present, else the CPU), `cpu`, `cuda` or `cuda:N`, checked against this machine."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ParameterError("device 'cuda' was asked for but this machine has no CUDA device")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ParameterError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ParameterError(f"device {device!r} was asked for but this machine has no CUDA device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ParameterError(f"device {device!r} was asked for but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ParameterError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return dev
 
 
 @dataclass
