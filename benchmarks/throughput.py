@@ -23,7 +23,7 @@ compiled (`torch.compile`) unless `--no-compile-table`; it shows what the model 
 reading the store, and which batch size is fastest.
 
 Memory: a background thread samples the resident set size (RSS) every 20 ms, summed over this
-process and all its child processes (the FFmpeg decoder during ingest, the DataLoader worker that
+process and all its child processes (the FFmpeg decoder during ingest; on CUDA the reader process
 `run_pass` spawns from 400 clips up), so pages they share count twice. A stage's `peak_rss_mb` is
 the largest sample, or this process's own high-water mark (VmHWM, reset through
 /proc/self/clear_refs before each stage) when that is larger; `rss_delta_mb` is the peak minus the
