@@ -75,31 +75,25 @@ def is_parity_convertible(conv: nn.Module) -> bool:
     )
 
 
-def _fold_batch_norms(module: nn.Module) -> int:
-    """Fold each BatchNorm that directly follows a convolution inside a Sequential; returns how many."""
-    folded = 0
+def _fold_batch_norms(module: nn.Module) -> None:
+    """Fold each BatchNorm that directly follows a convolution inside a Sequential."""
     for child in module.children():
-        folded += _fold_batch_norms(child)
+        _fold_batch_norms(child)
     if isinstance(module, nn.Sequential):
         for i in range(len(module) - 1):
             conv, bn = module[i], module[i + 1]
-            if any(type(conv) is c and type(bn) is b for c, b in _CONV_BN) and bn.track_running_stats:
+            if (type(conv), type(bn)) in _CONV_BN and bn.track_running_stats:
                 transpose = isinstance(conv, (nn.ConvTranspose2d, nn.ConvTranspose3d))
                 module[i] = fuse_conv_bn_eval(conv, bn, transpose=transpose)
                 module[i + 1] = nn.Identity()
-                folded += 1
-    return folded
 
 
-def _swap_thin_transposed(module: nn.Module) -> int:
-    swapped = 0
+def _swap_thin_transposed(module: nn.Module) -> None:
     for name, child in module.named_children():
         if is_parity_convertible(child) and child.out_channels <= PARITY_MAX_OUT:
             setattr(module, name, ParityConvTranspose3d(child))
-            swapped += 1
         else:
-            swapped += _swap_thin_transposed(child)
-    return swapped
+            _swap_thin_transposed(child)
 
 
 def uses_conv3d(model: nn.Module) -> bool:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,7 @@ from tasks.workspace import store_url as workspace_store_url
 
 FrameMode = Literal["clip", "frame"]
 Precision = Literal["auto", "float32", "bfloat16"]
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,8 @@ def _pass_lock(device: torch.device, compile: bool) -> Any:
 
 
 def run_pass(
-    checkpoint: Checkpoint, store_url: str, index: list[tuple[str, int]], *, device: str = "auto",
-    batch: int | None = None, workers: int | None = None, precision: Precision = "auto", compile: bool = False,
+    checkpoint: Checkpoint, store_url: str, index: list[tuple[str, int]], *, compute: Compute = Compute(),
+    workers: int | None = None,
 ) -> PassOutput:
     """Score the clips `index` ((video, start) pairs) with the checkpoint's model, under inference mode.
 
@@ -212,15 +212,11 @@ def run_pass(
     spec = checkpoint.input
     if not index:
         return PassOutput.empty(spec.clip_len)
-    dev = pick_device(device)
-    if precision not in PRECISIONS:
-        raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dev = pick_device(compute.device)
+    precision, compile = compute.precision, compute.compile
     torch.set_num_threads(available_cores())
     model = checkpoint.scoring_model(dev, compile=compile)
-    if batch is None:
-        batch = choose_batch(checkpoint, dev, precision=precision)
-    if batch < 1:
-        raise ParameterError(f"batch must be 1 or more, got {batch}")
+    batch = compute.batch or choose_batch(checkpoint, dev, precision=precision)
     if workers is None:
         # On a CPU, reading in the scoring process costs as much as a reader process and holds
         # ~370 MB less (a 10-minute 720p pass: 49.1 s without, 48.4 s with); on CUDA a reader
@@ -342,7 +338,7 @@ def first_pass(
     starts = np.array([st for _, st in index], dtype=np.int64)
     scene_cut = video.scene_cut
     cuts = np.array([bool(scene_cut[st + 1 : st + t].any()) for st in starts], dtype=bool)
-    out = run_pass(small, store_url, index, **_pass_options(compute))
+    out = run_pass(small, store_url, index, compute=compute)
     return VideoPass(video_id, video.n_frames, video.labels, starts, cuts, out)
 
 
@@ -387,11 +383,7 @@ def second_pass(
 ) -> PassOutput:
     """Re-score the clips of one video that start at `starts` with the large model."""
     index = [(video_id, int(st)) for st in starts]
-    return run_pass(large, store_url, index, **_pass_options(compute))
-
-
-def _pass_options(compute: Compute) -> dict[str, Any]:
-    return {"device": compute.device, "batch": compute.batch, "precision": compute.precision, "compile": compute.compile}
+    return run_pass(large, store_url, index, compute=compute)
 
 
 def assemble(

@@ -1,7 +1,6 @@
 """The scoring rewrites (models/_inference.py), the compute settings of a pass (batch, precision,
 compile, device) and the scoring model kept per checkpoint."""
 
-import json
 import pickle
 import subprocess
 import sys
@@ -116,8 +115,8 @@ def test_the_scoring_model_is_built_once_per_device_and_not_pickled(vae):
 
 def test_pass_results_do_not_depend_on_the_batch_size(synthetic_store, vae):
     index = _index(synthetic_store)  # 34 clips: batches of 5 leave a short last one
-    a = run_pass(vae, synthetic_store, index, batch=5, workers=0)
-    b = run_pass(vae, synthetic_store, index, batch=16, workers=0)
+    a = run_pass(vae, synthetic_store, index, compute=Compute(batch=5), workers=0)
+    b = run_pass(vae, synthetic_store, index, compute=Compute(batch=16), workers=0)
     assert a.calls == b.calls == 34
     assert np.allclose(a.raw, b.raw, rtol=1e-5) and np.allclose(a.frame_errors, b.frame_errors, rtol=1e-5)
 
@@ -131,8 +130,8 @@ def _within_tolerance(half, full) -> None:
 def test_a_bfloat16_pass_agrees_with_float32_within_the_stated_tolerance(synthetic_store, vae):
     # what a CUDA pass computes (bfloat16 autocast), checked on the CPU against the float32 pass
     index = _index(synthetic_store)
-    full = run_pass(vae, synthetic_store, index, precision="float32", workers=0)
-    half = run_pass(vae, synthetic_store, index, precision="bfloat16", workers=0)
+    full = run_pass(vae, synthetic_store, index, compute=Compute(precision="float32"), workers=0)
+    half = run_pass(vae, synthetic_store, index, compute=Compute(precision="bfloat16"), workers=0)
     _within_tolerance(half, full)
     assert not np.array_equal(half.raw, full.raw)  # the bfloat16 pass did run in bfloat16
     # the order of the clips, which routing uses, is kept
@@ -141,7 +140,7 @@ def test_a_bfloat16_pass_agrees_with_float32_within_the_stated_tolerance(synthet
 
 def test_a_compiled_pass_scores_as_the_eager_one_in_one_shape(synthetic_store, vae):
     index = _index(synthetic_store, 1)[:14]  # batches of 8 and 6: the 6 are padded to 8
-    eager = run_pass(vae, synthetic_store, index, batch=8, workers=0)
+    eager = run_pass(vae, synthetic_store, index, compute=Compute(batch=8), workers=0)
     model = vae.scoring_model("cpu", compile=True)
     compiled_score, sizes = model.score, []
 
@@ -151,7 +150,7 @@ def test_a_compiled_pass_scores_as_the_eager_one_in_one_shape(synthetic_store, v
 
     model.score = score
     try:
-        compiled = run_pass(vae, synthetic_store, index, batch=8, workers=0, compile=True)
+        compiled = run_pass(vae, synthetic_store, index, compute=Compute(batch=8, compile=True), workers=0)
     finally:
         model.score = compiled_score
     assert sizes == [8, 8]
@@ -202,7 +201,6 @@ def test_run_json_records_the_compute_settings(synthetic_store, tmp_path):
     compute = read_manifest(str(root), "synthetic", "c1")["compute"]
     assert compute == {"device": "cpu", "requested_device": "auto", "batch": {"small": 4, "large": 4}, "batch_given": True,
                        "precision": "float32", "compile": False}
-    json.dumps(compute)
     # defaults, and no clip escalated: the CPU batch for the small model, none for the large one
     score_dataset(str(root), "synthetic", budget=BatchBudget(0.0), run_id="c2")
     compute = read_manifest(str(root), "synthetic", "c2")["compute"]
@@ -212,10 +210,10 @@ def test_run_json_records_the_compute_settings(synthetic_store, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cuda_pass_agrees_with_the_cpu_pass_within_the_stated_tolerance(synthetic_store, vae):
     index = _index(synthetic_store)
-    cpu = run_pass(vae, synthetic_store, index, device="cpu", workers=0)
-    gpu = run_pass(vae, synthetic_store, index, device="cuda", workers=0)  # bfloat16 autocast
+    cpu = run_pass(vae, synthetic_store, index, compute=Compute(device="cpu"), workers=0)
+    gpu = run_pass(vae, synthetic_store, index, compute=Compute(device="cuda"), workers=0)  # bfloat16 autocast
     _within_tolerance(gpu, cpu)
-    full = run_pass(vae, synthetic_store, index, device="cuda", precision="float32", workers=0)
+    full = run_pass(vae, synthetic_store, index, compute=Compute(device="cuda", precision="float32"), workers=0)
     assert np.allclose(full.raw, cpu.raw, rtol=1e-3)
 
 
