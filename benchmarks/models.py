@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from models import REGISTRY, build, trainable_parameters  # noqa: E402
 from tasks.ingest import parse_size  # noqa: E402
-from tasks.training import available_cores  # noqa: E402
+from tasks.compute import available_cores  # noqa: E402
 
 
 def _best_of(fn, repeats: int = 3) -> float:

@@ -85,12 +85,11 @@ from tasks.ingest import Preprocess, ingest_video  # noqa: E402
 from tasks.model_input import InputSpec, clip_index, prepare_clips  # noqa: E402
 from tasks.report import RunRef, build_report  # noqa: E402
 from tasks.routing import BatchBudget  # noqa: E402
-from tasks.scoring import (  # noqa: E402
-    PRECISIONS, Compute, aggregate_frames, assemble, check_pair, first_pass, plan_routes, scoring_precision, second_pass,
-    write_run,
-)
+from tasks.compute import PRECISIONS, Compute, available_cores, pick_device, scoring_precision  # noqa: E402
+from tasks.passes import second_pass  # noqa: E402
+from tasks.records import write_run  # noqa: E402
+from tasks.scoring import ReplayMap, VideoMap, aggregate_frames, score_videos  # noqa: E402
 from tasks.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
-from tasks.training import available_cores, pick_device  # noqa: E402
 from tasks.workspace import store_url  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -340,6 +339,17 @@ def synthetic_source(work: Path, minutes: float) -> VideoSource:
 # --- measurement --------------------------------------------------------------------------------
 
 
+class TimedMap(VideoMap):
+    """`score_videos`' plain loop, with each stage timed and its memory peak taken (`measured`)."""
+
+    def __init__(self, memory: Memory, stages: list[dict], device: torch.device) -> None:
+        super().__init__()
+        self.memory, self.stages, self.device = memory, stages, device
+
+    def stage(self, name: str):  # noqa: ANN201
+        return measured(self.memory, self.stages, name, self.device)
+
+
 def run_input(
     name: str, sources: list[VideoSource], templates: dict[str, Checkpoint | None], work: Path, memory: Memory,
     args: argparse.Namespace,
@@ -361,19 +371,11 @@ def run_input(
     first = ClipStore.open(url).video(ids[0])
     small = fit(templates["small"], "small", first, root / "checkpoints", seed=0)
     large = fit(templates["large"], "large", first, root / "checkpoints", seed=1)
-    check_pair(small, large)
-    with measured(memory, stages, "pass1", device) as rec:
-        passes = [first_pass(url, small, v, large=large, compute=compute(args)) for v in ids]
-        rec.update(clips=sum(p.out.calls for p in passes), loop_s=sum(p.out.seconds for p in passes))
-    with measured(memory, stages, "routing", device) as rec:
-        plan = plan_routes(passes, small, budget)
-        rec["clips"] = len(plan.video_of)
-    with measured(memory, stages, "pass2", device) as rec:
-        second = {v: second_pass(url, large, v, st, compute=compute(args))
-                  for v, st in plan.escalated_starts(passes).items()}
-        rec.update(clips=sum(o.calls for o in second.values()), loop_s=sum(o.seconds for o in second.values()))
-    with measured(memory, stages, "frames", device):
-        result = assemble(passes, plan, second, small, large)
+    result = score_videos(url, small, large, budget, compute=compute(args), mapper=TimedMap(memory, stages, device))
+    for rec, out in ((stages[1], result.small), (stages[3], result.large)):
+        rec.update(clips=out.calls, loop_s=out.seconds)
+    stages[2]["clips"] = len(result.clips)
+    passes = result.passes
     result.seconds["total"] = sum(r["seconds"] for r in stages[1:])  # as score_videos reports it
     with measured(memory, stages, "tables", device):
         write_run(str(root), name, RUN_ID, result, small, large, budget, compute=compute(args))
@@ -405,18 +407,14 @@ def routing_cost(context: dict[str, Any], budgets: list[float], args: argparse.N
     rows = []
     for b in budgets:
         say(f"routing cost: budget {b:g}")
-        t0 = time.perf_counter()
-        plan = plan_routes(passes, small, BatchBudget(b))
-        t1 = time.perf_counter()
-        second = {v: second_pass(url, large, v, st, compute=compute(args))
-                  for v, st in plan.escalated_starts(passes).items()}
-        t2 = time.perf_counter()
-        assemble(passes, plan, second, small, large)
-        t3 = time.perf_counter()
+        replay = ReplayMap(passes)
+        result = score_videos(url, small, large, BatchBudget(b), compute=compute(args), mapper=replay)
+        s = {**result.seconds, "pass2_wall": replay.pass2_wall}
         rows.append({
             "run": f"routed {b:g}", "budget": b, "clips": n_clips, "small_calls": n_clips,
-            "large_calls": sum(o.calls for o in second.values()), "pass1_s": context["pass1_s"],
-            "routing_s": t1 - t0, "pass2_s": t2 - t1, "frames_s": t3 - t2, "total_s": context["pass1_s"] + t3 - t0,
+            "large_calls": result.large.calls, "pass1_s": context["pass1_s"], "routing_s": s["routing"],
+            "pass2_s": s["pass2_wall"], "frames_s": s["frames"],
+            "total_s": context["pass1_s"] + s["routing"] + s["pass2_wall"] + s["frames"],
         })
     say("routing cost: large model alone over every clip")
     t, s = large.input.clip_len, large.input.stride

@@ -2,11 +2,15 @@
 batches, one task per video; videos already scored with the same models and parameters are skipped.
 
 The nightly deployment runs this flow over a watch folder (every video not scored yet, or the last
-few days with `lookback_days`).
+few days with `lookback_days`). A run holds its run id's lock while it works (a second run of the
+same dataset and run id waits up to `lock_timeout_s`) and decodes into a store of its own, never the
+dataset's (`tasks.archive.archive_run`).
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -17,16 +21,17 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from flows.ingest import retry_transient
-from storage import ClipStore, check_run_id, delete_part, write_manifest, write_table
+from storage import check_run_id, delete_part, write_manifest, write_table
 from tasks.archive import (
-    ArchiveSettings, ArchiveVideo, DateFrom, VideoOutcome, failure_row, list_archive, resolve_range, score_archive_video,
+    RUN_LOCK_WAIT_S, ArchiveSettings, ArchiveVideo, DateFrom, VideoOutcome, archive_run, failure_row, list_archive,
+    resolve_range, score_archive_video,
 )
 from tasks.ingest import describe_failure
 from tasks.routing import RouterConfig, parse_budget
 from tasks.runners import Runner, completed, task_runner
-from tasks.scoring import load_pair
-from tasks.training import package_versions
-from tasks.workspace import check_dataset_name, default_root, store_url
+from tasks.checkpoint import load_pair
+from tasks.records import package_versions
+from tasks.workspace import check_dataset_name, default_root
 
 
 @task(
@@ -34,8 +39,9 @@ from tasks.workspace import check_dataset_name, default_root, store_url
     retry_condition_fn=retry_transient, cache_policy=NO_CACHE,
 )
 def archive_video_task(root: str, dataset: str, run_id: str, video: ArchiveVideo, settings: ArchiveSettings, key: str,
-                       params: dict, rescore: bool) -> VideoOutcome:
-    return score_archive_video(root, dataset, run_id, video, settings, key=key, params=params, rescore=rescore)
+                       params: dict, rescore: bool, keep_frames: bool) -> VideoOutcome:
+    return score_archive_video(root, dataset, run_id, video, settings, key=key, params=params, rescore=rescore,
+                               keep_frames=keep_frames)
 
 
 @dataclass
@@ -49,6 +55,7 @@ class BackfillSummary:
     failures: dict[str, str] = field(default_factory=dict)  # video id -> one-line reason
     seconds: float = 0.0
     root: str = ""
+    frames_kept_in: str = ""  # the run's store, when its frames are kept
 
     @property
     def scored(self) -> int:
@@ -68,18 +75,22 @@ class BackfillSummary:
             f"{frames:,} frames scored in {self.seconds:.1f} s",
             f"tables: {self.root.rstrip('/')}/scores/{{clips,frames,videos,failures}}/dataset={self.dataset}/run={self.run_id}/",
         ]
+        if self.frames_kept_in:
+            lines.append(f"frames kept in {self.frames_kept_in}")
         lines += [f"FAILED {video}: {why}" for video, why in self.failures.items()]
         return "\n".join(lines)
 
 
 @flow(name="backfill-batches")
 def backfill_batches_flow(root: str, dataset: str, run_id: str, batches: list[list[ArchiveVideo]], settings: ArchiveSettings,
-                          key: str, params: dict, rescore: bool = False) -> tuple[list[VideoOutcome], dict[str, str]]:
+                          key: str, params: dict, rescore: bool = False,
+                          keep_frames: bool = False) -> tuple[list[VideoOutcome], dict[str, str]]:
     """Submit one batch of videos at a time; record each failure as a row of the failures table."""
     logger = get_run_logger()
     outcomes, failures = [], {}
     for i, batch in enumerate(batches, 1):
-        futures = {archive_video_task.submit(root, dataset, run_id, v, settings, key, params, rescore): v for v in batch}
+        futures = {archive_video_task.submit(root, dataset, run_id, v, settings, key, params, rescore, keep_frames): v
+                   for v in batch}
         for future in completed(list(futures)):
             video, out = futures[future], future.result(raise_on_failure=False)
             if isinstance(out, VideoOutcome):
@@ -110,6 +121,8 @@ def backfill_flow(
     run_id: str = "archive",
     batch_size: Annotated[int, Field(ge=1, le=10000)] = 8,
     rescore: bool = False,
+    keep_frames: bool = False,
+    lock_timeout_s: Annotated[float, Field(ge=0.0)] = RUN_LOCK_WAIT_S,
     device: str = "auto",
     runner: Runner = "threads",
     dask_address: str | None = None,
@@ -117,7 +130,9 @@ def backfill_flow(
 ) -> BackfillSummary:
     """Ingest and score each video of `archive` dated in [since, until] (or the last `lookback_days`
     days; neither: every video) into run `run_id` of `dataset`, with the dataset's checkpoints (or
-    `small`/`large`). The budget applies within each video."""
+    `small`/`large`). The budget applies within each video. A video's frames are dropped once its
+    rows are written, unless `keep_frames` (then they stay in the run's store). Another process
+    holding the run is waited for up to `lock_timeout_s` seconds (0: fail at once)."""
     t0 = time.perf_counter()
     root = root or default_root()
     check_dataset_name(dataset)
@@ -129,22 +144,29 @@ def backfill_flow(
     params = settings.params()
     key = settings.key(params)
     videos = list_archive(archive, since=since, until=until, date_from=date_from)
-    ClipStore.open_or_create(store_url(root, dataset), dataset=dataset)  # once, before the per-video writers
-    manifest = {
-        "run": run_id, "dataset": dataset, "kind": "archive", "archive": archive, "since": since, "until": until,
-        "date_from": date_from, "key": key, **params, "versions": package_versions(),
-        "updated_at": datetime.now(timezone.utc).isoformat(),
-    }
-    write_manifest(root, dataset, run_id, manifest)
+    logger = get_run_logger()
     batches = [videos[i : i + batch_size] for i in range(0, len(videos), batch_size)]
     summary = BackfillSummary(archive, dataset, run_id, since, until, root=root)
-    if batches:
-        stages = backfill_batches_flow.with_options(task_runner=task_runner(runner, dask_address=dask_address, workers=workers))
-        summary.outcomes, summary.failures = stages(root, dataset, run_id, batches, settings, key, params, rescore)
-    summary.seconds = time.perf_counter() - t0
-    get_run_logger().info(summary.text())
-    write_manifest(root, dataset, run_id, {**manifest, "last": {
-        "videos": len(videos), "scored": summary.scored, "skipped": summary.skipped, "failed": summary.failures,
-        "seconds": summary.seconds, "finished_at": datetime.now(timezone.utc).isoformat(),
-    }})
+    held = archive_run(root, dataset, run_id, purpose=f"score archive run {run_id!r} of {dataset!r} from {archive}",
+                       keep_frames=keep_frames, timeout=lock_timeout_s, on_wait=lambda line: _say(logger, line))
+    with held as store:
+        summary.frames_kept_in = store if keep_frames else ""
+        if batches:
+            stages = backfill_batches_flow.with_options(task_runner=task_runner(runner, dask_address=dask_address, workers=workers))
+            summary.outcomes, summary.failures = stages(root, dataset, run_id, batches, settings, key, params, rescore, keep_frames)
+        summary.seconds = time.perf_counter() - t0
+        logger.info(summary.text())
+        write_manifest(root, dataset, run_id, {
+            "run": run_id, "dataset": dataset, "kind": "archive", "archive": archive, "since": since, "until": until,
+            "date_from": date_from, "key": key, **params, "keep_frames": keep_frames, "store": store if keep_frames else None,
+            "versions": package_versions(), "updated_at": datetime.now(timezone.utc).isoformat(),
+            "last": {"videos": len(videos), "scored": summary.scored, "skipped": summary.skipped, "failed": summary.failures,
+                     "seconds": summary.seconds, "finished_at": datetime.now(timezone.utc).isoformat()},
+        })
     return summary
+
+
+def _say(logger: logging.Logger | logging.LoggerAdapter, line: str) -> None:
+    """A line for the run's log and for the terminal (the CLI keeps Prefect's own log lines quiet)."""
+    logger.warning(line)
+    print(line, file=sys.stderr, flush=True)

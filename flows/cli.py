@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -11,10 +12,30 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from tasks.errors import ParameterError, PipelineError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Video anomaly detection with cost-aware model routing.")
+
+class _Command(TyperCommand):
+    """A command whose usage line names its arguments as click always has (`SOURCE`, `[OUT_DIR]`);
+    typer 0.29 writes `{source}` instead."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:  # noqa: ANN001
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = (param.metavar or param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+# Plain (click-style) help whatever typer and rich are installed: typer 0.29's rich panels print a
+# `<bool>` value placeholder after flags that take no value.
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+    help="Video anomaly detection with cost-aware model routing.",
+)
 
 RunnerOpt = Annotated[str, typer.Option("--runner", help="Task runner: threads (in this process) or dask (a local Dask cluster).")]
 DaskOpt = Annotated[Optional[str], typer.Option("--dask-address", help="Run the tasks on this Dask scheduler (tcp://HOST:8786); its workers need PREFECT_API_URL.")]
@@ -73,7 +94,8 @@ def _run_ingest(source: str, dataset: str, root: str, **options: object) -> int:
     check_runner(str(options.get("runner", "threads")), dask_address=options.get("dask_address"), workers=options.get("workers"))  # type: ignore[arg-type]
     from flows.ingest import ingest_flow
 
-    state = ingest_flow(source=source, dataset=dataset, root=root, return_state=True, **options)  # type: ignore[arg-type]
+    with _interruptible("interrupted; the videos already ingested are kept: run the same command to go on"):
+        state = ingest_flow(source=source, dataset=dataset, root=root, return_state=True, **options)  # type: ignore[arg-type]
     summary = state.result(raise_on_failure=False)
     if isinstance(summary, BaseException):
         raise summary
@@ -83,7 +105,10 @@ def _run_ingest(source: str, dataset: str, root: str, **options: object) -> int:
         f"skipped {summary.skipped} (unchanged), failed {len(summary.failures)}; "
         f"{summary.frames:,} frames in {summary.seconds:.1f} s ({summary.frames / max(summary.seconds, 1e-9):,.0f} frames/s)"
     )
-    typer.echo(f"store: {summary.store}")
+    if summary.results:  # an ingest that ingested nothing leaves no store (flows/ingest.py)
+        typer.echo(f"store: {summary.store}")
+    for line in summary.warnings:  # ids that had to change (tasks/datasets/_base.py, unique_ids)
+        typer.echo(f"warning: {line}", err=True)
     for video, reason in summary.failures.items():
         typer.echo(f"FAILED {video}: {reason}", err=True)
     return 1 if summary.failures else 0
@@ -124,9 +149,9 @@ def _interruptible(on_interrupt: str):
             signal.signal(sig, old)
 
 
-@app.command()
+@app.command(cls=_Command)
 def ingest(
-    source: Annotated[str, typer.Argument(help="Dataset folder (or a folder of videos / frame folders).")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="Dataset folder (or a folder of videos / frame folders).")],
     dataset: Annotated[str, typer.Option(help="Dataset name; the store is <root>/stores/<name>.zarr.")],
     format: Annotated[str, typer.Option("--format", help="auto|ucsd|avenue|shanghaitech|ucf-crime|folder")] = "auto",
     size: Annotated[Optional[str], typer.Option(help="Stored frame size HEIGHTxWIDTH (default: the source's, scaled down to 480 rows if taller).")] = None,
@@ -143,12 +168,12 @@ def ingest(
                                  runner=runner, dask_address=dask_address, workers=workers))
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     dataset: Annotated[str, typer.Option(help="Dataset whose store <root>/stores/<name>.zarr holds the normal training videos.")],
-    model: Annotated[str, typer.Option("--model", help="Role: small (scores every clip) or large (re-scores escalated clips).")] = "small",
+    model: Annotated[str, typer.Option("--model", help="Which model to train: small (scores every clip) or large (re-scores escalated clips).")] = "small",
     arch: Annotated[Optional[str], typer.Option(help="Architecture: vae3d, topheavy, ae3d, resnet3d_attn, predictor, resnet18_ae, forecaster (default: vae3d for small, resnet3d_attn for large).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Architecture setting KEY=VALUE, repeatable (e.g. --set channels=16,32,64,128 --set step=4 for predictor); see docs/models.md.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Architecture setting KEY=VALUE, repeatable (e.g. --set channels=16,32,64,128 --set step=4 for predictor); see docs/models.md.")] = None,
     epochs: Annotated[int, typer.Option(help="Most epochs; early stopping may end sooner.")] = 20,
     batch: Annotated[int, typer.Option(help="Clips per batch.")] = 8,
     lr: Annotated[float, typer.Option(help="Adam learning rate (halved when the held-out loss stalls).")] = 1e-3,
@@ -176,6 +201,8 @@ def train(
     from tasks.workspace import check_dataset_name, checkpoint_path, store_url
 
     base = _root(root)
+    if model not in ("small", "large"):
+        raise ParameterError(f"--model must be small or large, got {model!r} (--arch chooses the architecture)")
     check_dataset_name(dataset)
     # Fail in a second, before Prefect's server starts, on everything that can be checked cheaply.
     options = parse_model_options(set_, arch or DEFAULT_ARCH.get(model, "vae3d"))
@@ -205,7 +232,7 @@ def train(
     typer.echo(result.summary())
 
 
-@app.command()
+@app.command(cls=_Command)
 def score(
     dataset: Annotated[str, typer.Option(help="Dataset whose store's test videos are scored.")],
     small: SmallOpt = None,
@@ -228,8 +255,9 @@ def score(
     from storage import ClipStore, check_run_id
     from tasks.routing import RouterConfig, parse_budget
     from tasks.runners import check_runner
-    from tasks.scoring import Compute, load_pair
-    from tasks.training import pick_device
+    from tasks.checkpoint import load_pair
+    from tasks.compute import Compute
+    from tasks.compute import pick_device
     from tasks.workspace import check_dataset_name, store_url
 
     base = _root(root)
@@ -259,10 +287,10 @@ def score(
     typer.echo(summary.text())
 
 
-@app.command()
+@app.command(cls=_Command)
 def backfill(
-    archive: Annotated[str, typer.Argument(help="Folder or fsspec URL of archived footage (video files, any depth).")],
-    dataset: Annotated[str, typer.Option(help="Dataset (camera) whose checkpoints score the footage; its store receives it.")],
+    archive: Annotated[str, typer.Argument(metavar="ARCHIVE", help="Folder or fsspec URL of archived footage (video files, any depth).")],
+    dataset: Annotated[str, typer.Option(help="Dataset (camera) whose checkpoints score the footage; its store is never written.")],
     since: Annotated[Optional[str], typer.Option(help="First date, YYYY-MM-DD (inclusive).")] = None,
     until: Annotated[Optional[str], typer.Option(help="Last date, YYYY-MM-DD (inclusive).")] = None,
     lookback_days: Annotated[Optional[int], typer.Option("--lookback-days", help="Instead of --since: the last N days up to today (UTC).")] = None,
@@ -275,6 +303,7 @@ def backfill(
     margin: MarginOpt = 0.05,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Videos submitted together.")] = 8,
     rescore: Annotated[bool, typer.Option(help="Score videos again even when already scored with these models.")] = False,
+    keep_frames: Annotated[bool, typer.Option("--keep-frames", help="Keep the decoded frames in the run's store, <root>/archive/<dataset>/<run-id>/work.zarr (default: dropped once a video's rows are written).")] = False,
     runner: RunnerOpt = "threads",
     dask_address: DaskOpt = None,
     workers: WorkersOpt = None,
@@ -285,7 +314,7 @@ def backfill(
     from tasks.archive import resolve_range
     from tasks.routing import RouterConfig, parse_budget
     from tasks.runners import check_runner
-    from tasks.scoring import load_pair
+    from tasks.checkpoint import load_pair
     from tasks.workspace import check_dataset_name
 
     base = _root(root)
@@ -309,7 +338,7 @@ def backfill(
         summary = backfill_flow(
             archive=archive, dataset=dataset, since=first, until=last, lookback_days=lookback_days, date_from=date_from,  # type: ignore[arg-type]
             root=base, small=small, large=large, budget=budget, bucket=bucket, margin=margin, run_id=run_id,
-            batch_size=batch_size, rescore=rescore, runner=runner, dask_address=dask_address, workers=workers,  # type: ignore[arg-type]
+            batch_size=batch_size, rescore=rescore, keep_frames=keep_frames, runner=runner, dask_address=dask_address, workers=workers,  # type: ignore[arg-type]
         )
     typer.echo(summary.text())
     raise typer.Exit(1 if summary.failures else 0)
@@ -326,9 +355,9 @@ def _parse_date(text: str | None, option: str):  # noqa: ANN202
         raise ParameterError(f"{option} must be a date like 2026-11-20, got {text!r}") from None
 
 
-@app.command()
+@app.command(cls=_Command)
 def synth(
-    out_dir: Annotated[Optional[str], typer.Argument(help="Where to write it (default: <root>/datasets/synthetic).")] = None,
+    out_dir: Annotated[Optional[str], typer.Argument(metavar="OUT_DIR", help="Where to write it (default: <root>/datasets/synthetic).")] = None,
     train: Annotated[int, typer.Option(help="Normal training videos.")] = 6,
     test: Annotated[int, typer.Option(help="Test videos, each with one anomalous event.")] = 6,
     frames: Annotated[int, typer.Option(help="Frames per video.")] = 150,
@@ -356,17 +385,17 @@ def _print_pipeline(summary) -> None:  # noqa: ANN001
         typer.echo(f"FAILED {where}: {why}", err=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(
-    dataset: Annotated[list[str], typer.Option(help="Dataset name (repeat for several).")],
-    source: Annotated[Optional[list[str]], typer.Option(help="Dataset folder to ingest, one per --dataset (omit to use the stores as they are).")] = None,
+    dataset: Annotated[list[str], typer.Option(metavar="NAME", help="Dataset name (repeat for several).")],
+    source: Annotated[Optional[list[str]], typer.Option(metavar="FOLDER", help="Dataset folder to ingest, one per --dataset (omit to use the stores as they are).")] = None,
     budget: Annotated[float, typer.Option(help="Escalation budget of the routed run (fraction of clips).")] = 0.2,
     small_arch: Annotated[Optional[str], typer.Option("--small-arch", help="Small architecture when training (default vae3d).")] = None,
     large_arch: Annotated[Optional[str], typer.Option("--large-arch", help="Large architecture when training (default resnet3d_attn).")] = None,
     size: Annotated[Optional[str], typer.Option(help="Model input HEIGHTxWIDTH when training.")] = None,
     gray: Annotated[Optional[bool], typer.Option("--gray/--rgb", help="Store and train in gray (or RGB); default: RGB ingest, the store's channels for training.")] = None,
-    small_epochs: Annotated[int, typer.Option("--small-epochs")] = 20,
-    large_epochs: Annotated[int, typer.Option("--large-epochs")] = 20,
+    small_epochs: Annotated[int, typer.Option("--small-epochs", help="Most epochs of the small model's training; early stopping may end sooner.")] = 20,
+    large_epochs: Annotated[int, typer.Option("--large-epochs", help="Most epochs of the large model's training; early stopping may end sooner.")] = 20,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Time budget of each training.")] = None,
     report: Annotated[str, typer.Option(help="Report name: <root>/reports/<name>/; also prefixes the run ids.")] = "latest",
     smooth: Annotated[float, typer.Option(help="NON-STANDARD: temporal Gaussian smoothing of scores (sigma in frames); labelled in the report.")] = 0.0,
@@ -403,7 +432,7 @@ def run(
     _print_pipeline(summary)
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(root: RootOpt = None) -> None:
     """Run the pipeline end to end on a small synthetic dataset made on the fly."""
     from tasks.synthetic import SyntheticSpec, make_synthetic
@@ -426,10 +455,40 @@ def demo(root: RootOpt = None) -> None:
     _print_pipeline(summary)
 
 
-def main() -> None:
-    """Console entry point: expected errors print one line and exit 2, never a traceback."""
+def _usage_error_types() -> tuple[type, ...]:
+    """The base classes of command-line usage errors in whichever click and typer are installed.
+
+    Up to typer 0.2x they are click's `ClickException`s; typer 0.29 carries its own copy of click,
+    whose errors derive from `typer.exceptions.TyperException` and not from click's.
+    """
+    found = []
+    for module, name in (("click.exceptions", "ClickException"), ("typer._click.exceptions", "ClickException"),
+                         ("typer.exceptions", "TyperException")):
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(getattr(importlib.import_module(module), name))
+    return tuple(found)
+
+
+def _usage_line(exc: Exception, args: list[str]) -> str:
+    """One line for a usage error: click's message and where the options are listed."""
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None)
+    if not path:  # the parser's own errors (an option missing its value) carry no context
+        names = {c.name or c.callback.__name__ for c in app.registered_commands if c.callback}
+        path = f"vad {args[0]}" if args and args[0] in names else "vad"
+    message = " ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())  # type: ignore[attr-defined]
+    return f"error: {message.rstrip('.')} (see '{path} --help')"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: a user's mistake (a usage error, an expected pipeline error) prints one
+    line and exits 2, never a traceback; Ctrl-C prints one line and exits 130."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        code = app(standalone_mode=False)  # returns the code of a typer.Exit instead of raising it
+        if not args:  # the commands and what they do; exit 2 as click's newer releases do
+            app(["--help"], prog_name="vad", standalone_mode=False)
+            sys.exit(2)
+        code = app(args, prog_name="vad", standalone_mode=False)  # returns a typer.Exit's code instead of raising it
         sys.exit(code if isinstance(code, int) else 0)
     except PipelineError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -442,13 +501,9 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click's usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except _usage_error_types() as exc:
+        typer.echo(_usage_line(exc, args), err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -12,19 +13,44 @@ from prefect.states import Completed, Failed, State
 from tqdm import tqdm
 
 from storage import ClipStore
-from tasks.datasets import VideoSource, discover
-from tasks.errors import FFmpegError
+from tasks.datasets import VideoSource, survey
+from tasks.errors import FFmpegError, PipelineError
 from tasks.ingest import IngestResult, Preprocess, describe_failure, ingest_video, parse_size
 from tasks.runners import Runner, completed, task_runner
-from tasks.workspace import default_root, store_url
+from tasks.workspace import default_root, discard_empty_store, store_url
 
 Format = Literal["auto", "ucsd", "avenue", "shanghaitech", "ucf-crime", "folder"]
 
 
 def retry_transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry hook signature
-    """Retry only FFmpeg failures marked transient (killed, I/O error), never a corrupt file."""
+    """Retry only FFmpeg failures marked transient (killed, timed out, I/O error), never a corrupt file.
+
+    Prefect asks this before every retry, in the process that runs the task, so it is also where
+    that process learns to log an expected failure in one line (`OneLineFailures`).
+    """
+    OneLineFailures.install()
     exc = state.result(raise_on_failure=False)
     return isinstance(exc, FFmpegError) and exc.transient
+
+
+class OneLineFailures(logging.Filter):
+    """Drops the traceback from Prefect's task-run log records of a `PipelineError`.
+
+    Prefect logs the last failure of a task that had retries ("Retries are exhausted") with its
+    traceback. For an expected failure (a corrupt video, a stalled source) the error's own message
+    already says what went wrong and where; the traceback would bury it.
+    """
+
+    @classmethod
+    def install(cls) -> None:
+        logger = logging.getLogger("prefect.task_runs")
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PipelineError):
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 @task(
@@ -40,8 +66,9 @@ class IngestSummary:
     dataset: str
     store: str
     results: list[IngestResult] = field(default_factory=list)
-    failures: dict[str, str] = field(default_factory=dict)  # video id -> one-line reason
+    failures: dict[str, str] = field(default_factory=dict)  # video id (or path, if it has none) -> one-line reason
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # one line per video whose id had to change
 
     @property
     def frames(self) -> int:
@@ -86,18 +113,23 @@ def ingest_flow(
     """Ingest every video of the dataset at `source` into `<root>/stores/<dataset>.zarr`, one task per
     video on the chosen task runner.
 
-    Videos that fail are reported in the summary and the others complete; the run ends Failed
-    (carrying the summary) when any video failed.
+    Videos that fail, when listed or when decoded, are reported in the summary and the others
+    complete; the run ends Failed (carrying the summary) when any video failed.
     """
     t0 = time.perf_counter()
     prep = Preprocess(size=parse_size(size) if size else None, gray=gray, fps=fps, chunk_frames=chunk_frames)
-    videos = discover(source, format)
+    found = survey(source, format)
+    videos = found.videos
     url = store_url(root or default_root(), dataset)
     ClipStore.open_or_create(url, dataset=dataset)  # once, before the per-video writers start
     stage = ingest_videos_flow.with_options(task_runner=task_runner(runner, dask_address=dask_address, workers=workers))
     summary = stage(url, videos, prep, dataset, force)
+    if not summary.results:
+        discard_empty_store(url)  # every video failed: no empty store left behind
+    summary.failures, summary.warnings = {**found.failures, **summary.failures}, found.warnings
     summary.seconds = time.perf_counter() - t0
+    n = len(videos) + len(found.failures)
     if summary.failures:
-        return Failed(message=f"{len(summary.failures)} of {len(videos)} videos failed", data=summary)
-    return Completed(message=f"{len(videos)} videos", data=summary)
+        return Failed(message=f"{len(summary.failures)} of {n} videos failed", data=summary)
+    return Completed(message=f"{n} videos", data=summary)
 

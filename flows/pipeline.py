@@ -11,10 +11,11 @@ from prefect.cache_policies import NO_CACHE
 from flows.ingest import ingest_flow
 from flows.score import score_flow
 from flows.train import train_flow
+from tasks.artifacts import publish_report
+from tasks.checkpoint import find_checkpoint
 from tasks.errors import NotFoundError
 from tasks.metrics import Protocol
 from tasks.report import RunRef, build_report
-from tasks.scoring import find_checkpoint
 from tasks.workspace import default_root
 
 
@@ -84,4 +85,5 @@ def pipeline_flow(
         refs.append(RunRef(dataset, routed, sweep_run_id=f"{report_name}-all"))
     folder = report_task(root, refs, report_name, protocol)
     headline = pd.read_parquet(Path(folder) / "metrics.parquet")
+    publish_report(folder, headline)
     return PipelineSummary(report=folder, headline=headline, failures=failures)

@@ -13,21 +13,30 @@ from typing import Literal
 import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from tqdm import tqdm
 
 from storage import check_run_id
-from tasks.checkpoint import cached_checkpoint
+from tasks.artifacts import publish_score_run
+from tasks.checkpoint import Checkpoint, cached_checkpoint, load_pair
+from tasks.compute import Compute, Precision
+from tasks.passes import PassOutput, VideoPass, first_pass, second_pass
+from tasks.records import write_run
 from tasks.routing import Budget, RouterConfig, parse_budget
 from tasks.runners import Runner, completed, task_runner
 from tasks.scoring import (
-    Compute, FrameMode, Precision, PassOutput, ScoreResult, ScoreSummary, VideoPass, assemble, first_pass, load_pair, plan_routes,
-    second_pass, video_list, write_run,
+    FrameMode,
+    ScoreResult,
+    ScoreSummary,
+    VideoMap,
+    score_videos,
+    video_list,
 )
 from tasks.workspace import default_root, store_url
 
 
 @task(name="first-pass", task_run_name="pass1-{video}", cache_policy=NO_CACHE)
-def first_pass_task(store: str, small: str, large: str, video: str, compute: Compute) -> VideoPass:
-    return first_pass(store, cached_checkpoint(small), video, large=cached_checkpoint(large), compute=compute)
+def first_pass_task(store: str, small: str, large: str | None, video: str, compute: Compute) -> VideoPass:
+    return first_pass(store, cached_checkpoint(small), video, large=cached_checkpoint(large) if large else None, compute=compute)
 
 
 @task(name="second-pass", task_run_name="pass2-{video}", cache_policy=NO_CACHE)
@@ -35,28 +44,35 @@ def second_pass_task(store: str, large: str, video: str, starts: np.ndarray, com
     return second_pass(store, cached_checkpoint(large), video, starts, compute=compute)
 
 
-def _gather(futures: dict, desc: str, progress: bool) -> dict:
-    """Wait for a {future: key} map; {key: result}, failing on the first failed task."""
-    from tqdm import tqdm
+class TaskMap(VideoMap):
+    """The passes as one Prefect task per video, on the flow's task runner; checkpoints travel as
+    paths (a Dask worker loads its own copy once)."""
 
-    out = {}
-    with tqdm(total=len(futures), desc=desc, unit="video", disable=not progress, leave=False) as bar:
-        for future in completed(list(futures)):
-            out[futures[future]] = future.result()
-            bar.update()
-    return out
+    def pass1(self, store_url: str, small: Checkpoint, large: Checkpoint | None, videos: list[str],
+              compute: Compute) -> list[VideoPass]:
+        futures = {first_pass_task.submit(store_url, small.path, large.path if large else None, v, compute): v for v in videos}
+        done = self._gather(futures, "pass 1")
+        return [done[v] for v in videos]
+
+    def pass2(self, store_url: str, large: Checkpoint, todo: dict[str, np.ndarray], compute: Compute) -> dict[str, PassOutput]:
+        return self._gather({second_pass_task.submit(store_url, large.path, v, st, compute): v for v, st in todo.items()}, "pass 2")
+
+    def _gather(self, futures: dict, desc: str) -> dict:
+        """Wait for a {future: video} map; {video: result}, failing on the first failed task."""
+        out = {}
+        with tqdm(total=len(futures), desc=desc, unit="video", disable=not self.progress, leave=False) as bar:
+            for future in completed(list(futures)):
+                out[futures[future]] = future.result()
+                bar.update()
+        return out
 
 
 @flow(name="score-stages")
 def score_stages_flow(store: str, small: str, large: str, videos: list[str], budget: Budget, router: RouterConfig,
                       frame_mode: FrameMode, compute: Compute = Compute(), progress: bool = False) -> ScoreResult:
-    small_ck, large_ck = cached_checkpoint(small), cached_checkpoint(large)
-    first = _gather({first_pass_task.submit(store, small, large, v, compute): v for v in videos}, "pass 1", progress)
-    passes = [first[v] for v in videos]
-    plan = plan_routes(passes, small_ck, budget, router=router)
-    todo = plan.escalated_starts(passes)
-    second = _gather({second_pass_task.submit(store, large, v, st, compute): v for v, st in todo.items()}, "pass 2", progress)
-    return assemble(passes, plan, second, small_ck, large_ck, frame_mode=frame_mode)
+    """`score_videos` with its passes as tasks on this flow's task runner."""
+    return score_videos(store, cached_checkpoint(small), cached_checkpoint(large), budget, videos=videos, router=router,
+                        frame_mode=frame_mode, compute=compute, mapper=TaskMap(progress=progress))
 
 
 @flow(name="score")
@@ -95,5 +111,7 @@ def score_flow(
     result = stages(url, small_ck.path, large_ck.path, video_list(url, None, "test"), plan_budget, router, frame_mode,
                     compute=compute, progress=progress)
     result.seconds["total"] = (datetime.now(timezone.utc) - t0).total_seconds()
-    return write_run(root, dataset, run, result, small_ck, large_ck, plan_budget, router=router, frame_mode=frame_mode,
-                     compute=compute)
+    summary = write_run(root, dataset, run, result, small_ck, large_ck, plan_budget, router=router,
+                        frame_mode=frame_mode, compute=compute)
+    publish_score_run(summary.dataset, summary.run_id, summary.text(), summary.record())
+    return summary

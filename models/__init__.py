@@ -11,6 +11,8 @@ from typing import Any
 from models._base import ClipConfig, ClipModel, ClipScores, ModelOutput
 from models.ae3d import AE3D, AE3DConfig
 from models.forecaster import Forecaster, ForecasterConfig
+from models.motion_patch import MotionPatch, MotionPatchConfig
+from models.objects import Objects, ObjectsConfig
 from models.predictor import Predictor, PredictorConfig
 from models.resnet18_ae import ResNet18AE, ResNet18AEConfig
 from models.resnet3d_attn import ResNet3DAttn, ResNet3DAttnConfig
@@ -18,7 +20,7 @@ from models.topheavy import TopHeavy, TopHeavyConfig
 from models.vae3d import VAE3D, VAE3DConfig
 from tasks.errors import ParameterError
 
-REGISTRY: dict[str, type[ClipModel]] = {m.arch: m for m in (VAE3D, TopHeavy, AE3D, ResNet3DAttn, Predictor, ResNet18AE, Forecaster)}
+REGISTRY: dict[str, type[ClipModel]] = {m.arch: m for m in (VAE3D, TopHeavy, AE3D, ResNet3DAttn, Predictor, ResNet18AE, Forecaster, MotionPatch, Objects)}
 DEFAULT_ARCH = {"small": "vae3d", "large": "resnet3d_attn"}
 
 
@@ -44,7 +46,7 @@ def trainable_parameters(model: ClipModel) -> int:
 
 
 __all__ = [
-    "AE3D", "AE3DConfig", "Forecaster", "ForecasterConfig", "Predictor", "PredictorConfig", "ResNet18AE", "ResNet18AEConfig", "ResNet3DAttn", "ResNet3DAttnConfig", "TopHeavy", "TopHeavyConfig", "VAE3D", "VAE3DConfig",
+    "AE3D", "AE3DConfig", "Forecaster", "ForecasterConfig", "MotionPatch", "MotionPatchConfig", "Objects", "ObjectsConfig", "Predictor", "PredictorConfig", "ResNet18AE", "ResNet18AEConfig", "ResNet3DAttn", "ResNet3DAttnConfig", "TopHeavy", "TopHeavyConfig", "VAE3D", "VAE3DConfig",
     "DEFAULT_ARCH", "REGISTRY", "ClipConfig", "ClipModel", "ClipScores", "ModelOutput", "build", "make_config",
     "model_class", "trainable_parameters",
 ]

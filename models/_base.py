@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -91,6 +92,12 @@ class ClipModel(nn.Module):
     config_class: ClassVar[type[ClipConfig]]
     value_range: ClassVar[tuple[float, float]] = (-1.0, 1.0)  # of inputs and reconstructions
     appearance_only: ClassVar[bool] = False  # True: scores each frame on its own, blind to motion
+    # True: no gradient training; `fit` sets the model's state (buffers) from normal clips
+    fitted: ClassVar[bool] = False
+    # True: reads frames at the size they are stored (the default input size is the store's)
+    native_size: ClassVar[bool] = False
+    # buffers whose size the fit decides (a bank of normal features): loading resizes them first
+    resizable_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ClipConfig) -> None:
         super().__init__()
@@ -99,6 +106,17 @@ class ClipModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:  # (B, C, T, H, W) -> ModelOutput
         raise NotImplementedError
+
+    def fit(self, clips: Iterable[torch.Tensor]) -> dict[str, float]:
+        """Fitted models only: set the state from normal clips, each (B, C, T, H, W) in the value
+        range, and return a record of the fit for the checkpoint's training history."""
+        raise NotImplementedError(f"{self.arch} is trained by gradient descent, not fitted")
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        for name in self.resizable_buffers:
+            if name in state_dict and getattr(self, name).shape != state_dict[name].shape:
+                setattr(self, name, torch.empty_like(state_dict[name], device=getattr(self, name).device))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def loss(self, x: torch.Tensor, out: ModelOutput) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss: mean squared reconstruction error, plus the weighted KL term when present."""

@@ -9,6 +9,11 @@ Layout of a video group (its name is the video id):
 
 A group whose `complete` is not true is an ingest that never finished: readers refuse it and the
 next ingest redoes it.
+
+A group is written by one process at a time: `begin_video` takes the group's lock file (a store at
+a local path: `<folder>/.<store name>.locks/<video id>.lock`, see `storage._locks`), waiting up to
+`lock_timeout` seconds for another writer, and `finish` or `abort` releases it; `delete_video`
+takes it too. A store at an fsspec URL (`s3://...`) is not locked.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +29,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from storage._clips import Clip, clip_windows
+from storage._locks import FileLock, acquire
 from tasks.errors import IncompleteVideoError, ParameterError, StoreNotFoundError
 
 STORE_VERSION = 1
@@ -32,6 +39,7 @@ ATTRS = "vad"
 # in about a third of their raw size at several times the speed of higher levels; Blosc's byte
 # shuffle does nothing for uint8, and LZ4, though faster, leaves files over 50% larger.
 FRAMES_CODEC = ZstdCodec(level=1)
+GROUP_LOCK_WAIT_S = 3600.0  # how long a writer waits for another process writing the same video group
 
 
 def _open_group(url: str, mode: str, storage_options: Mapping[str, Any] | None) -> zarr.Group:
@@ -118,34 +126,62 @@ class ClipStore:
         for video_id in self.video_ids(split=split):
             yield self.video(video_id)
 
-    def delete_video(self, video_id: str) -> None:
+    def lock_video(self, video_id: str, *, timeout: float = GROUP_LOCK_WAIT_S) -> FileLock | None:
+        """Take the lock of one video group (None for a store at a URL, which is not locked)."""
+        url = self.url.removeprefix("file://")
+        if "://" in url:
+            return None
+        store = Path(url)
+        return acquire(store.parent / f".{store.name}.locks" / f"{video_id}.lock",
+                       purpose=f"write video {video_id!r} of {self.url}", timeout=timeout)
+
+    def delete_video(self, video_id: str, *, lock_timeout: float = GROUP_LOCK_WAIT_S) -> None:
+        """Remove a video group, once no other process is writing it."""
+        lock = self.lock_video(video_id, timeout=lock_timeout)
+        try:
+            self._delete_group(video_id)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _delete_group(self, video_id: str) -> None:
         if video_id in self._group:
             del self._group[video_id]
 
     def begin_video(
-        self, video_id: str, *, height: int, width: int, channels: int, chunk_frames: int, attrs: Mapping[str, Any]
+        self, video_id: str, *, height: int, width: int, channels: int, chunk_frames: int, attrs: Mapping[str, Any],
+        lock_timeout: float = GROUP_LOCK_WAIT_S,
     ) -> VideoWriter:
-        """Start (re)writing a video group: any old group of that id is replaced, `complete` unset."""
-        self.delete_video(video_id)
-        group = self._group.create_group(video_id)
-        group.attrs[ATTRS] = {**attrs, "complete": False}
-        frames = group.create_array(
-            "frames", shape=(0, height, width, channels), chunks=(chunk_frames, height, width, channels),
-            dtype="uint8", compressors=FRAMES_CODEC,
-            # Zarr's default check for all-zero chunks costs more than compressing them.
-            config={"write_empty_chunks": True},
-        )
-        return VideoWriter(self, video_id, group, frames)
+        """Start (re)writing a video group: take its lock (waiting up to `lock_timeout` seconds for
+        another writer), replace any old group of that id, `complete` unset."""
+        lock = self.lock_video(video_id, timeout=lock_timeout)
+        try:
+            self._delete_group(video_id)
+            group = self._group.create_group(video_id)
+            group.attrs[ATTRS] = {**attrs, "complete": False}
+            frames = group.create_array(
+                "frames", shape=(0, height, width, channels), chunks=(chunk_frames, height, width, channels),
+                dtype="uint8", compressors=FRAMES_CODEC,
+                # Zarr's default check for all-zero chunks costs more than compressing them.
+                config={"write_empty_chunks": True},
+            )
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return VideoWriter(self, video_id, group, frames, lock)
 
 
 @dataclass
 class VideoWriter:
-    """Appends frames to a new video group; `finish` writes labels and marks it complete."""
+    """Appends frames to a new video group; `finish` writes labels and marks it complete. Holds the
+    group's lock until `finish` or `abort`."""
 
     store: ClipStore
     video_id: str
     group: zarr.Group
     frames: zarr.Array
+    lock: FileLock | None = None
     _cuts: list[np.ndarray] = field(default_factory=list)
 
     @property
@@ -170,10 +206,18 @@ class VideoWriter:
         self.group.create_array("scene_cut", data=cuts, chunks=(chunk,))
         current = dict(self.group.attrs[ATTRS])
         self.group.attrs[ATTRS] = {**current, **attrs, "frame_count": n, "complete": True}
+        self._release()
 
     def abort(self) -> None:
         """Remove the unfinished group so nothing half-written is left behind."""
-        self.store.delete_video(self.video_id)
+        try:
+            self.store._delete_group(self.video_id)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
 
 class Video:

@@ -16,13 +16,21 @@ filters=[("dataset", "==", "ped2")])` reads one schema. `dataset` and `run` come
 folders (pandas gives them as categoricals), not from columns inside the files. Each file is
 written under a dot-prefixed temporary name (readers skip those) and renamed into place; a run's
 `run.json` is written last, so a run with a manifest has both tables.
+
+A temporary name carries its writer's pid and host (`.part-0.parquet.<pid>@<host>.<random>.tmp`).
+A write clears only stale temporary files of its target: those whose writer, on this host, is gone,
+and any older than `STALE_TMP_S` (1 hour; writing one file takes seconds). Several processes may
+therefore write one file at once: each renames a whole file into place, and the last one stays.
+`run_lock` takes a run's lock file (`storage._locks`), which archive runs hold while they write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +38,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage._locks import HOST, FileLock, acquire, process_alive
 from tasks.errors import NotFoundError, ParameterError
 from tasks.workspace import check_dataset_name
 
 TABLES = ("clips", "frames", "videos", "failures")
+STALE_TMP_S = 3600.0  # a temporary table file older than this was left by a crash
 _RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -49,12 +59,30 @@ def run_dir(root: str | Path, table: str, dataset: str, run_id: str) -> Path:
     return Path(root) / "scores" / table / f"dataset={check_dataset_name(dataset)}" / f"run={check_run_id(run_id)}"
 
 
+def _stale_tmp(tmp: Path, target: Path, now: float) -> bool:
+    """Whether `tmp`, a temporary file of `target`, was left by a writer that is gone (see the module docstring)."""
+    try:
+        mtime = tmp.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if now - mtime > STALE_TMP_S:
+        return True
+    writer = tmp.name[len(target.name) + 2 : -len(".tmp")].rsplit(".", 1)[0]  # "<pid>@<host>"
+    pid, _, host = writer.partition("@")
+    if host != HOST or not pid.isdigit():
+        return False  # another machine's, or a name from before pids were recorded: only its age tells
+    return not process_alive(int(pid), started_before=mtime)
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a process killed mid-write (SIGKILL, power loss) leaves its temporary file: clear it
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # a process killed mid-write (SIGKILL, power loss) leaves its temporary file: clear those, and
+    # never one that another live process is writing now
+    now = time.time()
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        if _stale_tmp(tmp, path, now):
+            tmp.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}@{HOST}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -95,6 +123,22 @@ def read_part(root: str | Path, table: str, dataset: str, run_id: str, part: str
     """One part of a run's table, or None when it is not there."""
     path = part_path(root, table, dataset, run_id, part)
     return pd.read_parquet(path) if path.exists() else None
+
+
+def delete_manifest(root: str | Path, dataset: str, run_id: str) -> bool:
+    """Remove a run's run.json (a run starting again under its id, so that a crash midway is never
+    read as a complete run); True when there was one."""
+    path = run_dir(root, "runs", dataset, run_id) / "run.json"
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+        return True
+    return False
+
+
+def run_lock(root: str | Path, dataset: str, run_id: str, *, purpose: str, timeout: float = 0.0, on_wait: Any = None) -> FileLock:
+    """Take the lock of one run, `<root>/scores/runs/dataset=<d>/run=<r>/run.lock`, waiting up to
+    `timeout` seconds for another process holding it (`storage._locks.acquire`)."""
+    return acquire(run_dir(root, "runs", dataset, run_id) / "run.lock", purpose=purpose, timeout=timeout, on_wait=on_wait)
 
 
 def write_manifest(root: str | Path, dataset: str, run_id: str, manifest: dict[str, Any]) -> Path:

@@ -11,6 +11,11 @@ Dates (`date_from`):
 
 Archive runs write one part per video (see `storage`), so a video is scored once per run however
 often it is listed, and a re-run after a crash only redoes the videos it had not finished.
+
+Archive footage never enters a dataset's benchmark store (`<root>/stores/<dataset>.zarr`, its
+train and test videos). Each run decodes its videos into a store of its own,
+`<root>/archive/<dataset>/<run>/work.zarr` (`archive_store_url`), and drops a video's frames once
+its rows are written, unless `keep_frames`: then they stay there, for a later look at the footage.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -30,19 +36,19 @@ from typing import Any, Iterator, Literal
 import numpy as np
 import pandas as pd
 
-from storage import ClipStore, read_part, write_table
+from storage import ClipStore, check_run_id, delete_manifest, read_part, run_lock, write_table
 from tasks.checkpoint import Checkpoint, cached_checkpoint
-from tasks.datasets._base import VIDEO_EXTENSIONS, VideoSource
-from tasks.errors import DatasetLayoutError, NotFoundError, ParameterError
+from tasks.datasets._base import VIDEO_EXTENSIONS, VideoSource, try_video_id, unique_ids, video_id_for  # noqa: F401 - video_id_for: the archive's id rule
+from tasks.errors import NotFoundError, ParameterError, StoreNotFoundError
 from tasks.ingest import Preprocess, describe_failure, ingest_video
 from tasks.routing import Budget, RouterConfig, budget_record
-from tasks.scoring import Compute, FrameMode, score_videos
-from tasks.training import package_versions
-from tasks.workspace import store_url
+from tasks.compute import Compute
+from tasks.scoring import FrameMode, ScoreResult, score_videos
+from tasks.records import package_versions
+from tasks.workspace import check_dataset_name
 
 DateFrom = Literal["auto", "path", "mtime"]
 _DATE_IN_PATH = re.compile(r"(?<!\d)(\d{4})[-_/.]?(\d{2})[-_/.]?(\d{2})(?!\d)")
-_ID_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
 @dataclass(frozen=True)
@@ -106,16 +112,6 @@ def _is_local(fs: Any) -> bool:
     return "file" in protocols
 
 
-def video_id_for(relative: str) -> str:
-    """A store-safe id from a path inside the archive: `2026-11-20/cam 1.mp4` -> `2026-11-20_cam-1`."""
-    stem = relative.rsplit(".", 1)[0] if "." in relative.rsplit("/", 1)[-1] else relative
-    vid = "_".join(_ID_CHARS.sub("-", part).strip("-") for part in stem.split("/") if part)
-    vid = vid.lstrip("_.-")
-    if not vid:
-        raise DatasetLayoutError(f"{relative}: cannot make a video id from this path")
-    return vid
-
-
 def list_archive(
     location: str, *, since: date | None = None, until: date | None = None, date_from: DateFrom = "auto",
     storage_options: dict[str, Any] | None = None,
@@ -140,13 +136,18 @@ def list_archive(
         entries = fs.find(base, detail=True)
     except OSError as exc:
         raise NotFoundError(f"archive {location} cannot be read: {exc}") from exc
-    videos, seen = [], {}
+    found = {}
     for path, info in sorted(entries.items()):
         relative = path[len(base):].lstrip("/")
         if any(part.startswith(".") for part in relative.split("/")):
             continue
-        if Path(relative).suffix.lower() not in VIDEO_EXTENSIONS or info.get("type", "file") != "file":
-            continue
+        if Path(relative).suffix.lower() in VIDEO_EXTENSIONS and info.get("type", "file") == "file":
+            found[path] = (relative, info)
+    # Ids by the datasets' rule (video_id_for), made distinct over the whole archive, so a file's id
+    # does not depend on the date range asked for.
+    ids, _ = unique_ids({relative: try_video_id(relative) for relative, _ in found.values()})
+    videos = []
+    for path, (relative, info) in found.items():
         modified = _modified(info)
         day, source = date_in_path(relative) if date_from != "mtime" else None, "path"
         if day is None and date_from != "path" and modified is not None:
@@ -155,13 +156,9 @@ def list_archive(
             continue  # no date it could be placed at
         if (since is not None and day < since) or (until is not None and day > until):
             continue
-        vid = video_id_for(relative)
-        if vid in seen:
-            raise DatasetLayoutError(f"archive {location}: {seen[vid]} and {relative} both map to video id {vid!r}; rename one")
-        seen[vid] = relative
         uri = path if _is_local(fs) else fs.unstrip_protocol(path)
         videos.append(ArchiveVideo(
-            vid, uri, relative, int(info.get("size") or 0), modified.isoformat() if modified else "", day, source,  # type: ignore[arg-type]
+            ids[relative], uri, relative, int(info.get("size") or 0), modified.isoformat() if modified else "", day, source,  # type: ignore[arg-type]
         ))
     return sorted(videos, key=lambda v: (v.date, v.relative))
 
@@ -223,6 +220,59 @@ class VideoOutcome:
     seconds: float = 0.0
 
 
+def archive_store_url(root: str, dataset: str, run_id: str) -> str:
+    """The clip store of one archive run: `<root>/archive/<dataset>/<run>/work.zarr`, never a dataset's store."""
+    return f"{root.rstrip('/')}/archive/{check_dataset_name(dataset)}/{check_run_id(run_id)}/work.zarr"
+
+
+def drop_empty_store(url: str) -> bool:
+    """Remove the groups a killed run left unfinished in an archive run's store, then the store when
+    it holds no video (every video's frames dropped); True when removed. Call it under the run's
+    lock, once the run's tasks are done: no other writer may be adding a video."""
+    try:
+        store = ClipStore.open(url, writable=True)
+    except StoreNotFoundError:
+        return False
+    complete = set(store.video_ids())
+    for vid in set(store.video_ids(include_incomplete=True)) - complete:
+        store.delete_video(vid)
+    if complete:
+        return False
+    folder = Path(url.removeprefix("file://"))
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (folder.parent / f".{folder.name}.locks").rmdir()  # its group locks' folder, when no lock is held
+    for empty in (folder.parent, folder.parent.parent, folder.parent.parent.parent):  # <root>/archive/<d>/<r>
+        try:
+            empty.rmdir()
+        except OSError:  # not empty: another run's
+            break
+    return True
+
+
+RUN_LOCK_WAIT_S = 12 * 3600.0  # a run waits this long for another process holding the same run
+
+
+@contextlib.contextmanager
+def archive_run(
+    root: str, dataset: str, run_id: str, *, purpose: str, keep_frames: bool = False, timeout: float = RUN_LOCK_WAIT_S,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[str]:
+    """Hold run `run_id` of `dataset` for this process and yield its store's URL: take the run's lock
+    (waiting up to `timeout` seconds for another run of the same id: a nightly and a backfill never
+    interleave), remove its old run.json (a run cut short is then never read as complete), and create
+    its store. On the way out, the store goes if it holds no frames; then the lock is released."""
+    url = archive_store_url(root, dataset, run_id)
+    with run_lock(root, dataset, run_id, purpose=purpose, timeout=timeout, on_wait=on_wait):
+        delete_manifest(root, dataset, run_id)
+        ClipStore.open_or_create(url, dataset=dataset)  # once, before the per-video writers
+        try:
+            yield url
+        finally:
+            if not keep_frames:
+                drop_empty_store(url)
+
+
 def already_scored(root: str, dataset: str, run_id: str, video: ArchiveVideo, key: str) -> bool:
     """The run holds this video, scored from the same file (size and modification time) with the same key."""
     done = read_part(root, "videos", dataset, run_id, video.video_id)
@@ -252,10 +302,11 @@ def local_copy(video: ArchiveVideo) -> Iterator[str]:
 
 def score_archive_video(
     root: str, dataset: str, run_id: str, video: ArchiveVideo, settings: ArchiveSettings, *, key: str,
-    params: dict[str, Any], rescore: bool = False,
+    params: dict[str, Any], rescore: bool = False, keep_frames: bool = False,
 ) -> VideoOutcome:
-    """Ingest one archive video (with the small model's preprocessing) and score it on its own
-    (the budget applies within the video), then write its clip, frame and video rows.
+    """Ingest one archive video into the run's own store (with the small model's preprocessing) and
+    score it on its own (the budget applies within the video), then write its clip, frame and video
+    rows, and drop its frames unless `keep_frames`.
 
     Skipped when the run already holds it from the same file with the same key, unless `rescore`.
     Rows are written only after all the work succeeded, clips and frames first and the video row
@@ -265,27 +316,38 @@ def score_archive_video(
     if not rescore and already_scored(root, dataset, run_id, video, key):
         return VideoOutcome(video.video_id, "skipped")
     small, large = cached_checkpoint(settings.small), cached_checkpoint(settings.large)
-    url = store_url(root, dataset)
-    with local_copy(video) as path:
+    url = archive_store_url(root, dataset, run_id)
+    with local_copy(video) as path:  # a failed ingest removes its own half-written group
         source = VideoSource(video.video_id, "test", path, "file")
         ingest_video(url, source, ingest_preprocess(small), dataset=dataset, source_uri=video.uri)
-    result = score_videos(url, small, large, settings.budget, videos=[video.video_id], split=None,
-                          router=settings.router, frame_mode=settings.frame_mode, compute=Compute(settings.device))
-    write_table(root, "clips", dataset, run_id, result.clips, part=video.video_id)
-    write_table(root, "frames", dataset, run_id, result.frames, part=video.video_id)
-    stored = ClipStore.open(url).video(video.video_id)
+    try:
+        result = score_videos(url, small, large, settings.budget, videos=[video.video_id], split=None,
+                              router=settings.router, frame_mode=settings.frame_mode, compute=Compute(settings.device))
+        stored = ClipStore.open(url).video(video.video_id)
+        write_table(root, "clips", dataset, run_id, result.clips, part=video.video_id)
+        write_table(root, "frames", dataset, run_id, result.frames, part=video.video_id)
+        _write_video_row(root, dataset, run_id, video, result, stored.attrs, t0, key=key, params=params)
+    finally:
+        if not keep_frames:
+            ClipStore.open(url, writable=True).delete_video(video.video_id)
+    return VideoOutcome(video.video_id, "scored", result.n_frames, len(result.clips), int(result.routing.escalated.sum()),
+                        time.perf_counter() - t0)
+
+
+def _write_video_row(root: str, dataset: str, run_id: str, video: ArchiveVideo, result: ScoreResult, attrs: dict[str, Any],
+                     t0: float, *, key: str, params: dict[str, Any]) -> None:
+    """The video's row of the `videos` table, written last: a video with one has all its rows."""
     seconds = time.perf_counter() - t0
     row = pd.DataFrame([{
         "video": video.video_id, "date": video.date, "date_from": video.date_from, "source": video.uri,
         "relative": video.relative, "source_size": video.size, "source_modified": video.modified,
-        "source_hash": stored.attrs.get("source_hash"), "frames": result.n_frames, "clips": len(result.clips),
+        "source_hash": attrs.get("source_hash"), "frames": result.n_frames, "clips": len(result.clips),
         "escalated": int(result.routing.escalated.sum()), "large_calls": result.large.calls,
         "max_score": float(np.max(result.frames["score"])), "seconds": seconds,
         "scored_at": datetime.now(timezone.utc), "key": key, "params": json.dumps(params, sort_keys=True),
         "versions": json.dumps(package_versions(), sort_keys=True),
     }])
     write_table(root, "videos", dataset, run_id, row, part=video.video_id)
-    return VideoOutcome(video.video_id, "scored", result.n_frames, len(result.clips), int(result.routing.escalated.sum()), seconds)
 
 
 def failure_row(video: ArchiveVideo, exc: BaseException) -> pd.DataFrame:

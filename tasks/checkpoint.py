@@ -21,8 +21,14 @@ from models import ClipModel, make_config, model_class
 from models._inference import for_inference
 from storage import Video
 from tasks.calibration import Calibration
-from tasks.errors import CheckpointError, CheckpointMismatchError, NotFoundError
+from tasks.errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    NotFoundError,
+    ParameterError,
+)
 from tasks.model_input import InputSpec
+from tasks.workspace import check_dataset_name
 
 FORMAT = "video-anomaly-router/checkpoint"
 VERSION = 1
@@ -62,7 +68,7 @@ class Checkpoint:
     source: dict[str, Any]
     dataset: str
     fingerprint: str
-    calibration: Calibration
+    calibration: Calibration | None  # None only while training fits it (with `tasks.passes.score_clips`)
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     path: str = ""
@@ -115,6 +121,8 @@ class Checkpoint:
             raise CheckpointMismatchError(name, video.id, f"it has {video.n_frames} frames, fewer than one clip ({self.input.clip_len})")
 
     def to_dict(self) -> dict[str, Any]:
+        if self.calibration is None:
+            raise CheckpointError(f"{self.path or self.arch}: a checkpoint is saved only once it is calibrated")
         return {
             "format": FORMAT, "version": VERSION, "arch": self.arch, "role": self.role,
             "model_config": self.model_config, "state_dict": self.state_dict, "input": self.input.to_dict(),
@@ -186,3 +194,35 @@ def cached_checkpoint(path: str | Path) -> Checkpoint:
         raise NotFoundError(f"checkpoint {path} does not exist")
     st = path.stat()
     return _cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+def check_pair(small: Checkpoint, large: Checkpoint | None) -> None:
+    """Both models must cut a video into the same clips, since the large one re-scores the small one's clips."""
+    if large is None:
+        return
+    a, b = small.input, large.input
+    if (a.clip_len, a.stride) != (b.clip_len, b.stride):
+        raise ParameterError(
+            f"the small and large checkpoints cut clips differently ({a.clip_len} frames every {a.stride} vs "
+            f"{b.clip_len} every {b.stride}); train them with the same --clip-len and --stride"
+        )
+
+
+def find_checkpoint(root: str, dataset: str, role: str) -> str:
+    """The one `<role>-*.pt` in `<root>/checkpoints/<dataset>/` (none or several is an error)."""
+    folder = Path(root) / "checkpoints" / check_dataset_name(dataset)
+    found = sorted(folder.glob(f"{role}-*.pt"))
+    if not found:
+        raise NotFoundError(f"no {role} checkpoint in {folder}; train one with `vad train --dataset {dataset} --model {role}` or pass --{role} PATH")
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise ParameterError(f"several {role} checkpoints in {folder} ({names}); choose one with --{role} PATH")
+    return str(found[0])
+
+
+def load_pair(root: str, dataset: str, small_path: str | None = None, large_path: str | None = None) -> tuple[Checkpoint, Checkpoint]:
+    """The small and large checkpoints given, else the dataset's own under `<root>/checkpoints/`."""
+    small = cached_checkpoint(small_path or find_checkpoint(root, dataset, "small"))
+    large = cached_checkpoint(large_path or find_checkpoint(root, dataset, "large"))
+    check_pair(small, large)
+    return small, large

@@ -2,6 +2,7 @@
 
 Every error the pipeline raises on purpose derives from `PipelineError`, so a batch can tell an
 expected per-video failure (bad input) from a bug. Callers branch on the class, never on message text.
+Every one pickles with its attributes, so a failure on a Dask worker comes back to the flow as itself.
 """
 
 from __future__ import annotations
@@ -9,6 +10,22 @@ from __future__ import annotations
 
 class PipelineError(Exception):
     """Base class of every error raised on purpose by the pipeline."""
+
+    def __reduce__(self):  # noqa: ANN204
+        # Exception's own __reduce__ gives (cls, self.args, state), and unpickling calls cls(*args):
+        # that fails for a class whose __init__ takes other arguments than its message (FFmpegError,
+        # LabelMismatchError, ...). Rebuild without calling __init__: the args (OSError's include the
+        # file name) and the instance attributes are restored as they were.
+        reduced = super().__reduce__()
+        return _rebuild, (type(self), reduced[1], reduced[2] if len(reduced) > 2 else None)
+
+
+def _rebuild(cls: type[PipelineError], args: tuple, state: dict | None) -> PipelineError:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    if state:
+        exc.__dict__.update(state)
+    return exc
 
 
 class ParameterError(PipelineError, ValueError):

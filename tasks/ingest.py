@@ -6,6 +6,7 @@ import hashlib
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,14 +14,18 @@ import numpy as np
 
 from storage import ClipStore
 from tasks.datasets import VideoSource
-from tasks.errors import FFmpegError, ParameterError, PipelineError
-from tasks.ffmpeg_io import DecodeSpec, ffmpeg_exe, probe, read_frames
+from tasks.errors import FFmpegError, NotFoundError, ParameterError, PipelineError
+from tasks.ffmpeg_io import DecodeSpec, FrameTimes, decode_time_limit, ffmpeg_exe, ffmpeg_version, probe, read_frames
 
 # Sources taller than this are scaled down to it (keeping the aspect ratio) unless a size is given:
 # full-resolution frames would make stores of an hour of 1080p footage hundreds of GB.
 DEFAULT_MAX_HEIGHT = 480
 SCENE_CUT_THRESHOLD = 0.5  # histogram correlation of adjacent frames below this marks a cut
 _HIST_BINS = 32
+IMAGE_SEQUENCE_FPS = 25  # the rate FFmpeg's image2 reads a frame folder at
+# Frame times are stored as runs of equal steps; a stream whose frame interval changes more often
+# than this (jittery variable-rate footage) keeps only its start time, so attributes stay small.
+MAX_TIME_RUNS = 1000
 
 
 @dataclass(frozen=True)
@@ -91,9 +96,11 @@ def batch_frames(chunk_frames: int, frame_bytes: int, target_bytes: int = 32 << 
 def content_hash(source: VideoSource) -> str:
     """BLAKE2b of the source's bytes (of every frame file, with its name, for a frame folder)."""
     digest = hashlib.blake2b(digest_size=16)
-    paths = source.frame_files if source.kind == "frames" else (source.uri,)
+    if source.kind == "file" and Path(source.uri).exists() and not Path(source.uri).is_file():
+        # A pipe or a device could be read only once (here), and then FFmpeg would find nothing.
+        raise NotFoundError(f"{source.uri}: not a regular file")
     try:
-        for path in paths:  # type: ignore[union-attr]
+        for path in source.files:
             if source.kind == "frames":
                 digest.update(Path(path).name.encode() + b"\0")
             with open(path, "rb") as fh:
@@ -116,18 +123,21 @@ def ingest_video(
 ) -> IngestResult:
     """Decode `source` into its group of the store at `store_url`, unless it is already there.
 
-    An unchanged source (same content hash and preprocessing, group complete) is skipped; a changed
-    source or an unfinished group is redone. On any error the half-written group is removed and the
-    error names the source. `source_uri` is recorded instead of `source.uri` (a remote file decoded
+    An unchanged source (same content hash, preprocessing and frame-rate mode, group complete) is
+    skipped; a changed source or an unfinished group is redone, and so is a group from before the
+    frame-rate mode was recorded (its frames may have been padded to a constant rate). On any
+    error the half-written group is removed and the error names the source. `source_uri` is recorded instead of `source.uri` (a remote file decoded
     from a local copy).
     """
     t0 = time.perf_counter()
     store = ClipStore.open_or_create(store_url, dataset=dataset, storage_options=storage_options)
     source_hash = content_hash(source)
     old = store.status(source.video_id)
+    mode = "passthrough" if prep.fps is None else "resampled"
     if (
         not force and old is not None and old.get("complete")
         and old.get("source_hash") == source_hash and old.get("preprocess") == prep.to_attrs()
+        and old.get("frame_rate_mode") == mode  # absent: written at a constant rate, maybe with padded frames
     ):
         return IngestResult(source.video_id, source.split, "skipped", int(old["frame_count"]), time.perf_counter() - t0)
     if prep.fps is not None and (source.labels is not None or source.label_ranges is not None):
@@ -136,23 +146,30 @@ def ingest_video(
             f"{source.video_id!r}; ingest labelled datasets at their own frame rate"
         )
 
-    first = source.frame_files[0] if source.kind == "frames" else source.uri  # type: ignore[index]
-    info = probe(first, image_sequence=source.kind == "frames")
+    frames = source.frame_files if source.kind == "frames" else None
+    info = probe(frames[0] if frames else source.uri, image_sequence=frames is not None)
     height, width = prep.output_size(info.height, info.width)
     spec = DecodeSpec(height, width, 1 if prep.gray else 3, prep.fps)
+    duration = len(frames) / IMAGE_SEQUENCE_FPS if frames else info.duration
     attrs = {
         "video_id": source.video_id,
         "split": source.split,
         "source_uri": source_uri or source.uri,
+        "source_relpath": source.relative,
         "source_kind": source.kind,
         "source_hash": source_hash,
         "source_codec": info.codec,
         "original_size": [info.height, info.width],
         "source_fps": info.fps,
+        "source_duration": duration,
         "fps": prep.fps or info.fps,
+        # passthrough: every decoded frame once, in decode order; resampled: FFmpeg's fps filter
+        "frame_rate_mode": mode,
+        "resampled_fps": prep.fps,
         "preprocess": prep.to_attrs(),
         "frame_size": [height, width, spec.channels],
         "ffmpeg": Path(ffmpeg_exe()).name,
+        "ffmpeg_version": ".".join(map(str, ffmpeg_version() or ())) or None,
     }
     writer = store.begin_video(
         source.video_id, height=height, width=width, channels=spec.channels,
@@ -160,13 +177,16 @@ def ingest_video(
     )
     try:
         prev_hist: np.ndarray | None = None
-        batches = read_frames(source.uri, spec, batch_frames=batch_frames(prep.chunk_frames, spec.frame_bytes),
-                              frame_files=source.frame_files)
+        batches = read_frames(
+            source.uri, spec, batch_frames=batch_frames(prep.chunk_frames, spec.frame_bytes), frame_files=frames,
+            time_limit=decode_time_limit(duration=duration, size=source_size(source)),
+        )
         for batch in batches:
             cuts, prev_hist = scene_cut_flags(batch, prev_hist)
             writer.append(batch, cuts)
         labels = source.frame_labels(writer.n_frames)
         writer.finish(labels, {
+            **timing_attrs(batches.times, info.start),
             "labels_known": bool((labels >= 0).all()),
             "anomalous_frames": int((labels == 1).sum()),
             "ingested_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -175,6 +195,39 @@ def ingest_video(
         writer.abort()
         raise
     return IngestResult(source.video_id, source.split, "ingested", writer.n_frames, time.perf_counter() - t0)
+
+
+def source_size(source: VideoSource) -> int:
+    """Bytes of the source (of all its frame files for a frame folder)."""
+    return sum(Path(p).stat().st_size for p in source.files)
+
+
+def timing_attrs(times: FrameTimes | None, start: float) -> dict[str, Any]:
+    """Where the stored frames sit on the source's clock: `start_time`, the first frame's time in
+    seconds (the file's start when FFmpeg gave no timestamps), and `frame_times`, the steps between
+    consecutive frames as runs `[[ticks, count], ...]` of `time_base` seconds (None when not known
+    or when the step changes more than `MAX_TIME_RUNS` times). `frame_times(attrs)` expands them."""
+    if times is None:
+        return {"start_time": round(start, 6), "frame_times": None}
+    first = start + float(times.pts[0] * times.time_base)
+    steps = np.diff(times.pts)
+    edges = np.flatnonzero(np.diff(steps)) + 1  # where a run of equal steps ends
+    bounds = np.concatenate([[0], edges, [len(steps)]]).astype(int)
+    runs = [[int(steps[a]), int(b - a)] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    coded = {"time_base": str(times.time_base), "steps": runs} if len(runs) <= MAX_TIME_RUNS else None
+    return {"start_time": round(first, 6), "frame_times": coded}
+
+
+def frame_times(attrs: dict[str, Any]) -> np.ndarray | None:
+    """(N,) time of each stored frame in seconds on the source's clock, from a video's attributes;
+    None when the ingest could not record them."""
+    coded = attrs.get("frame_times")
+    if not coded:
+        return None
+    steps = np.repeat([s for s, _ in coded["steps"]], [n for _, n in coded["steps"]]).astype(np.int64)
+    ticks = np.concatenate([[0], np.cumsum(steps)])
+    base = Fraction(coded["time_base"])
+    return attrs["start_time"] + ticks * (base.numerator / base.denominator)
 
 
 def scene_cut_flags(frames: np.ndarray, prev_hist: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ The folder is built under a temporary name beside its final place and renamed wh
 from __future__ import annotations
 
 import html
+import platform
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from storage import read_manifest, read_table  # noqa: E402
 from tasks.errors import ParameterError  # noqa: E402
 from tasks.metrics import Protocol, evaluate  # noqa: E402
 from tasks.pareto import sweep  # noqa: E402
+from tasks.records import package_versions  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,24 @@ def _metric_rows(ref: RunRef, frames: pd.DataFrame, protocol: Protocol) -> tuple
         rows.append({"dataset": ref.dataset, "run": ref.run_id, "scores": view, **summary})
         per_video.append(videos.assign(dataset=ref.dataset, run=ref.run_id, scores=view))
     return rows, pd.concat(per_video, ignore_index=True)
+
+
+# The protocol variants papers report (per-video min-max normalisation, temporal smoothing), added
+# to every report as labelled extra rows so its figures can be set beside published ones; the
+# headline stays on the report's own protocol (the standard one unless asked otherwise).
+PAPER_VARIANTS = (Protocol(minmax=True), Protocol(smooth_sigma=5.0), Protocol(smooth_sigma=5.0, minmax=True))
+
+
+def _variant_rows(ref: RunRef, frames: pd.DataFrame, protocol: Protocol) -> list[dict]:
+    rows = []
+    for variant in PAPER_VARIANTS:
+        if variant == protocol:
+            continue
+        for view, column in (("small only", "small_score"), ("routed", "score")):
+            summary, _ = evaluate(frames, column, variant)
+            rows.append({"dataset": ref.dataset, "run": ref.run_id, "protocol": variant.label, "scores": view,
+                         **{k: summary[k] for k in ("micro_auc", "micro_eer", "micro_ap", "macro_auc")}})
+    return rows
 
 
 def _plot_roc(path: Path, frames: pd.DataFrame, title: str) -> None:
@@ -119,6 +139,29 @@ def _md_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+# The packages that compute the report's own figures (metrics, the sweep, the tables).
+REPORT_PACKAGES = ("video-anomaly-router", "numpy", "pandas", "scikit-learn", "scipy", "pyarrow")
+
+
+def _versions_text(versions: dict[str, str]) -> str:
+    return ", ".join(f"{name} {version}" for name, version in versions.items()) or "not recorded"
+
+
+def _environment(sections: list[dict]) -> list[str]:
+    """Lines of the report's environment section: the versions each run recorded in its run.json
+    (runs with the same set share a line) and those this report was computed with."""
+    by_set: dict[str, list[str]] = {}
+    for s in sections:
+        text = _versions_text(dict(s["manifest"].get("versions") or {}))
+        by_set.setdefault(text, []).append(f"{s['ref'].dataset} run {s['ref'].run_id}")
+    here = package_versions(REPORT_PACKAGES)
+    lines = [f"Scored with {text} ({', '.join(runs)})." for text, runs in by_set.items()]
+    lines.append(f"Report computed with Python {platform.python_version()} on {platform.system()} {platform.machine()}; "
+                 f"{_versions_text(here)}.")
+    lines.append("The README's figures come from the versions pinned in constraints.txt; other versions can give other figures.")
+    return lines
+
+
 HEADLINE = ["dataset", "run", "scores", "micro_auc", "micro_eer", "micro_ap", "macro_auc", "videos_defined", "videos"]
 
 
@@ -132,13 +175,14 @@ def build_report(root: str | Path, refs: list[RunRef], *, name: str, protocol: P
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
     try:
-        metrics, per_video, pareto, sections = [], [], [], []
+        metrics, per_video, pareto, sections, variants = [], [], [], [], []
         for ref in refs:
             frames = read_table(root, "frames", dataset=ref.dataset, run_id=ref.run_id)
             clips = read_table(root, "clips", dataset=ref.dataset, run_id=ref.run_id)
             manifest = read_manifest(root, ref.dataset, ref.run_id)
             rows, videos = _metric_rows(ref, frames, protocol)
             metrics += rows
+            variants += _variant_rows(ref, frames, protocol)
             per_video.append(videos)
             stem = f"{ref.dataset}-{ref.run_id}"
             _plot_roc(tmp / f"roc-{stem}.png", frames, f"{ref.dataset}: ROC ({ref.run_id})")
@@ -157,10 +201,12 @@ def build_report(root: str | Path, refs: list[RunRef], *, name: str, protocol: P
         metrics_df = pd.DataFrame(metrics)
         per_video_df = pd.concat(per_video, ignore_index=True)
         metrics_df.to_parquet(tmp / "metrics.parquet", index=False)
+        variants_df = pd.DataFrame(variants)
+        variants_df.to_parquet(tmp / "variants.parquet", index=False)
         per_video_df.to_parquet(tmp / "per_video.parquet", index=False)
         if pareto:
             pd.concat(pareto, ignore_index=True).to_parquet(tmp / "pareto.parquet", index=False)
-        _write_documents(tmp, metrics_df, per_video_df, sections, protocol)
+        _write_documents(tmp, metrics_df, per_video_df, sections, protocol, variants_df)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -170,13 +216,20 @@ def build_report(root: str | Path, refs: list[RunRef], *, name: str, protocol: P
     return final
 
 
-def _write_documents(folder: Path, metrics: pd.DataFrame, per_video: pd.DataFrame, sections: list[dict], protocol: Protocol) -> None:
+def _write_documents(folder: Path, metrics: pd.DataFrame, per_video: pd.DataFrame, sections: list[dict], protocol: Protocol,
+                     variants: pd.DataFrame) -> None:
     headline = metrics[HEADLINE]
+    note = ("Not the standard protocol: the normalisation and smoothing many papers apply, computed on the same "
+            "scores so that these figures can be set beside published ones. Per-video min-max uses each test "
+            "video's own score range, which a deployment does not know in advance.")
     md = [f"# Report\n\nFrame-level metrics; protocol: **{protocol.label}**. Micro: all labelled frames pooled; "
           "macro: mean over videos with both classes; per video: one-class videos are undefined (listed, not dropped).\n",
-          "## Headline\n", _md_table(headline), ""]
+          "## Headline\n", _md_table(headline), "", "## Protocol variants (labelled, not the headline)\n", note + "\n",
+          _md_table(variants) if len(variants) else "none", ""]
     body = [f"<h1>Report</h1><p>Frame-level metrics; protocol: <b>{html.escape(protocol.label)}</b>.</p>",
-            "<h2>Headline</h2>", headline.to_html(index=False, float_format=lambda v: f"{v:.3f}")]
+            "<h2>Headline</h2>", headline.to_html(index=False, float_format=lambda v: f"{v:.3f}"),
+            "<h2>Protocol variants (labelled, not the headline)</h2>", f"<p>{html.escape(note)}</p>",
+            variants.to_html(index=False, float_format=lambda v: f"{v:.3f}")]
     for s in sections:
         ref, m = s["ref"], s["manifest"]
         title = f"{ref.dataset}, run {ref.run_id}"
@@ -199,6 +252,9 @@ def _write_documents(folder: Path, metrics: pd.DataFrame, per_video: pd.DataFram
                    _md_table(table), ""]
             body += [f"<h3>Cost against quality ({html.escape(ref.dataset)})</h3><p>{html.escape(note)}</p>",
                      f'<img src="pareto-{ref.dataset}.png">', table.to_html(index=False, float_format=lambda v: f"{v:.3f}")]
+    environment = _environment(sections)
+    md += ["## Environment\n", *(f"- {line}" for line in environment), ""]
+    body += ["<h2>Environment</h2><ul>", *(f"<li>{html.escape(line)}</li>" for line in environment), "</ul>"]
     (folder / "report.md").write_text("\n".join(md))
     (folder / "report.html").write_text("<!doctype html><meta charset=utf-8><title>Report</title>"
                                         "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}"

@@ -19,7 +19,7 @@ from typing import Literal
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tasks.errors import ParameterError, PipelineError
-from tasks.training import available_cores
+from tasks.compute import available_cores
 
 Runner = Literal["threads", "dask"]
 RUNNERS = ("threads", "dask")

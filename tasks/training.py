@@ -9,13 +9,11 @@ of a single training video is split in time instead: its last `val_fraction` of 
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -24,44 +22,34 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from models import DEFAULT_ARCH, ClipModel, make_config, model_class, trainable_parameters
+from models import (
+    DEFAULT_ARCH,
+    ClipModel,
+    make_config,
+    model_class,
+    trainable_parameters,
+)
 from storage import ClipStore, Video, clip_windows
 from tasks.calibration import Calibration
-from tasks.checkpoint import Checkpoint, atomic_torch_save, dataset_fingerprint, save_checkpoint, source_spec
+from tasks.checkpoint import (
+    Checkpoint,
+    atomic_torch_save,
+    dataset_fingerprint,
+    save_checkpoint,
+    source_spec,
+)
+from tasks.compute import Compute, autocast_for, available_cores, pick_device
+from tasks.distill import (
+    ScoreTeacher,
+    check_student,
+    standardised_mismatch,
+    student_frame_scores,
+)
 from tasks.errors import ParameterError, PipelineError
 from tasks.model_input import ClipDataset, InputSpec, prepare_clips
-from tasks.distill import ScoreTeacher, check_student, standardised_mismatch, student_frame_scores
+from tasks.passes import score_clips
 from tasks.pseudo import PseudoAnomalyHead, pseudo_anomalies
-
-
-def available_cores() -> int:
-    """CPU cores this process may use: `$VAD_TORCH_THREADS` when set (a local Dask cluster sets it
-    to share the cores among its worker processes), else the affinity mask (which containers and
-    taskset narrow)."""
-    if os.environ.get("VAD_TORCH_THREADS", "").isdigit() and int(os.environ["VAD_TORCH_THREADS"]) > 0:
-        return int(os.environ["VAD_TORCH_THREADS"])
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """`auto` (CUDA when present, else the CPU), `cpu`, `cuda` or `cuda:N`, checked against this machine."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ParameterError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ParameterError(f"device {device!r} was asked for but this machine has no CUDA device")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ParameterError(f"device {device!r} was asked for but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
-        raise ParameterError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    return dev
+from tasks.records import package_versions
 
 
 @dataclass
@@ -192,6 +180,12 @@ class TrainResult:
 
     def summary(self) -> str:
         resumed = f", resumed after epoch {self.resumed_from}" if self.resumed_from else ""
+        if self.stopped == "fitted":
+            return (
+                f"checkpoint: {self.checkpoint}\n"
+                f"{self.arch} ({self.role}): fitted on {self.train_clips} normal clips (no gradient training), "
+                f"calibrated on {self.val_clips} held-out clips; {self.seconds:.1f} s on {self.device}"
+            )
         return (
             f"checkpoint: {self.checkpoint}\n"
             f"{self.arch} ({self.role}): {self.parameters:,} trainable parameters; best validation loss "
@@ -259,17 +253,6 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def package_versions() -> dict[str, str]:
-    names = ("video-anomaly-router", "torch", "zarr", "numpy")
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "unknown"
-    return out
-
-
 class _Progress:
     """tqdm bar over batches with loss and clips/s, or nothing."""
 
@@ -326,13 +309,6 @@ def _loader(store_url: str, index: list[tuple[str, int]], config: TrainConfig, *
     )
 
 
-def autocast_for(device: torch.device) -> Any:
-    # bfloat16 autocast on CUDA needs no loss scaler; on CPU full precision is both safer and faster
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def evaluate_loss(model: ClipModel, loader: DataLoader, spec: InputSpec, device: torch.device) -> float:
     """Mean of the model's held-out criterion over the loader's clips (reconstruction MSE unless the
     model says otherwise), in eval mode (deterministic)."""
@@ -345,18 +321,6 @@ def evaluate_loss(model: ClipModel, loader: DataLoader, spec: InputSpec, device:
             total += float(model.heldout_error(x, out).sum())
             count += x.shape[0]
     return total / max(count, 1)
-
-
-def score_clips(model: ClipModel, loader: DataLoader, spec: InputSpec, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Raw clip scores (N,) and embeddings (N, D) of the loader's clips, in order."""
-    model.eval()
-    scores, embeddings = [], []
-    with autocast_for(device):
-        for frames in loader:
-            s = model.score(prepare_clips(frames, spec, model.value_range, device=device))
-            scores.append(s.clip.float().cpu().numpy())
-            embeddings.append(s.embedding.float().cpu().numpy())
-    return np.concatenate(scores), np.concatenate(embeddings)
 
 
 @contextmanager
@@ -474,9 +438,11 @@ def plan_training(store_url: str, out: str | Path, config: TrainConfig, *, overw
     if len(frame_sizes) > 1:
         listing = ", ".join(f"{v.id} {v.frames.shape[1]}x{v.frames.shape[2]}x{v.frames.shape[3]}" for v in videos[:6])
         raise PipelineError(f"training videos of store {store_url} have different frame sizes ({listing}); ingest them with one --size")
-    store_c = frame_sizes.pop()[2]
-    defaults = model_class(config.arch).config_class()
-    height, width = config.size or (defaults.height, defaults.width)
+    store_h, store_w, store_c = frame_sizes.pop()
+    cls = model_class(config.arch)
+    defaults = cls.config_class()
+    # models that read frames as stored (`native_size`) default to the store's size, others to their own
+    height, width = config.size or ((store_h, store_w) if cls.native_size else (defaults.height, defaults.width))
     channels = 3 if config.flow else (config.channels or store_c)
     spec = InputSpec(clip_len=config.clip_len, stride=config.stride, height=height, width=width, channels=channels,
                      motion=config.motion, flow=config.flow)
@@ -517,6 +483,8 @@ def train_model(
     plan = plan_training(store_url, out, config, overwrite=overwrite)
     store, videos, spec, model_cfg, split = plan.store, plan.videos, plan.spec, plan.model_config, plan.split
     cls = model_class(config.arch)
+    if cls.fitted:
+        return fit_model(plan, config, store_url, out, progress=progress, log=say)
 
     _seed_everything(config.seed)
     cores = available_cores()
@@ -623,29 +591,83 @@ def train_model(
     if best_state is None:  # resumed a state whose run had already ended
         raise PipelineError(f"{state_path} holds no trained weights; delete it and train again")
     model.load_state_dict(best_state)
-    cal_scores, cal_embeddings = score_clips(model, _loader(store_url, split.calibration, config, sampler=None, workers=0), spec, device)
-    calibration = Calibration.fit(
-        scores=cal_scores, embeddings=cal_embeddings, video_ids=[v for v, _ in split.calibration],
-        quantile=config.quantile, window=config.window,
-    )
     seconds = elapsed_before + time.perf_counter() - t0
-    checkpoint = Checkpoint(
-        arch=config.arch, role=config.role, model_config=model_cfg.to_dict(), state_dict=best_state, input=spec,
-        source={**source_spec(videos[0]), "store": store_url}, dataset=store.dataset, fingerprint=fingerprint,
-        calibration=calibration,
-        training={
-            "config": config_record, "train_videos": split.train_videos, "val_videos": split.val_videos,
-            "train_clips": len(split.train), "val_clips": len(split.val), "history": history,
-            "best_epoch": best_epoch, "best_val_loss": best, "stopped": stopped, "seconds": seconds,
-            "teacher": None if distill is None else {"path": distill.teacher.path, "arch": distill.teacher.arch},
-            "device": str(device), "threads": cores, "workers": workers, "parameters": trainable_parameters(model),
-        },
-        versions=package_versions(),
-    )
-    save_checkpoint(checkpoint, out)
+    training = {
+        "config": config_record, "train_videos": split.train_videos, "val_videos": split.val_videos,
+        "train_clips": len(split.train), "val_clips": len(split.val), "history": history,
+        "best_epoch": best_epoch, "best_val_loss": best, "stopped": stopped, "seconds": seconds,
+        "teacher": None if distill is None else {"path": distill.teacher.path, "arch": distill.teacher.arch},
+        "device": str(device), "threads": cores, "workers": workers, "parameters": trainable_parameters(model),
+    }
+    _save_calibrated(plan, config, store_url, out, best_state, training, device)
     state_path.unlink(missing_ok=True)
     return TrainResult(
         checkpoint=out, arch=config.arch, role=config.role, parameters=trainable_parameters(model),
         best_val_loss=best, best_epoch=best_epoch, epochs_run=len(history), seconds=seconds, stopped=stopped,
         train_clips=len(split.train), val_clips=len(split.val), resumed_from=resumed_from, device=str(device),
+    )
+
+
+def _save_calibrated(plan: TrainingPlan, config: TrainConfig, store_url: str, out: Path, state: dict[str, torch.Tensor],
+                     training: dict[str, Any], device: torch.device) -> Checkpoint:
+    """The checkpoint of `state`, calibrated on the held-out clips by the pass that scores (the
+    scoring rewrite of the model, at its precision), written to `out`."""
+    checkpoint = Checkpoint(
+        arch=config.arch, role=config.role, model_config=plan.model_config.to_dict(), state_dict=state, input=plan.spec,
+        source={**source_spec(plan.videos[0]), "store": store_url}, dataset=plan.store.dataset,
+        fingerprint=dataset_fingerprint(plan.store.dataset, plan.videos), calibration=None, training=training,
+        versions=package_versions(),
+    )
+    cal = score_clips(checkpoint, store_url, plan.split.calibration, compute=Compute(device=str(device)))
+    checkpoint.calibration = Calibration.fit(
+        scores=cal.raw, embeddings=cal.embedding, video_ids=[v for v, _ in plan.split.calibration],
+        quantile=config.quantile, window=config.window,
+    )
+    checkpoint.cache.clear()  # the scoring model built for calibration; scoring builds its own
+    save_checkpoint(checkpoint, out)
+    return checkpoint
+
+
+def fit_model(plan: TrainingPlan, config: TrainConfig, store_url: str, out: Path, *, progress: bool = False,
+              log: Callable[[str], None] | None = None) -> TrainResult:
+    """A fitted model (`ClipModel.fitted`): no gradient steps; `model.fit` sets its state from the
+    training videos (every frame once, in order, as clips side by side), then it is calibrated on the
+    held-out clips like a trained one. `epochs`, `lr` and the early-stopping settings do not apply."""
+    say = log or (lambda _msg: None)
+    _seed_everything(config.seed)
+    cores = available_cores()
+    torch.set_num_threads(cores)
+    device = pick_device(config.device)
+    model = model_class(config.arch)(plan.model_config).to(device).eval()
+    spec = plan.spec
+    # every training frame once, in video order: clips side by side (stride = clip length)
+    n_frames = {v.id: v.n_frames for v in plan.videos}
+    index = [(vid, s) for vid in plan.split.train_videos for s, _ in clip_windows(n_frames[vid], spec.clip_len, spec.clip_len)]
+    loader = _loader(store_url, index, config, sampler=None, workers=0)
+    bar = _Progress(progress, len(loader), f"{config.arch} fit")
+    t0 = time.perf_counter()
+
+    def clips() -> Iterator[torch.Tensor]:
+        for frames in loader:
+            yield prepare_clips(frames, spec, model.value_range, device=device)
+            bar.update(len(frames), float("nan"))
+
+    record = model.fit(clips())
+    bar.close()
+    seconds = time.perf_counter() - t0
+    say(f"fitted {config.arch} on {len(index)} normal clips in {seconds:.1f} s")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    training = {
+        "config": asdict(config), "train_videos": plan.split.train_videos, "val_videos": plan.split.val_videos,
+        "train_clips": len(index), "val_clips": len(plan.split.val),
+        "history": [{"epoch": 0, "fit": True, "seconds": seconds, **record}], "best_epoch": 0,
+        "best_val_loss": float("nan"), "stopped": "fitted", "seconds": seconds, "teacher": None,
+        "device": str(device), "threads": cores, "workers": 0, "parameters": trainable_parameters(model),
+    }
+    _save_calibrated(plan, config, store_url, out, state, training, device)
+    seconds = time.perf_counter() - t0
+    return TrainResult(
+        checkpoint=out, arch=config.arch, role=config.role, parameters=trainable_parameters(model),
+        best_val_loss=float("nan"), best_epoch=0, epochs_run=0, seconds=seconds, stopped="fitted",
+        train_clips=len(index), val_clips=len(plan.split.val), resumed_from=None, device=str(device),
     )

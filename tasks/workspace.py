@@ -33,3 +33,21 @@ def checkpoint_path(root: str, dataset: str, role: str, arch: str) -> str:
     if "://" in root:
         raise ParameterError(f"checkpoints are written to a local folder; {root!r} is a URL (pass --out PATH)")
     return f"{root.rstrip('/')}/checkpoints/{check_dataset_name(dataset)}/{role}-{arch}.pt"
+
+
+def discard_empty_store(url: str) -> bool:
+    """Delete the clip store at `url` when it holds no video group at all, so an ingest that ingested
+    nothing leaves no empty store behind; True when one was deleted. A store with any group stays."""
+    import fsspec
+
+    from storage import ClipStore
+    from tasks.errors import StoreNotFoundError
+
+    try:
+        if ClipStore.open(url).video_ids(include_incomplete=True):
+            return False
+    except StoreNotFoundError:
+        return False
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.rm(path, recursive=True)
+    return True

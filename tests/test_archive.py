@@ -1,12 +1,15 @@
-"""Archive listing and dating, and per-video archive scoring: skip, re-score, failures."""
+"""Archive listing and dating, and per-video archive scoring: skip, re-score, failures, and a store of
+its own that keeps no frames unless asked."""
 
 import os
+import re
 import shutil
 from dataclasses import replace
 from datetime import date, datetime, timezone
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -74,14 +77,19 @@ def test_listing_dates_videos_by_path_or_modification_time(tmp_path):
     assert every[0].size == 10 and every[0].modified.startswith("2026-01-05T12:00:00")
 
 
-def test_listing_refuses_a_missing_folder_and_clashing_ids(tmp_path):
+def test_listing_refuses_a_missing_folder_and_resolves_clashing_ids(tmp_path):
     with pytest.raises(NotFoundError, match="not a folder"):
         list_archive(str(tmp_path / "nope"))
     when = datetime(2026, 1, 5, tzinfo=timezone.utc)
     _touch(tmp_path / "2026-01-02" / "a.mp4", when)
     _touch(tmp_path / "2026-01-02" / "a.avi", when)
-    with pytest.raises(DatasetLayoutError, match="both map to video id"):
-        list_archive(str(tmp_path))
+    _touch(tmp_path / "2026-01-03" / "café 1.mp4", when)
+    ids = {v.relative: v.video_id for v in list_archive(str(tmp_path))}
+    # The first path keeps the id; the other gets a suffix from a hash of its path, whatever the range.
+    assert ids["2026-01-02/a.avi"] == "2026-01-02_a" and re.fullmatch(r"2026-01-02_a-[0-9a-f]{6}", ids["2026-01-02/a.mp4"])
+    assert ids["2026-01-03/café 1.mp4"] == "2026-01-03_cafe-1"
+    assert [v.video_id for v in list_archive(str(tmp_path), since=date(2026, 1, 2), until=date(2026, 1, 2))] == sorted(
+        [ids["2026-01-02/a.avi"], ids["2026-01-02/a.mp4"]])
     with pytest.raises(ParameterError, match="date_from"):
         list_archive(str(tmp_path), date_from="exif")  # type: ignore[arg-type]
 
@@ -139,3 +147,40 @@ def test_a_failed_rescore_keeps_the_earlier_rows(camera_workspace, tmp_path):
     write_table(root, "failures", "cam", "r", failure_row(bad, FFmpegError(str(broken), "corrupt")), part=video.video_id)
     failures = read_table(root, "failures", dataset="cam")
     assert failures.video.tolist() == [video.video_id] and "corrupt" in failures.message[0]
+
+
+def test_archive_scoring_never_touches_the_dataset_store_and_keeps_no_frames(camera_workspace, tmp_path):
+    from storage import ClipStore
+    from tasks.archive import archive_store_url
+    from tasks.workspace import store_url
+
+    root, archive, settings = camera_workspace
+    root = str(shutil.copytree(root, tmp_path / "ws"))
+    video = list_archive(archive)[0]
+    # the camera's benchmark store holds a training video whose id is the archive video's
+    bench = ClipStore.create(store_url(root, "cam"), dataset="cam")
+    w = bench.begin_video(video.video_id, height=32, width=32, channels=1, chunk_frames=16,
+                          attrs={"split": "train", "source_hash": "training-footage"})
+    w.append(np.full((20, 32, 32, 1), 9, np.uint8), np.zeros(20, bool))
+    w.finish(np.zeros(20, np.int8), {})
+    assert _score(root, video, settings).status == "scored"
+    kept = ClipStore.open(store_url(root, "cam"))
+    assert kept.video_ids() == [video.video_id]  # nothing added to the benchmark store, nothing replaced
+    assert kept.video(video.video_id).attrs["source_hash"] == "training-footage" and kept.video(video.video_id).n_frames == 20
+    work = ClipStore.open(archive_store_url(root, "cam", "r"))
+    assert work.video_ids(include_incomplete=True) == []  # its frames went once its rows were written
+    assert read_part(root, "videos", "cam", "r", video.video_id).iloc[0]["frames"] == 40
+
+
+def test_keep_frames_keeps_them_in_the_archive_runs_own_store(camera_workspace, tmp_path):
+    from storage import ClipStore
+    from tasks.archive import archive_store_url
+
+    root, archive, settings = camera_workspace
+    root = str(shutil.copytree(root, tmp_path / "ws"))
+    video = list_archive(archive)[0]
+    assert _score(root, video, settings, keep_frames=True).status == "scored"
+    assert archive_store_url(root, "cam", "r") == f"{root}/archive/cam/r/work.zarr"
+    stored = ClipStore.open(archive_store_url(root, "cam", "r")).video(video.video_id)
+    assert stored.n_frames == 40 and stored.attrs["source_uri"] == video.uri
+    assert not (Path(root) / "stores").exists()  # no benchmark store was made either

@@ -1,5 +1,6 @@
 """The backfill flow: idempotent re-runs, failures reported and recorded, Dask equals threads,
-and a run killed midway that finishes on the next run with the tables of an uninterrupted one."""
+a run killed midway that finishes on the next run with the tables of an uninterrupted one, two runs
+of one archive at once that lose nothing, and a run held by another process waited for or named."""
 
 import os
 import shutil
@@ -16,7 +17,8 @@ import pytest
 from prefect.exceptions import ParameterTypeError
 
 from flows.backfill import backfill_flow
-from storage import ClipStore, read_table
+from storage import ClipStore, LockHeldError, read_manifest, read_table, run_lock, write_manifest
+from tasks.archive import archive_store_url
 from tasks.runners import current_api_url
 
 pytestmark = pytest.mark.integration
@@ -79,25 +81,31 @@ def test_a_local_dask_cluster_gives_the_tables_of_the_default_runner(camera_work
     _assert_same(_tables(threads_root), _tables(dask_root))
 
 
-def _cli(root: str, archive: str, api: str) -> tuple[list[str], dict[str, str]]:
+def _cli(root: str, archive: str, api: str, *extra: str) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-m", "flows.cli", "backfill", archive, "--dataset", "cam", "--root", root,
-            "--batch-size", "1", "--workers", "1"], {**os.environ, "PREFECT_API_URL": api}
+            "--batch-size", "1", "--workers", "1", *extra], {**os.environ, "PREFECT_API_URL": api}
+
+
+def _six_video_archive(synthetic_store, tmp_path) -> Path:
+    """The six 150-frame synthetic test videos (stored at 32x32 gray) over three days."""
+    archive = tmp_path / "archive"
+    for i, src in enumerate(sorted((Path(synthetic_store).parent / "data").rglob("test/*.mp4"))):
+        (archive / f"2026-11-2{i % 3}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, archive / f"2026-11-2{i % 3}" / src.name)
+    return archive
 
 
 def test_a_backfill_killed_midway_finishes_with_the_tables_of_an_uninterrupted_run(camera_workspace, synthetic_store, tmp_path, prefect_server):
     api = current_api_url()
-    # six 150-frame videos, one at a time, so the kill lands with work left to do
-    archive = tmp_path / "archive"
-    for i, src in enumerate(sorted((Path(synthetic_store).parent / "data").rglob("test/*.mp4"))):
-        (archive / "2026-11-2{}".format(i % 3)).mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, archive / f"2026-11-2{i % 3}" / src.name)
+    archive = _six_video_archive(synthetic_store, tmp_path)  # one at a time, so the kill lands with work left to do
     whole, _ = _workspace(camera_workspace, tmp_path, "whole")
     killed, _ = _workspace(camera_workspace, tmp_path, "killed")
 
-    cmd, env = _cli(whole, str(archive), api)
+    cmd, env = _cli(whole, str(archive), api, "--keep-frames")
     subprocess.run(cmd, env=env, cwd=REPO, check=True, capture_output=True, timeout=300)
 
-    cmd, env = _cli(killed, str(archive), api)
+    write_manifest(killed, "cam", "archive", {"run": "archive", "last": {"scored": 6}})  # an earlier, complete run
+    cmd, env = _cli(killed, str(archive), api, "--keep-frames")
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     done_dir = Path(killed) / "scores" / "videos"
     deadline = time.monotonic() + 240
@@ -107,13 +115,47 @@ def test_a_backfill_killed_midway_finishes_with_the_tables_of_an_uninterrupted_r
     proc.wait(timeout=30)
     done_at_kill = len(list(done_dir.rglob("part-*.parquet")))
     assert 1 <= done_at_kill < 6, done_at_kill
+    assert not (Path(killed) / "scores" / "runs" / "dataset=cam" / "run=archive" / "run.json").exists()  # never read as complete
+    assert (Path(killed) / "scores" / "runs" / "dataset=cam" / "run=archive" / "run.lock").exists()  # the dead run's lock
 
     result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr  # the lock of the killed run was taken over
     assert f"skipped {done_at_kill}" in result.stdout
+    assert read_manifest(killed, "cam", "archive")["last"]["skipped"] == done_at_kill
     _assert_same(_tables(whole), _tables(killed))
-    a, b = ClipStore.open(f"{whole}/stores/cam.zarr"), ClipStore.open(f"{killed}/stores/cam.zarr")
+    a, b = ClipStore.open(archive_store_url(whole, "cam", "archive")), ClipStore.open(archive_store_url(killed, "cam", "archive"))
     assert a.video_ids() == b.video_ids() and len(a.video_ids()) == 6
     for vid in a.video_ids():
         assert np.array_equal(a.video(vid).read(0, a.video(vid).n_frames), b.video(vid).read(0, b.video(vid).n_frames))
     assert not [p for p in Path(killed, "scores").rglob("*") if p.name.startswith(".")]  # no temporary file left
+    assert not list(Path(killed).rglob("*.lock")) and not (Path(killed) / "stores").exists()
+
+
+def test_two_backfills_of_one_archive_at_once_score_every_video_once(camera_workspace, synthetic_store, tmp_path, prefect_server):
+    root, _ = _workspace(camera_workspace, tmp_path)
+    archive = _six_video_archive(synthetic_store, tmp_path)
+    cmd, env = _cli(root, str(archive), current_api_url())
+    cmd[cmd.index("--workers") + 1] = "2"
+    runs = [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [(p.wait(timeout=600), *p.communicate()) for p in runs]
+    assert [code for code, *_ in outs] == [0, 0], [err[-3000:] for *_, err in outs]
+    counts = sorted((int(out.split("scored ")[1].split(",")[0]), int(out.split("skipped ")[1].split(" ")[0])) for _, out, _ in outs)
+    assert counts == [(0, 6), (6, 0)]  # the second waited for the first, then found every video scored
+    assert any("waiting up to" in err and "run.lock" in err for *_, err in outs)
+    videos = read_table(root, "videos", dataset="cam")
+    assert len(videos) == 6 and videos.video.is_unique
+    clips = read_table(root, "clips", dataset="cam")
+    assert len(clips) == 6 * 17 and not clips.duplicated(["video", "clip"]).any()  # 150 frames: 17 clips of 16 every 8
+    assert not (Path(root) / "scores" / "failures").exists()
+    assert not (Path(root) / "stores").exists() and not (Path(root) / "archive").exists()  # no frames left anywhere
+    assert not [p for p in Path(root).rglob("*") if p.suffix in (".lock", ".tmp", ".break")]
+
+
+def test_a_run_held_by_another_process_is_named_in_one_line(camera_workspace, tmp_path, prefect_server):
+    root, archive = _workspace(camera_workspace, tmp_path)
+    with run_lock(root, "cam", "archive", purpose="the nightly run"), pytest.raises(LockHeldError) as err:
+        backfill_flow(archive=archive, dataset="cam", root=root, lock_timeout_s=0)
+    message = str(err.value)
+    assert "run=archive/run.lock" in message and f"pid {os.getpid()}" in message and "the nightly run" in message
+    assert "\n" not in message
+    assert not list((Path(root) / "scores").rglob("*.parquet"))  # nothing written

@@ -44,6 +44,18 @@ def test_nightly_is_scheduled_and_the_file_names_no_machine_path_or_credential()
     assert not [k for k in ("password", "secret", "token", "aws_", "key:") if k in text.lower()]
 
 
+def test_the_deployments_that_write_archive_runs_share_one_concurrency_limit():
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    writers = [d for d in spec["deployments"] if d["entrypoint"] == "flows/backfill.py:backfill_flow"]
+    assert {d["name"] for d in writers} == {"nightly", "backfill"}
+    # one work queue, limited to one run at a time (`prefect work-queue create archive --limit 1`)
+    assert {(d["work_pool"]["name"], d["work_pool"]["work_queue_name"]) for d in writers} == {("vad-process", "archive")}
+    text = (ROOT / "prefect.yaml").read_text()
+    assert "prefect work-queue create archive --pool vad-process --limit 1" in text
+    for d in writers:
+        assert d["parameters"]["lock_timeout_s"] > 0 and d["parameters"]["keep_frames"] is False
+
+
 def test_task_runner_settings():
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner

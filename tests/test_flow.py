@@ -143,3 +143,15 @@ def test_pipeline_flow_scores_and_reports_with_the_checkpoints_it_finds(syntheti
     assert sorted(p.name for p in ckpts.iterdir()) == ["large-ae3d.pt", "small-topheavy.pt"]  # nothing trained
     assert (root / "reports" / "t" / "pareto.parquet").exists()
     assert {p.name for p in (root / "scores" / "runs" / "dataset=synthetic").iterdir()} == {"run=t-all", "run=t-budget-0.3"}
+
+    # the report and each run's summary are artifacts of the flow runs that made them
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = ["report-t", "report-t-headline", "score-synthetic-t-budget-0-3", "score-synthetic-t-all-counts"]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    by_key = {a.key: a for a in found}
+    assert sorted(by_key) == sorted(keys) and all(a.flow_run_id is not None for a in found)
+    assert by_key["report-t"].type == "markdown" and "Headline" in by_key["report-t"].data
+    assert by_key["report-t-headline"].type == "table" and "routed" in str(by_key["report-t-headline"].data)

@@ -27,8 +27,14 @@ def _clips(model, batch=B, seed=1):
     return lo + (hi - lo) * torch.rand(batch, model.config.in_channels, T, H, W, generator=g)
 
 
-def test_registry_has_the_seven_designs_and_role_defaults():
-    assert ARCHS == ["ae3d", "forecaster", "predictor", "resnet18_ae", "resnet3d_attn", "topheavy", "vae3d"]
+FITTED = [a for a in ARCHS if REGISTRY[a].fitted]  # no gradient training: `fit` sets their state
+GRAY_ONLY = {"motion_patch", "objects"}
+
+
+def test_registry_lists_every_design_and_role_defaults():
+    assert ARCHS == ["ae3d", "forecaster", "motion_patch", "objects", "predictor", "resnet18_ae", "resnet3d_attn",
+                     "topheavy", "vae3d"]
+    assert FITTED == ["motion_patch", "objects"]
     assert DEFAULT_ARCH == {"small": "vae3d", "large": "resnet3d_attn"}
     assert {REGISTRY[a].role for a in ARCHS} == {"small", "large"}
 
@@ -36,6 +42,10 @@ def test_registry_has_the_seven_designs_and_role_defaults():
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("channels", [1, 3])
 def test_output_shapes(arch, channels):
+    if channels == 3 and arch in GRAY_ONLY:
+        with pytest.raises(ParameterError, match="gray"):
+            _model(arch, channels)
+        return
     model = _model(arch, channels).eval()
     x = _clips(model)
     out = model(x)
@@ -45,7 +55,6 @@ def test_output_shapes(arch, channels):
     assert errors.shape == (B, T, H, W)
     scores = model.score(x)
     assert scores.frames.shape == (B, T) and scores.clip.shape == (B,) and scores.uncertainty.shape == (B,)
-    assert torch.allclose(scores.clip, scores.frames.mean(dim=1))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -83,7 +92,7 @@ def test_variational_models_sample_in_training_and_use_the_mean_in_eval(arch):
     assert out.uncertainty is not None and (out.uncertainty > 0).all()
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in FITTED])
 def test_loss_reaches_every_parameter(arch):
     model = _model(arch).train()
     x = _clips(model, batch=3)

@@ -79,11 +79,14 @@ def test_backfill_deployment_runs_on_a_worker_and_a_second_run_does_no_model_wor
     root = str(shutil.copytree(root, tmp_path / "ws"))
     env = server
     _prefect(env, "work-pool", "create", "vad-process", "--type", "process")
+    _prefect(env, "work-queue", "create", "archive", "--pool", "vad-process", "--limit", "1")
     _prefect(env, "--no-prompt", "deploy", "--name", "backfill")
     _prefect(env, "--no-prompt", "deploy", "--name", "nightly", "--param", f"archive={archive}", "--param", "dataset=cam",
              "--param", f"root={root}")
     nightly = _prefect(env, "deployment", "inspect", "backfill/nightly")
     assert "0 2 * * *" in nightly and archive in nightly  # the schedule exists, with the deploy-time parameters
+    assert "'work_queue_name': 'archive'" in nightly and "'work_queue_name': 'archive'" in _prefect(env, "deployment", "inspect", "backfill/backfill")
+    assert "concurrency_limit=1" in _prefect(env, "work-queue", "inspect", "archive", "--pool", "vad-process")  # one run at a time
 
     worker_log = open(tmp_path / "worker.log", "w")
     worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "vad-process"], env=env, cwd=REPO,

@@ -9,6 +9,7 @@ from conftest import make_checkpoint
 from storage import ClipStore, read_manifest, read_table, write_table
 from tasks.errors import ParameterError
 from tasks.routing import BatchBudget, RouterConfig, TokenBucket
+from tasks.compute import Compute
 from tasks.scoring import aggregate_frames, score_dataset, score_videos
 
 
@@ -112,7 +113,10 @@ def test_an_interrupted_write_leaves_no_partial_file_and_a_rerun_completes(synth
     assert leftovers == []
     monkeypatch.setattr(pq, "write_table", real)
     # a temporary file left by a killed process is hidden from readers and cleared by the next write
-    stale = root / "scores" / "clips" / "dataset=synthetic" / "run=cut" / ".part-0.parquet.x.tmp"
+    from storage._locks import HOST
+
+    # pid 4194304 is above Linux's largest pid_max: never a live process
+    stale = root / "scores" / "clips" / "dataset=synthetic" / "run=cut" / f".part-0.parquet.4194304@{HOST}.x.tmp"
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"PAR1 half")
     s = score_dataset(str(root), "synthetic", budget=BatchBudget(0.2), run_id="cut")
@@ -146,3 +150,54 @@ def test_report_collects_metrics_sweep_and_plots_of_scored_runs(synthetic_store,
     assert pareto.set_index(["policy", "setting"]).loc[("batch", "0.2"), "micro_auc"] == pytest.approx(real)
     assert pareto.pareto.any() and "Simulated offline" in (out / "report.md").read_text()
     assert not [p for p in (root / "reports").iterdir() if p.name.startswith(".")]  # no temporary folder left
+    # the papers' protocol variants are extra rows, labelled, never the headline
+    from tasks.metrics import Protocol, evaluate
+
+    variants = pd.read_parquet(out / "variants.parquet")
+    assert len(variants) == 3 * 2 and variants.protocol.str.startswith("NON-STANDARD").all()
+    frames = read_table(root, "frames", run_id="r")
+    minmax = variants[(variants.protocol == Protocol(minmax=True).label) & (variants.scores == "routed")].micro_auc
+    assert minmax.iloc[0] == pytest.approx(evaluate(frames, "score", Protocol(minmax=True))[0]["micro_auc"])
+    assert "Protocol variants (labelled, not the headline)" in (out / "report.md").read_text()
+
+
+def test_rewriting_a_run_removes_its_old_manifest_first(synthetic_store, tmp_path, monkeypatch):
+    """A run id written again, and killed between its tables and its run.json, leaves no run.json
+    that would describe the old tables as the new run."""
+    import tasks.records as records
+    from storage import read_manifest
+    from tasks.errors import NotFoundError
+
+    root = tmp_path / "ws"
+    small = make_checkpoint(synthetic_store, "topheavy", 0, tmp_path)
+    result = score_videos(synthetic_store, small, None, BatchBudget(0.0), videos=["test_00"])
+    records.write_run(str(root), "synthetic", "r1", result, small, None, BatchBudget(0.0))
+    assert read_manifest(root, "synthetic", "r1")["clips"] == len(result.clips)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies while writing the tables
+
+    monkeypatch.setattr(records, "write_table", crash)
+    with pytest.raises(KeyboardInterrupt):
+        records.write_run(str(root), "synthetic", "r1", result, small, None, BatchBudget(0.0))
+    with pytest.raises(NotFoundError):
+        read_manifest(root, "synthetic", "r1")
+    assert not (root / "scores" / "runs" / "dataset=synthetic" / "run=r1" / "run.lock").exists()
+
+
+def test_a_replayed_run_gives_what_a_real_run_gives(synthetic_store, tmp_path):
+    """Routed runs replayed from one run where the large model scored every clip (the benchmarks'
+    budget sweeps) write the same clip and frame scores as real runs at those budgets."""
+    from tasks.scoring import ReplayMap, VideoMap
+
+    small = make_checkpoint(synthetic_store, "topheavy", 0, tmp_path)
+    large = make_checkpoint(synthetic_store, "ae3d", 1, tmp_path)
+    every = score_videos(synthetic_store, small, large, BatchBudget(1.0))
+    large_all = VideoMap().pass2(synthetic_store, large, {p.video: p.starts for p in every.passes}, Compute())
+    for fraction in (0.1, 0.3):
+        real = score_videos(synthetic_store, small, large, BatchBudget(fraction), frame_mode="frame")
+        replay = ReplayMap(every.passes, large_all)
+        again = score_videos(synthetic_store, small, large, BatchBudget(fraction), frame_mode="frame", mapper=replay)
+        assert replay.pass2_wall < 1.0 and again.large.calls == real.large.calls > 0
+        pd.testing.assert_frame_equal(again.clips, real.clips)
+        pd.testing.assert_frame_equal(again.frames, real.frames)

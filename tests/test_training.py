@@ -9,15 +9,15 @@ import pytest
 import torch
 from conftest import train_until_epoch_2
 from sklearn.metrics import roc_auc_score
-from torch.utils.data import DataLoader
 
 from models import REGISTRY
 from storage import ClipStore
 from tasks.checkpoint import load_checkpoint
 from tasks.errors import ParameterError, PipelineError, StoreNotFoundError
-from tasks.model_input import ClipDataset, clip_index
+from tasks.model_input import clip_index
 from tasks.synthetic import ANOMALY_KINDS
-from tasks.training import TrainConfig, parse_model_options, plan_training, score_clips, split_clips, train_model
+from tasks.passes import score_clips
+from tasks.training import TrainConfig, parse_model_options, plan_training, split_clips, train_model
 
 SIZE = (32, 32)
 
@@ -53,8 +53,7 @@ def test_a_lone_video_is_split_in_time(tmp_path):
 def _test_scores(store_url, checkpoint):
     store = ClipStore.open(store_url)
     index = clip_index(store, store.video_ids(split="test"), checkpoint.input.clip_len, checkpoint.input.stride)
-    loader = DataLoader(ClipDataset(store_url, index, checkpoint.input.clip_len), batch_size=16)
-    raw, _ = score_clips(checkpoint.build_model(), loader, checkpoint.input, torch.device("cpu"))
+    raw = score_clips(checkpoint, store_url, index).raw
     labels = [store.video(v).labels[s : s + checkpoint.input.clip_len] for v, s in index]
     anomalous = np.array([lab.max() == 1 for lab in labels])
     inside = np.array([lab.min() == 1 for lab in labels])
@@ -185,9 +184,9 @@ def test_architecture_settings_parse_and_are_checked_against_the_architecture():
 def test_architecture_settings_reach_the_checkpoint(synthetic_store, tmp_path):
     config = _config("predictor", epochs=1, model=parse_model_options(["channels=4,8", "step=4"], "predictor"))
     ckpt = load_checkpoint(train_model(synthetic_store, tmp_path / "p.pt", config).checkpoint)
-    assert ckpt.model_config["channels"] == [4, 8] or tuple(ckpt.model_config["channels"]) == (4, 8)
+    assert ckpt.model_config["channels"] == [4, 8]  # stored as JSON-like lists
     model = ckpt.build_model()
-    assert model.config.step == 4 and model.targets().tolist() == [4, 8, 12]
+    assert model.config.channels == (4, 8) and model.config.step == 4 and model.targets().tolist() == [4, 8, 12]
     assert ckpt.training["config"]["model"] == {"channels": [4, 8], "step": 4}
 
 

@@ -4,7 +4,8 @@ Videos sit anywhere under the root in category folders. The temporal annotation 
 (`Temporal_Anomaly_Annotation_for_Testing_Videos.txt`, found anywhere under the root) defines the
 test split. Training uses the `Normal_Videos*` files it does not list; the other unlisted videos
 are UCF-Crime's weakly labelled anomalous training videos (anomalous somewhere, frames unknown),
-unusable for normal-only training, so they are skipped. Ids are file stems (`Abuse028_x264`).
+unusable for normal-only training, so they are skipped. Ids are file stems (`Abuse028_x264`), by
+`video_id_for` (a renamed copy with a space in its name still ingests).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from tasks.datasets._base import VIDEO_EXTENSIONS, VideoSource
+from tasks.datasets._base import VIDEO_EXTENSIONS, VideoSource, video_id_for
 from tasks.errors import DatasetLayoutError
 
 _ANNOTATION = "temporal_anomaly_annotation"
@@ -39,9 +40,10 @@ def list_videos(root: Path) -> list[VideoSource]:
     for name, ranges in annotation.items():
         if name not in files:
             raise DatasetLayoutError(f"{found[0]}: lists {name!r}, but there is no such video file under {root}")
-        videos.append(VideoSource(Path(name).stem, "test", str(files[name]), "file", label_ranges=ranges))
+        videos.append(VideoSource(video_id_for(name), "test", str(files[name]), "file", label_ranges=ranges,
+                                  relative=files[name].relative_to(root).as_posix()))
     videos += [
-        VideoSource(path.stem, "train", str(path), "file")
+        VideoSource(video_id_for(name), "train", str(path), "file", relative=path.relative_to(root).as_posix())
         for name, path in files.items()
         if name.startswith(_NORMAL_PREFIX) and name not in annotation
     ]

@@ -1,0 +1,205 @@
+"""The validation-set maker: held-out normal videos with synthetic anomalies, in the folder layout.
+
+The stores are built here: 6 normal videos of 60 frames at 48x64, two bright 8x8 squares walking
+along two lanes (one each way, 1 px/frame) over a fixed textured background with a little noise.
+"""
+
+import csv
+import hashlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from storage import ClipStore
+from tasks.datasets import discover
+from tasks.errors import ParameterError
+from tasks.ingest import Preprocess, ingest_video
+from tasks.validation import KINDS, RECORD_NAME, ValidationSet, make_validation_set
+
+N, H, W = 60, 48, 64
+SIDE = 8
+LANES = (12, 30)  # top rows of the two lanes the squares walk along
+
+
+def _video(rng: np.random.Generator, background: np.ndarray, channels: int) -> np.ndarray:
+    frames = np.repeat(background[None], N, axis=0)
+    starts = rng.integers(-20, 20, size=2)
+    for t in range(N):
+        for lane, start, way in zip(LANES, starts, (1, -1), strict=True):
+            x = int(start + t) if way == 1 else int(W - SIDE - start - t)
+            frames[t, lane : lane + SIDE, max(0, x) : max(0, x + SIDE)] = 210.0
+    frames += rng.normal(0, 2.0, frames.shape)
+    frames = np.clip(frames, 0, 255).astype(np.uint8)
+    return np.repeat(frames[..., None], channels, axis=-1) if channels == 3 else frames[..., None]
+
+
+def _make_store(path: Path, channels: int) -> str:
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:H, 0:W]
+    background = 70.0 + 20.0 * np.sin(xx / 5.0) * np.cos(yy / 7.0)
+    store = ClipStore.create(str(path), dataset="tiny")
+    for i in range(6):
+        frames = _video(rng, background, channels)
+        if channels == 3:  # a colour tint, so the channels differ
+            frames[..., 2] = (frames[..., 2] * 0.8).astype(np.uint8)
+        w = store.begin_video(f"v{i:02d}", height=H, width=W, channels=channels, chunk_frames=16,
+                              attrs={"split": "train"})
+        w.append(frames, np.zeros(N, bool))
+        w.finish(np.zeros(N, np.int8), {})
+    w = store.begin_video("t00", height=H, width=W, channels=channels, chunk_frames=16, attrs={"split": "test"})
+    w.append(_video(rng, background, channels), np.zeros(N, bool))  # a test video: never used
+    w.finish(np.full(N, -1, np.int8), {})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[int, str]:
+    root = tmp_path_factory.mktemp("validation-stores")
+    return {c: _make_store(root / f"tiny{c}.zarr", c) for c in (1, 3)}
+
+
+def _read_png(path: Path, channels: int) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return image[..., None] if channels == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _read_folder(folder: Path, channels: int) -> np.ndarray:
+    return np.stack([_read_png(p, channels) for p in sorted(folder.glob("*.png"))])
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_same_seed_gives_identical_files_and_another_seed_differs(stores, tmp_path):
+    a = make_validation_set(stores[1], tmp_path / "a", seed=0)
+    make_validation_set(stores[1], tmp_path / "b", seed=0)
+    c = make_validation_set(stores[1], tmp_path / "c", seed=1)
+    first = _digest(tmp_path / "a")
+    assert first == _digest(tmp_path / "b")
+    assert len(first) > 6 * N and RECORD_NAME in first and "labels.csv" in first
+    other = _digest(tmp_path / "c")
+    assert other != first
+    assert (c.held_out, [v.anomaly for v in c.videos]) != (a.held_out, [v.anomaly for v in a.videos])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_labels_mark_exactly_the_recorded_frames_and_only_those_frames_differ(stores, tmp_path, channels):
+    out = tmp_path / "val"
+    record = make_validation_set(stores[channels], out, held_out=4, per_video=2, seed=0)
+    store = ClipStore.open(stores[channels])
+    assert set(record.held_out) | set(record.fit_videos) == {f"v{i:02d}" for i in range(6)}  # "t00" is not normal
+    assert len(record.held_out) == 4 and not set(record.held_out) & set(record.fit_videos)
+    # 4 held-out videos x 2: the kinds cycle, so each comes twice
+    assert sorted(v.anomaly.kind for v in record.videos) == sorted(KINDS * 2)
+    assert record.frame_size == (H, W, channels)
+
+    with open(out / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for video in record.videos:
+        frames = _read_folder(out / "test" / video.video_id, channels)
+        source = store.video(video.source).read(0, N)
+        index = video.source_index()
+        labels = np.array([int(r["label"]) for r in rows if r["video"] == video.video_id])
+        assert len(frames) == len(labels) == video.frames == len(index)
+        a = video.anomaly
+        assert np.flatnonzero(labels).tolist() == list(range(a.start, a.stop))
+        assert 8 <= a.stop - a.start <= 60
+        assert a.start >= 6 and a.stop <= video.frames - 6  # normal frames before and after
+        steps = np.diff(index, prepend=-1)
+        for j in range(video.frames):
+            same = np.array_equal(frames[j], source[index[j]])
+            if not labels[j]:
+                assert same and steps[j] == 1, (video.video_id, j)  # lossless, in order
+            elif a.kind == "frame_speed":
+                assert same and steps[j] == a.params["factor"], (video.video_id, j)  # frames skipped
+            else:
+                assert not same, (video.video_id, j)
+    for vid in record.fit_videos:  # the fit part is the normal videos, unchanged
+        assert np.array_equal(_read_folder(out / "train" / vid, channels), store.video(vid).read(0, N))
+
+
+def test_anomalies_lie_where_the_squares_walk_and_are_sized_as_asked(stores, tmp_path):
+    out = tmp_path / "val"
+    record = make_validation_set(stores[1], out, seed=3)
+    store = ClipStore.open(stores[1])
+    lanes = (LANES[0] - 2, LANES[1] + SIDE + 2)
+    for video in record.videos:
+        a = video.anomaly
+        if a.kind == "frame_speed":
+            assert a.params["factor"] in (2, 3) and (video.frames == N - (a.params["factor"] - 1) * (a.stop - a.start))
+            continue
+        frames = _read_folder(out / "test" / video.video_id, 1)[..., 0].astype(int)
+        source = store.video(video.source).read(0, N)[..., 0].astype(int)
+        for j in range(a.start, a.stop):
+            ys, _ = np.nonzero(np.abs(frames[j] - source[j]) > 10)
+            if len(ys):
+                assert lanes[0] <= np.median(ys) <= lanes[1], (video.video_id, j)
+        if a.kind == "object_speed":
+            assert a.params["factor"] in (2, 3)
+            assert a.params["speed_px"] == pytest.approx(a.params["factor"] * a.params["normal_speed_px"], abs=0.01)
+        if a.kind == "foreign_object":
+            assert 1.5 <= a.params["scale"] <= 2.5 and 1.0 <= a.params["speed_factor"] <= 2.0
+            j = (a.start + a.stop) // 2
+            ys, _ = np.nonzero(np.abs(frames[j] - source[j]) > 30)
+            assert np.ptp(ys) + 1 >= 1.4 * SIDE  # taller than a normal object
+        if a.kind == "static_paste":
+            x, y, w, h = a.params["box"]
+            inside = np.zeros((H, W), bool)
+            inside[y : y + h, x : x + w] = True
+            for j in range(a.start, a.stop):  # unmoving: every frame changes inside the same box only
+                changed = frames[j] != source[j]
+                assert changed.any() and not (changed & ~inside).any(), (video.video_id, j)
+
+
+def test_the_folder_adapter_and_ingest_read_it_back_exactly(stores, tmp_path):
+    out = tmp_path / "val"
+    record = make_validation_set(stores[3], out, held_out=["v01", "v04"], per_video=1, seed=0)
+    assert record.held_out == ("v01", "v04") and record.fit_videos == ("v00", "v02", "v03", "v05")
+    assert ValidationSet.load(out) == record
+    videos = discover(out, "folder")
+    assert [v.video_id for v in videos if v.split == "train"] == list(record.fit_videos)
+    assert [v.video_id for v in videos if v.split == "test"] == sorted(v.video_id for v in record.videos)
+    by_id = {v.video_id: v for v in record.videos}
+    for source in videos:
+        n = len(source.frame_files)
+        expected = by_id[source.video_id].labels().tolist() if source.split == "test" else [0] * n
+        assert source.frame_labels(n).tolist() == expected
+    # through FFmpeg into a store, as `vad ingest` would: the same pixels, the same labels
+    url = str(tmp_path / "val.zarr")
+    test = next(v for v in videos if v.split == "test")
+    ingest_video(url, test, Preprocess(), dataset="val")
+    stored = ClipStore.open(url).video(test.video_id)
+    assert np.array_equal(stored.read(0, stored.n_frames), _read_folder(Path(test.uri), 3))
+    assert stored.labels.tolist() == by_id[test.video_id].labels().tolist()
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"held_out": 6}, "held_out=6"),
+    ({"held_out": 0}, "held_out=0"),
+    ({"held_out": ["v01", "nope"]}, "'nope'"),
+    ({"held_out": ["t00"]}, "'t00'"),  # a test video is not normal footage
+    ({"held_out": "v01"}, "a count or a list"),
+    ({"held_out": [f"v{i:02d}" for i in range(6)]}, "all 6"),
+    ({"per_video": 0}, "per_video"),
+    ({"seed": -1}, "seed"),
+])
+def test_bad_parameters_are_refused_with_one_parameter_error(stores, tmp_path, kwargs, words):
+    with pytest.raises(ParameterError, match=words):
+        make_validation_set(stores[1], tmp_path / "val", **kwargs)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no partial folder left
+
+
+def test_an_out_dir_that_is_not_empty_is_refused_and_left_alone(stores, tmp_path):
+    out = tmp_path / "val"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ParameterError, match="not an empty folder"):
+        make_validation_set(stores[1], out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert make_validation_set(stores[1], empty, held_out=1, per_video=1).held_out  # an empty folder is fine
