@@ -9,7 +9,7 @@ Inputs, each one archive file of `--minutes` at 1280x720 25 fps: the synthetic t
 scaled to 1280x720 and looped to the same length. The models are untrained stand-ins of the
 default pair (`vae3d` small, `predictor` large; weights do not change what is stored) fitted to
 frames stored at `--size` gray (240x360: the Ped2 checkpoints' stored size). The backfill runs as
-`python -m flows.cli backfill ... --root <workspace>` from this file's repository, so the same
+`python -m vad.flows.cli backfill ... --root <workspace>` from this file's repository, so the same
 script measures any checkout. Disk is the apparent size of every file under the workspace except
 the checkpoints and the CLI's Prefect home, sampled every 0.2 s during the run for the peak; per hour = size x 60 / minutes.
 """
@@ -26,13 +26,17 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vad.storage import ClipStore
+from vad.tasks.sources.datasets import VideoSource
+from vad.tasks.sources.ffmpeg_io import ffmpeg_exe
+from vad.tasks.sources.ingest import Preprocess, ingest_video
 
-from benchmarks.throughput import SYNTH_FPS, synthetic_piece, synthetic_source, untrained  # noqa: E402
-from storage import ClipStore  # noqa: E402
-from tasks.datasets import VideoSource  # noqa: E402
-from tasks.ffmpeg_io import ffmpeg_exe  # noqa: E402
-from tasks.ingest import Preprocess, ingest_video  # noqa: E402
+from benchmarks.throughput import (
+    SYNTH_FPS,
+    synthetic_piece,
+    synthetic_source,
+    untrained,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 1 << 20
@@ -87,7 +91,7 @@ def measure(name: str, video: Path, work: Path, args: argparse.Namespace) -> dic
     shutil.rmtree(archive.parent, ignore_errors=True)
     archive.mkdir(parents=True)
     os.link(video, archive / "cam1.mp4")  # a hard link: the listing takes files, not symbolic links
-    cmd = [sys.executable, "-m", "flows.cli", "backfill", str(archive.parent), "--dataset", "cam", "--root", str(root)]
+    cmd = [sys.executable, "-m", "vad.flows.cli", "backfill", str(archive.parent), "--dataset", "cam", "--root", str(root)]
     if args.keep_frames:
         cmd.append("--keep-frames")
     peak, done = {"bytes": 0}, threading.Event()

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import zarr  # noqa: E402
-from zarr.codecs import BloscCodec, ZstdCodec  # noqa: E402
-
-from tasks.datasets import discover  # noqa: E402
-from tasks.ffmpeg_io import DecodeSpec, read_frames  # noqa: E402
-from tasks.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
+import numpy as np
+import pandas as pd
+import zarr
+from vad.tasks.sources.datasets import discover
+from vad.tasks.sources.ffmpeg_io import DecodeSpec, read_frames
+from vad.tasks.sources.synthetic import SyntheticSpec, make_synthetic
+from zarr.codecs import BloscCodec, ZstdCodec
 
 REPEATS = 3
 CODECS = {

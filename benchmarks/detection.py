@@ -6,7 +6,7 @@ labelled benchmark (UCSD Ped2 by default).
 
 Steps:
 1. ingest the dataset (gray, at its stored size) into `<root>/stores/<dataset>.zarr`;
-2. build the validation set from its normal training videos only (`tasks/validation.py`: 4 held-out
+2. build the validation set from its normal training videos only (`tasks/evaluation/validation.py`: 4 held-out
    normal videos with synthetic anomalies, the other training videos as the fit part) and ingest it as
    `<dataset>-val`;
 3. on each of the two (validation, then test): fit or train both models on the store's training
@@ -35,19 +35,18 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-
-from storage import ClipStore
-from tasks.checkpoint import cached_checkpoint
-from tasks.compute import Compute, available_cores
-from tasks.datasets import discover
-from tasks.ingest import Preprocess, ingest_video
-from tasks.metrics import Protocol, evaluate
-from tasks.report import _md_table
-from tasks.routing import BatchBudget
-from tasks.scoring import FRAME_MODES, ReplayMap, VideoMap, score_videos
-from tasks.training import TrainConfig, train_model
-from tasks.validation import make_validation_set
-from tasks.workspace import store_url
+from vad.storage import ClipStore
+from vad.tasks.evaluation.metrics import Protocol, evaluate
+from vad.tasks.evaluation.report import _md_table
+from vad.tasks.evaluation.validation import make_validation_set
+from vad.tasks.inference.compute import Compute, available_cores
+from vad.tasks.inference.routing import BatchBudget
+from vad.tasks.inference.scoring import FRAME_MODES, ReplayMap, VideoMap, score_videos
+from vad.tasks.learning.checkpoint import cached_checkpoint
+from vad.tasks.learning.training import TrainConfig, train_model
+from vad.tasks.sources.datasets import discover
+from vad.tasks.sources.ingest import Preprocess, ingest_video
+from vad.tasks.workspace import store_url
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -15,22 +15,17 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import pandas as pd  # noqa: E402
-
-import storage._clipstore as clipstore  # noqa: E402
-
-from tasks.datasets import VideoSource, discover  # noqa: E402
-from tasks.ffmpeg_io import ffmpeg_exe, numbered_pattern, probe  # noqa: E402
-from tasks.ingest import Preprocess, ingest_video  # noqa: E402
-from tasks.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
+import pandas as pd
+import vad.storage._clipstore as clipstore
+from vad.tasks.sources.datasets import VideoSource, discover
+from vad.tasks.sources.ffmpeg_io import ffmpeg_exe, numbered_pattern, probe
+from vad.tasks.sources.ingest import Preprocess, ingest_video
+from vad.tasks.sources.synthetic import SyntheticSpec, make_synthetic
 
 
 def _ffmpeg_null(source: VideoSource, scale: tuple[int, int] | None) -> None:

@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from models import REGISTRY, build, trainable_parameters  # noqa: E402
-from tasks.ingest import parse_size  # noqa: E402
-from tasks.compute import available_cores  # noqa: E402
+import pandas as pd
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from vad.models import REGISTRY, build, trainable_parameters
+from vad.tasks.inference.compute import available_cores
+from vad.tasks.sources.ingest import parse_size
 
 
 def _best_of(fn, repeats: int = 3) -> float:
@@ -82,7 +78,7 @@ def main() -> None:
     rows = [measure(a, height, width, args.channels, args.clip_len, args.batch, not args.no_timing) for a in REGISTRY]
     table = pd.DataFrame(rows)
     table["machine"] = f"{platform.processor() or platform.machine()}, {available_cores()} cores, torch {torch.__version__}"
-    out = Path(__file__).parent / "results" / "models.parquet"
+    out = Path(__file__).parent / "results" / "vad.models.parquet"
     out.parent.mkdir(exist_ok=True)
     table.to_parquet(out, index=False)
     pd.set_option("display.width", 200)

@@ -16,20 +16,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-import pandas as pd  # noqa: E402
-
-from tasks.routing import BatchBudget  # noqa: E402
-from tasks.scoring import score_dataset  # noqa: E402
+import pandas as pd
+from vad.tasks.inference.routing import BatchBudget
+from vad.tasks.inference.scoring import score_dataset
 
 
 def main() -> None:
@@ -44,8 +41,7 @@ def main() -> None:
         os.environ["PREFECT_HOME"] = str(Path(args.root).resolve() / ".prefect")
 
     from prefect import flow
-
-    from flows.score import score_flow
+    from vad.flows.score import score_flow
 
     @flow
     def warm_up() -> None:

@@ -27,26 +27,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from vad.storage import ClipStore, Video, clip_windows, read_table
+from vad.tasks.evaluation.metrics import evaluate
+from vad.tasks.evaluation.pareto import Simulation
+from vad.tasks.evaluation.report import RunRef, _md_table, build_report
+from vad.tasks.inference.routing import SIGNALS, BatchBudget
+from vad.tasks.inference.scoring import aggregate_frames, score_dataset
+from vad.tasks.learning.checkpoint import cached_checkpoint
+from vad.tasks.learning.model_input import prepare_clips
+from vad.tasks.learning.training import TrainConfig, train_model
+from vad.tasks.sources.datasets import discover
+from vad.tasks.sources.ingest import Preprocess, ingest_video
+from vad.tasks.workspace import store_url
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from storage import ClipStore, Video, clip_windows, read_table  # noqa: E402
-from tasks.checkpoint import cached_checkpoint  # noqa: E402
-from tasks.datasets import discover  # noqa: E402
-from tasks.errors import ParameterError  # noqa: E402
-from tasks.ingest import Preprocess, ingest_video  # noqa: E402
-from tasks.metrics import evaluate  # noqa: E402
-from tasks.model_input import prepare_clips  # noqa: E402
-from tasks.pareto import Simulation  # noqa: E402
-from tasks.report import RunRef, _md_table, build_report  # noqa: E402
-from tasks.routing import SIGNALS, BatchBudget  # noqa: E402
-from tasks.scoring import aggregate_frames, score_dataset  # noqa: E402
-from tasks.training import TrainConfig, train_model  # noqa: E402
-from tasks.workspace import store_url  # noqa: E402
+from vad.errors import ParameterError
 
 DATASET = "ped2"
 SIZE = (128, 192)  # model input: Ped2's 240x360 frames scaled by ~0.53, aspect kept, multiples of 16
@@ -61,8 +59,8 @@ class Option:
     max_minutes: float
     what: str
     model: tuple[tuple[str, object], ...] = ()  # architecture config fields besides the defaults
-    pseudo: float = 0.0  # weight of the pseudo-anomaly head's loss (tasks/pseudo.py)
-    teacher: str | None = None  # the optical-flow option whose frame scores this one learns (tasks/distill.py)
+    pseudo: float = 0.0  # weight of the pseudo-anomaly head's loss (tasks/learning/pseudo.py)
+    teacher: str | None = None  # the optical-flow option whose frame scores this one learns (tasks/learning/distill.py)
     distill_weight: float = 1.0
 
 

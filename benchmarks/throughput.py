@@ -7,7 +7,7 @@ model alone.
         [--compile] [--batches 4,8,16] [--no-compile-table] [--work DIR]
 
 Stages, each timed alone by calling the stage functions `score_videos` runs in a loop
-(`tasks/scoring.py`): ingest (`ingest_video` of each video into a fresh store, one at a time),
+(`tasks/inference/scoring.py`): ingest (`ingest_video` of each video into a fresh store, one at a time),
 pass 1 (`first_pass` per video), routing (`plan_routes`, batch budget `--budget`), pass 2
 (`second_pass` per video with escalated clips), frames (`assemble`: frame aggregation and tables in
 memory), tables (`write_run`: clip and frame Parquet files and run.json), report (`build_report` on
@@ -58,7 +58,6 @@ import math
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -67,30 +66,49 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
+import psutil  # a dependency of dask[distributed]
+import torch
+from vad.models import build, make_config, model_class, trainable_parameters
+from vad.storage import ClipStore, Video
+from vad.tasks.evaluation.report import RunRef, build_report
+from vad.tasks.inference.compute import (
+    PRECISIONS,
+    Compute,
+    available_cores,
+    pick_device,
+    scoring_precision,
+)
+from vad.tasks.inference.passes import second_pass
+from vad.tasks.inference.routing import BatchBudget
+from vad.tasks.inference.scoring import (
+    ReplayMap,
+    VideoMap,
+    aggregate_frames,
+    score_videos,
+)
+from vad.tasks.learning.calibration import Calibration
+from vad.tasks.learning.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    source_spec,
+)
+from vad.tasks.learning.model_input import InputSpec, clip_index, prepare_clips
+from vad.tasks.records import write_run
+from vad.tasks.sources.datasets import VideoSource, discover
+from vad.tasks.sources.ffmpeg_io import ffmpeg_exe
+from vad.tasks.sources.ingest import Preprocess, ingest_video
+from vad.tasks.sources.synthetic import SyntheticSpec, make_synthetic
+from vad.tasks.workspace import store_url
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import psutil  # noqa: E402  (a dependency of dask[distributed])
-import torch  # noqa: E402
-
-from models import build, make_config, model_class, trainable_parameters  # noqa: E402
-from storage import ClipStore, Video  # noqa: E402
-from tasks.calibration import Calibration  # noqa: E402
-from tasks.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, source_spec  # noqa: E402
-from tasks.datasets import VideoSource, discover  # noqa: E402
-from tasks.errors import CheckpointMismatchError, DatasetLayoutError, FFmpegError, ParameterError  # noqa: E402
-from tasks.ffmpeg_io import ffmpeg_exe  # noqa: E402
-from tasks.ingest import Preprocess, ingest_video  # noqa: E402
-from tasks.model_input import InputSpec, clip_index, prepare_clips  # noqa: E402
-from tasks.report import RunRef, build_report  # noqa: E402
-from tasks.routing import BatchBudget  # noqa: E402
-from tasks.compute import PRECISIONS, Compute, available_cores, pick_device, scoring_precision  # noqa: E402
-from tasks.passes import second_pass  # noqa: E402
-from tasks.records import write_run  # noqa: E402
-from tasks.scoring import ReplayMap, VideoMap, aggregate_frames, score_videos  # noqa: E402
-from tasks.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
-from tasks.workspace import store_url  # noqa: E402
+from vad.errors import (
+    CheckpointMismatchError,
+    DatasetLayoutError,
+    FFmpegError,
+    ParameterError,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

@@ -4,7 +4,7 @@ batches, one task per video; videos already scored with the same models and para
 The nightly deployment runs this flow over a watch folder (every video not scored yet, or the last
 few days with `lookback_days`). A run holds its run id's lock while it works (a second run of the
 same dataset and run id waits up to `lock_timeout_s`) and decodes into a store of its own, never the
-dataset's (`tasks.archive.archive_run`).
+dataset's (`vad.tasks.operations.archive.archive_run`).
 """
 
 from __future__ import annotations
@@ -19,19 +19,26 @@ from typing import Annotated, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
-
-from flows.ingest import retry_transient
-from storage import check_run_id, delete_part, write_manifest, write_table
-from tasks.archive import (
-    RUN_LOCK_WAIT_S, ArchiveSettings, ArchiveVideo, DateFrom, VideoOutcome, archive_run, failure_row, list_archive,
-    resolve_range, score_archive_video,
+from vad.flows.ingest import retry_transient
+from vad.storage import check_run_id, delete_part, write_manifest, write_table
+from vad.tasks.inference.routing import RouterConfig, parse_budget
+from vad.tasks.learning.checkpoint import load_pair
+from vad.tasks.operations.archive import (
+    RUN_LOCK_WAIT_S,
+    ArchiveSettings,
+    ArchiveVideo,
+    DateFrom,
+    VideoOutcome,
+    archive_run,
+    failure_row,
+    list_archive,
+    resolve_range,
+    score_archive_video,
 )
-from tasks.ingest import describe_failure
-from tasks.routing import RouterConfig, parse_budget
-from tasks.runners import Runner, completed, task_runner
-from tasks.checkpoint import load_pair
-from tasks.records import package_versions
-from tasks.workspace import check_dataset_name, default_root
+from vad.tasks.operations.runners import Runner, completed, task_runner
+from vad.tasks.records import package_versions
+from vad.tasks.sources.ingest import describe_failure
+from vad.tasks.workspace import check_dataset_name, default_root
 
 
 @task(

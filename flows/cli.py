@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperCommand
 
-from tasks.errors import ParameterError, PipelineError
+from vad.errors import ParameterError, PipelineError
 
 
 class _Command(TyperCommand):
@@ -72,16 +72,16 @@ def _prefect_defaults(root: str) -> None:
 
 
 def _root(root: str | None) -> str:
-    from tasks.workspace import default_root
+    from vad.tasks.workspace import default_root
 
     return root or default_root()
 
 
 def _run_ingest(source: str, dataset: str, root: str, **options: object) -> int:
     """Run the ingest flow, print its summary; 0 when every video went in, 1 when some failed."""
-    from tasks.datasets._base import require_dir
-    from tasks.ingest import parse_size
-    from tasks.workspace import check_dataset_name
+    from vad.tasks.sources.datasets._base import require_dir
+    from vad.tasks.sources.ingest import parse_size
+    from vad.tasks.workspace import check_dataset_name
 
     # Fail in a second, before starting Prefect's server, on what can be checked cheaply.
     check_dataset_name(dataset)
@@ -89,10 +89,10 @@ def _run_ingest(source: str, dataset: str, root: str, **options: object) -> int:
     if options.get("size"):
         parse_size(str(options["size"]))
     _prefect_defaults(root)
-    from tasks.runners import check_runner
+    from vad.tasks.operations.runners import check_runner
 
     check_runner(str(options.get("runner", "threads")), dask_address=options.get("dask_address"), workers=options.get("workers"))  # type: ignore[arg-type]
-    from flows.ingest import ingest_flow
+    from vad.flows.ingest import ingest_flow
 
     with _interruptible("interrupted; the videos already ingested are kept: run the same command to go on"):
         state = ingest_flow(source=source, dataset=dataset, root=root, return_state=True, **options)  # type: ignore[arg-type]
@@ -107,7 +107,7 @@ def _run_ingest(source: str, dataset: str, root: str, **options: object) -> int:
     )
     if summary.results:  # an ingest that ingested nothing leaves no store (flows/ingest.py)
         typer.echo(f"store: {summary.store}")
-    for line in summary.warnings:  # ids that had to change (tasks/datasets/_base.py, unique_ids)
+    for line in summary.warnings:  # ids that had to change (tasks/sources/datasets/_base.py, unique_ids)
         typer.echo(f"warning: {line}", err=True)
     for video, reason in summary.failures.items():
         typer.echo(f"FAILED {video}: {reason}", err=True)
@@ -172,7 +172,7 @@ def ingest(
 def train(
     dataset: Annotated[str, typer.Option(help="Dataset whose store <root>/stores/<name>.zarr holds the normal training videos.")],
     model: Annotated[str, typer.Option("--model", help="Which model to train: small (scores every clip) or large (re-scores escalated clips).")] = "small",
-    arch: Annotated[Optional[str], typer.Option(help="Architecture: vae3d, topheavy, ae3d, resnet3d_attn, predictor, resnet18_ae, forecaster (default: vae3d for small, resnet3d_attn for large).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Architecture: motion_patch, objects, vae3d, topheavy, ae3d, resnet3d_attn, predictor, resnet18_ae, forecaster (default: motion_patch for small, objects for large; those two are fitted, not trained by gradient descent).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Architecture setting KEY=VALUE, repeatable (e.g. --set channels=16,32,64,128 --set step=4 for predictor); see docs/models.md.")] = None,
     epochs: Annotated[int, typer.Option(help="Most epochs; early stopping may end sooner.")] = 20,
     batch: Annotated[int, typer.Option(help="Clips per batch.")] = 8,
@@ -195,17 +195,21 @@ def train(
     root: RootOpt = None,
 ) -> None:
     """Train a model on a dataset's normal clips and write a calibrated checkpoint."""
-    from tasks.ingest import parse_size
-    from models import DEFAULT_ARCH
-    from tasks.training import TrainConfig, parse_model_options, plan_training
-    from tasks.workspace import check_dataset_name, checkpoint_path, store_url
+    from vad.models import DEFAULT_ARCH
+    from vad.tasks.learning.training import (
+        TrainConfig,
+        parse_model_options,
+        plan_training,
+    )
+    from vad.tasks.sources.ingest import parse_size
+    from vad.tasks.workspace import check_dataset_name, checkpoint_path, store_url
 
     base = _root(root)
     if model not in ("small", "large"):
         raise ParameterError(f"--model must be small or large, got {model!r} (--arch chooses the architecture)")
     check_dataset_name(dataset)
     # Fail in a second, before Prefect's server starts, on everything that can be checked cheaply.
-    options = parse_model_options(set_, arch or DEFAULT_ARCH.get(model, "vae3d"))
+    options = parse_model_options(set_, arch or DEFAULT_ARCH.get(model, DEFAULT_ARCH["small"]))
     config = TrainConfig(
         role=model, arch=arch, epochs=epochs, batch=batch, lr=lr, size=parse_size(size) if size else None,
         channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, motion=motion, flow=flow,
@@ -220,7 +224,7 @@ def train(
         f"input {plan.spec.clip_len}x{plan.spec.height}x{plan.spec.width}x{plan.spec.channels}"
     )
     _prefect_defaults(base)
-    from flows.train import train_flow
+    from vad.flows.train import train_flow
 
     with _interruptible(f"interrupted; the last finished epoch is saved in {target}.state: run the same command to resume"):
         result = train_flow(
@@ -252,13 +256,12 @@ def score(
     root: RootOpt = None,
 ) -> None:
     """Score a dataset with the small model, escalate within the budget to the large one, write Parquet tables."""
-    from storage import ClipStore, check_run_id
-    from tasks.routing import RouterConfig, parse_budget
-    from tasks.runners import check_runner
-    from tasks.checkpoint import load_pair
-    from tasks.compute import Compute
-    from tasks.compute import pick_device
-    from tasks.workspace import check_dataset_name, store_url
+    from vad.storage import ClipStore, check_run_id
+    from vad.tasks.inference.compute import Compute, pick_device
+    from vad.tasks.inference.routing import RouterConfig, parse_budget
+    from vad.tasks.learning.checkpoint import load_pair
+    from vad.tasks.operations.runners import check_runner
+    from vad.tasks.workspace import check_dataset_name, store_url
 
     base = _root(root)
     _prefect_defaults(base)  # before anything imports Prefect, whose logging reads them at import
@@ -276,7 +279,7 @@ def score(
     ClipStore.open(store_url(base, dataset))
     load_pair(base, dataset, small, large)
     typer.echo(f"scoring {dataset} with {chosen.describe()}")
-    from flows.score import score_flow
+    from vad.flows.score import score_flow
 
     with _interruptible("interrupted; no table of this run was left half-written: run the command again"):
         summary = score_flow(
@@ -310,12 +313,12 @@ def backfill(
     root: RootOpt = None,
 ) -> None:
     """Ingest and score every video of an archive dated in a range; already-scored videos are skipped."""
-    from storage import check_run_id
-    from tasks.archive import resolve_range
-    from tasks.routing import RouterConfig, parse_budget
-    from tasks.runners import check_runner
-    from tasks.checkpoint import load_pair
-    from tasks.workspace import check_dataset_name
+    from vad.storage import check_run_id
+    from vad.tasks.inference.routing import RouterConfig, parse_budget
+    from vad.tasks.learning.checkpoint import load_pair
+    from vad.tasks.operations.archive import resolve_range
+    from vad.tasks.operations.runners import check_runner
+    from vad.tasks.workspace import check_dataset_name
 
     base = _root(root)
     _prefect_defaults(base)  # before anything imports Prefect, whose logging reads them at import
@@ -332,7 +335,7 @@ def backfill(
     RouterConfig(margin=margin)
     check_runner(runner, dask_address=dask_address, workers=workers)
     load_pair(base, dataset, small, large)
-    from flows.backfill import backfill_flow
+    from vad.flows.backfill import backfill_flow
 
     with _interruptible("interrupted; videos already scored are kept: run the same command to go on"):
         summary = backfill_flow(
@@ -366,8 +369,8 @@ def synth(
     root: RootOpt = None,
 ) -> None:
     """Write the deterministic synthetic dataset (H.264 videos + labels.csv)."""
-    from tasks.ingest import parse_size
-    from tasks.synthetic import SyntheticSpec, make_synthetic
+    from vad.tasks.sources.ingest import parse_size
+    from vad.tasks.sources.synthetic import SyntheticSpec, make_synthetic
 
     height, width = parse_size(size)
     out = out_dir or f"{_root(root)}/datasets/synthetic"
@@ -390,8 +393,8 @@ def run(
     dataset: Annotated[list[str], typer.Option(metavar="NAME", help="Dataset name (repeat for several).")],
     source: Annotated[Optional[list[str]], typer.Option(metavar="FOLDER", help="Dataset folder to ingest, one per --dataset (omit to use the stores as they are).")] = None,
     budget: Annotated[float, typer.Option(help="Escalation budget of the routed run (fraction of clips).")] = 0.2,
-    small_arch: Annotated[Optional[str], typer.Option("--small-arch", help="Small architecture when training (default vae3d).")] = None,
-    large_arch: Annotated[Optional[str], typer.Option("--large-arch", help="Large architecture when training (default resnet3d_attn).")] = None,
+    small_arch: Annotated[Optional[str], typer.Option("--small-arch", help="Small architecture when training (default motion_patch).")] = None,
+    large_arch: Annotated[Optional[str], typer.Option("--large-arch", help="Large architecture when training (default objects).")] = None,
     size: Annotated[Optional[str], typer.Option(help="Model input HEIGHTxWIDTH when training.")] = None,
     gray: Annotated[Optional[bool], typer.Option("--gray/--rgb", help="Store and train in gray (or RGB); default: RGB ingest, the store's channels for training.")] = None,
     small_epochs: Annotated[int, typer.Option("--small-epochs", help="Most epochs of the small model's training; early stopping may end sooner.")] = 20,
@@ -403,9 +406,9 @@ def run(
     root: RootOpt = None,
 ) -> None:
     """Ingest (with --source), train (unless checkpoints exist), score and report, for each dataset."""
-    from tasks.datasets._base import require_dir
-    from tasks.routing import BatchBudget
-    from tasks.workspace import check_dataset_name
+    from vad.tasks.inference.routing import BatchBudget
+    from vad.tasks.sources.datasets._base import require_dir
+    from vad.tasks.workspace import check_dataset_name
 
     base = _root(root)
     for name in dataset:
@@ -416,11 +419,11 @@ def run(
         for folder in source:
             require_dir(Path(folder).expanduser(), "dataset folder")
     BatchBudget(budget)
-    from tasks.metrics import Protocol
+    from vad.tasks.evaluation.metrics import Protocol
 
     Protocol(smooth_sigma=smooth)
     _prefect_defaults(base)
-    from flows.pipeline import pipeline_flow
+    from vad.flows.pipeline import pipeline_flow
 
     with _interruptible("interrupted; run the same command again: finished stages are reused"):
         summary = pipeline_flow(
@@ -435,7 +438,7 @@ def run(
 @app.command(cls=_Command)
 def demo(root: RootOpt = None) -> None:
     """Run the pipeline end to end on a small synthetic dataset made on the fly."""
-    from tasks.synthetic import SyntheticSpec, make_synthetic
+    from vad.tasks.sources.synthetic import SyntheticSpec, make_synthetic
 
     base = _root(root)
     data = Path(base) / "datasets" / "synthetic"
@@ -443,13 +446,12 @@ def demo(root: RootOpt = None) -> None:
         make_synthetic(data, SyntheticSpec())
         typer.echo(f"made the synthetic dataset in {data}")
     _prefect_defaults(base)
-    from flows.pipeline import pipeline_flow
+    from vad.flows.pipeline import pipeline_flow
 
-    typer.echo("ingest, train a small (vae3d) and a large (resnet3d_attn) model at 64x64 gray, score, report")
+    typer.echo("ingest (gray), fit the small (motion_patch) and large (objects) models, score, report")
     with _interruptible("interrupted; run `vad demo` again: finished stages are reused"):
         summary = pipeline_flow(
-            datasets=["synthetic"], sources=[str(data)], root=base, budget=0.2, small_arch="vae3d",
-            large_arch="resnet3d_attn", size="64x64", gray=True, small_epochs=8, large_epochs=4, report_name="demo",
+            datasets=["synthetic"], sources=[str(data)], root=base, budget=0.2, gray=True, report_name="demo",
             progress=True,
         )
     _print_pipeline(summary)

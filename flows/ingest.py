@@ -11,13 +11,19 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 from tqdm import tqdm
+from vad.storage import ClipStore
+from vad.tasks.operations.runners import Runner, completed, task_runner
+from vad.tasks.sources.datasets import VideoSource, survey
+from vad.tasks.sources.ingest import (
+    IngestResult,
+    Preprocess,
+    describe_failure,
+    ingest_video,
+    parse_size,
+)
+from vad.tasks.workspace import default_root, discard_empty_store, store_url
 
-from storage import ClipStore
-from tasks.datasets import VideoSource, survey
-from tasks.errors import FFmpegError, PipelineError
-from tasks.ingest import IngestResult, Preprocess, describe_failure, ingest_video, parse_size
-from tasks.runners import Runner, completed, task_runner
-from tasks.workspace import default_root, discard_empty_store, store_url
+from vad.errors import FFmpegError, PipelineError
 
 Format = Literal["auto", "ucsd", "avenue", "shanghaitech", "ucf-crime", "folder"]
 

@@ -7,16 +7,16 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from vad.flows.ingest import ingest_flow
+from vad.flows.score import score_flow
+from vad.flows.train import train_flow
+from vad.tasks.evaluation.artifacts import publish_report
+from vad.tasks.evaluation.metrics import Protocol
+from vad.tasks.evaluation.report import RunRef, build_report
+from vad.tasks.learning.checkpoint import find_checkpoint
+from vad.tasks.workspace import default_root
 
-from flows.ingest import ingest_flow
-from flows.score import score_flow
-from flows.train import train_flow
-from tasks.artifacts import publish_report
-from tasks.checkpoint import find_checkpoint
-from tasks.errors import NotFoundError
-from tasks.metrics import Protocol
-from tasks.report import RunRef, build_report
-from tasks.workspace import default_root
+from vad.errors import NotFoundError
 
 
 @dataclass

@@ -14,16 +14,12 @@ import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
-
-from storage import check_run_id
-from tasks.artifacts import publish_score_run
-from tasks.checkpoint import Checkpoint, cached_checkpoint, load_pair
-from tasks.compute import Compute, Precision
-from tasks.passes import PassOutput, VideoPass, first_pass, second_pass
-from tasks.records import write_run
-from tasks.routing import Budget, RouterConfig, parse_budget
-from tasks.runners import Runner, completed, task_runner
-from tasks.scoring import (
+from vad.storage import check_run_id
+from vad.tasks.evaluation.artifacts import publish_score_run
+from vad.tasks.inference.compute import Compute, Precision
+from vad.tasks.inference.passes import PassOutput, VideoPass, first_pass, second_pass
+from vad.tasks.inference.routing import Budget, RouterConfig, parse_budget
+from vad.tasks.inference.scoring import (
     FrameMode,
     ScoreResult,
     ScoreSummary,
@@ -31,7 +27,10 @@ from tasks.scoring import (
     score_videos,
     video_list,
 )
-from tasks.workspace import default_root, store_url
+from vad.tasks.learning.checkpoint import Checkpoint, cached_checkpoint, load_pair
+from vad.tasks.operations.runners import Runner, completed, task_runner
+from vad.tasks.records import write_run
+from vad.tasks.workspace import default_root, store_url
 
 
 @task(name="first-pass", task_run_name="pass1-{video}", cache_policy=NO_CACHE)

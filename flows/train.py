@@ -6,10 +6,9 @@ from typing import Any, Literal
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-
-from tasks.ingest import parse_size
-from tasks.training import TrainConfig, TrainResult, train_model
-from tasks.workspace import checkpoint_path, default_root, store_url
+from vad.tasks.learning.training import TrainConfig, TrainResult, train_model
+from vad.tasks.sources.ingest import parse_size
+from vad.tasks.workspace import checkpoint_path, default_root, store_url
 
 
 @task(name="train-model", task_run_name="train-{config.role}-{config.arch}", cache_policy=NO_CACHE)
@@ -49,8 +48,8 @@ def train_flow(
     """Train `arch` (default: the role's) on `<root>/stores/<dataset>.zarr` and write a calibrated checkpoint
     (default `<root>/checkpoints/<dataset>/<role>-<arch>.pt`). `model_options` sets architecture config
     fields (e.g. {"channels": [16, 32, 64, 128], "step": 4} for `predictor`); `pseudo_weight` > 0 adds the
-    pseudo-anomaly head's loss (`tasks/pseudo.py`); `flow` trains on optical flow, and `distill` (an
-    optical-flow checkpoint) adds score distillation from it (`tasks/distill.py`)."""
+    pseudo-anomaly head's loss (`tasks/learning/pseudo.py`); `flow` trains on optical flow, and `distill` (an
+    optical-flow checkpoint) adds score distillation from it (`tasks/learning/distill.py`)."""
     root = root or default_root()
     config = TrainConfig(
         role=role, arch=arch, epochs=epochs, batch=batch, lr=lr, size=parse_size(size) if size else None,

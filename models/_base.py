@@ -8,15 +8,15 @@ error map, so that a small anomaly in one corner of one frame is not averaged aw
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.errors import ParameterError
+from vad.errors import ParameterError
 
 
 @dataclass

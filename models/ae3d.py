@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from models._pooled_ae import Kernel
-from models.topheavy import TopHeavy, TopHeavyConfig
+from vad.models._pooled_ae import Kernel
+from vad.models.topheavy import TopHeavy, TopHeavyConfig
 
 
 @dataclass

@@ -21,9 +21,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from vad.models._base import (
+    ClipConfig,
+    ClipModel,
+    ClipScores,
+    ModelOutput,
+    check_divisible,
+    fill_nearest,
+)
 
-from models._base import ClipConfig, ClipModel, ClipScores, ModelOutput, check_divisible, fill_nearest
-from tasks.errors import ParameterError
+from vad.errors import ParameterError
 
 
 @dataclass

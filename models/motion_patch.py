@@ -40,9 +40,9 @@ from typing import Iterable
 
 import torch
 import torch.nn.functional as F
+from vad.models._base import ClipConfig, ClipModel, ClipScores, ModelOutput
 
-from models._base import ClipConfig, ClipModel, ClipScores, ModelOutput
-from tasks.errors import ParameterError
+from vad.errors import ParameterError
 
 STATISTICS = ("raw", "minus_q", "minus_mean")
 

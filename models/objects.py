@@ -57,9 +57,9 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
+from vad.models._base import ClipConfig, ClipModel, ClipScores, ModelOutput
 
-from models._base import ClipConfig, ClipModel, ClipScores, ModelOutput
-from tasks.errors import ParameterError
+from vad.errors import ParameterError
 
 PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,

@@ -26,9 +26,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from vad.models._base import (
+    ClipConfig,
+    ClipModel,
+    ClipScores,
+    ModelOutput,
+    check_divisible,
+    fill_nearest,
+)
 
-from models._base import ClipConfig, ClipModel, ClipScores, ModelOutput, check_divisible, fill_nearest
-from tasks.errors import ParameterError
+from vad.errors import ParameterError
 
 _STRIDE = (1, 32, 32)  # the encoder's total stride (stem 2, pool 2, three stages of 2)
 

@@ -13,9 +13,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from vad.models._base import (
+    ClipConfig,
+    ClipModel,
+    GaussianLatent,
+    ModelOutput,
+    check_divisible,
+)
 
-from models._base import ClipConfig, ClipModel, GaussianLatent, ModelOutput, check_divisible
-from tasks.errors import ParameterError
+from vad.errors import ParameterError
 
 # Strides of the stem and the five blocks, as (T, H, W); the decoder undoes them in reverse.
 _STEM = (1, 2, 2)

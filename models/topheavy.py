@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from vad.models._base import ClipConfig, ClipModel, ModelOutput, check_divisible
+from vad.models._pooled_ae import Kernel, PooledAutoencoder
 
-from models._base import ClipConfig, ClipModel, ModelOutput, check_divisible
-from models._pooled_ae import Kernel, PooledAutoencoder
-from tasks.errors import ParameterError
+from vad.errors import ParameterError
 
 POOLS = ((1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2))
 

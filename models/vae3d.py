@@ -12,9 +12,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from vad.models._base import (
+    ClipConfig,
+    ClipModel,
+    GaussianLatent,
+    ModelOutput,
+    check_divisible,
+)
 
-from models._base import ClipConfig, ClipModel, GaussianLatent, ModelOutput, check_divisible
-from tasks.errors import ParameterError
+from vad.errors import ParameterError
 
 
 @dataclass

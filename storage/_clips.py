@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tasks.errors import ParameterError
+from vad.errors import ParameterError
 
 if TYPE_CHECKING:
-    from storage._clipstore import Video
+    from vad.storage._clipstore import Video
 
 
 def clip_count(n_frames: int, length: int, stride: int) -> int:

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 import zarr
+from vad.storage._clips import Clip, clip_windows
+from vad.storage._locks import FileLock, acquire
 from zarr.codecs import ZstdCodec
 
-from storage._clips import Clip, clip_windows
-from storage._locks import FileLock, acquire
-from tasks.errors import IncompleteVideoError, ParameterError, StoreNotFoundError
+from vad.errors import IncompleteVideoError, ParameterError, StoreNotFoundError
 
 STORE_VERSION = 1
 ATTRS = "vad"

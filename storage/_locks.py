@@ -10,7 +10,7 @@ A lock is **stale**, and taken over by the next process that wants it, when
 Takeover happens under a second, short-lived lock file (`<lock>.break`) and re-reads the lock under
 it, so two processes that both found a lock stale never remove a lock that a third just took.
 
-Locks guard a run of the score tables (`storage._tables.run_lock`) and a video group of a clip
+Locks guard a run of the score tables (`vad.storage._tables.run_lock`) and a video group of a clip
 store (`ClipStore.begin_video` ... `VideoWriter.finish` / `abort`).
 """
 
@@ -30,16 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import PipelineError
+from vad.errors import LockHeldError
 
 REFRESH_S = 30.0  # a holder touches its lock files this often
 STALE_AFTER_S = 600.0  # a lock not refreshed for 10 minutes is stale, whoever holds it
 _BREAK_STALE_S = 60.0  # a takeover takes milliseconds; a `.break` file older than this was left by a crash
 HOST = socket.gethostname()
-
-
-class LockHeldError(PipelineError):
-    """Another live process holds a lock this one needs (after waiting as long as allowed)."""
 
 
 def process_alive(pid: int, *, started_before: float | None = None) -> bool:

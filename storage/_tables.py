@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -37,14 +38,21 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from vad.storage._locks import HOST, FileLock, acquire, process_alive
 
-from storage._locks import HOST, FileLock, acquire, process_alive
-from tasks.errors import NotFoundError, ParameterError
-from tasks.workspace import check_dataset_name
+from vad.errors import NotFoundError, ParameterError
 
 TABLES = ("clips", "frames", "videos", "failures")
 STALE_TMP_S = 3600.0  # a temporary table file older than this was left by a crash
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def check_dataset_name(name: str) -> str:
+    """A dataset name used in paths: letters, digits, '_', '-' or '.', not starting with a dot."""
+    if not _DATASET_NAME.match(name):
+        raise ParameterError(f"dataset name {name!r} must be letters, digits, '_', '-' or '.' (used in paths)")
+    return name
 
 
 def check_run_id(run_id: str) -> str:
@@ -137,7 +145,7 @@ def delete_manifest(root: str | Path, dataset: str, run_id: str) -> bool:
 
 def run_lock(root: str | Path, dataset: str, run_id: str, *, purpose: str, timeout: float = 0.0, on_wait: Any = None) -> FileLock:
     """Take the lock of one run, `<root>/scores/runs/dataset=<d>/run=<r>/run.lock`, waiting up to
-    `timeout` seconds for another process holding it (`storage._locks.acquire`)."""
+    `timeout` seconds for another process holding it (`vad.storage._locks.acquire`)."""
     return acquire(run_dir(root, "runs", dataset, run_id) / "run.lock", purpose=purpose, timeout=timeout, on_wait=on_wait)
 
 

@@ -9,14 +9,14 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from storage import delete_manifest, run_lock, write_manifest, write_table
-from tasks.checkpoint import Checkpoint
-from tasks.compute import Compute
-from tasks.routing import Budget, RouterConfig, budget_record
-from tasks.workspace import store_url as workspace_store_url
+from vad.storage import delete_manifest, run_lock, write_manifest, write_table
+from vad.tasks.inference.compute import Compute
+from vad.tasks.inference.routing import Budget, RouterConfig, budget_record
+from vad.tasks.learning.checkpoint import Checkpoint
+from vad.tasks.workspace import store_url as workspace_store_url
 
 if TYPE_CHECKING:
-    from tasks.scoring import FrameMode, ScoreResult
+    from vad.tasks.inference.scoring import FrameMode, ScoreResult
 
 # a scoring run writes its tables in seconds: another writer of the same run id waits at most this long
 RUN_LOCK_WAIT_S = 600.0

@@ -4,23 +4,17 @@ score tables and reports, so a whole run moves or is deleted as one folder."""
 from __future__ import annotations
 
 import os
-import re
 
-from tasks.errors import ParameterError
+from vad.storage import check_dataset_name
+
+from vad.errors import ParameterError
 
 DEFAULT_ROOT = "./vad-workspace"
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 def default_root() -> str:
     """`$VAD_ROOT`, else `./vad-workspace`."""
     return os.environ.get("VAD_ROOT") or DEFAULT_ROOT
-
-
-def check_dataset_name(name: str) -> str:
-    if not _DATASET_NAME.match(name):
-        raise ParameterError(f"dataset name {name!r} must be letters, digits, '_', '-' or '.' (used in paths)")
-    return name
 
 
 def store_url(root: str, dataset: str) -> str:
@@ -39,9 +33,9 @@ def discard_empty_store(url: str) -> bool:
     """Delete the clip store at `url` when it holds no video group at all, so an ingest that ingested
     nothing leaves no empty store behind; True when one was deleted. A store with any group stays."""
     import fsspec
+    from vad.storage import ClipStore
 
-    from storage import ClipStore
-    from tasks.errors import StoreNotFoundError
+    from vad.errors import StoreNotFoundError
 
     try:
         if ClipStore.open(url).video_ids(include_incomplete=True):

@@ -14,8 +14,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from tasks.ffmpeg_io import ffmpeg_exe  # noqa: E402
-from tasks.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
+from vad.tasks.sources.ffmpeg_io import ffmpeg_exe  # noqa: E402
+from vad.tasks.sources.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
 
 SHARED = Path(os.environ.get("VAD_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 TINY = SyntheticSpec(n_train=2, n_test=2, frames=40, height=48, width=64, objects=2, seed=1)
@@ -61,7 +61,7 @@ class Interrupted(Exception):
 def train_until_epoch_2(store_url: str, out: Path, config) -> None:
     """Start `train_model` and interrupt it when epoch 2 reports, before that epoch's state is saved:
     `out.state` then holds epoch 1."""
-    from tasks.training import train_model
+    from vad.tasks.learning.training import train_model
 
     def stop(message: str) -> None:
         if message.startswith("epoch 2:"):
@@ -76,12 +76,11 @@ def make_checkpoint(store_url: str, arch: str, seed: int, folder: Path, clip_len
     """An untrained model at 32x32 gray with a plausible calibration, saved as `<folder>/<role>-<arch>.pt`
     (scoring tests need a checkpoint that fits the store, not a good one)."""
     import torch
-
-    from models import build
-    from storage import ClipStore
-    from tasks.calibration import Calibration
-    from tasks.checkpoint import Checkpoint, save_checkpoint, source_spec
-    from tasks.model_input import InputSpec
+    from vad.models import build
+    from vad.storage import ClipStore
+    from vad.tasks.learning.calibration import Calibration
+    from vad.tasks.learning.checkpoint import Checkpoint, save_checkpoint, source_spec
+    from vad.tasks.learning.model_input import InputSpec
 
     torch.manual_seed(seed)
     model = build(arch, clip_len=clip_len, height=32, width=32).eval()
@@ -119,8 +118,8 @@ def prefect_server():
 @pytest.fixture(scope="session")
 def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The default synthetic dataset (6 normal + 6 test videos of 150 frames) stored at 32x32 gray."""
-    from tasks.datasets import discover
-    from tasks.ingest import Preprocess, ingest_video
+    from vad.tasks.sources.datasets import discover
+    from vad.tasks.sources.ingest import Preprocess, ingest_video
 
     base = tmp_path_factory.mktemp("synthetic32")
     make_synthetic(base / "data", SyntheticSpec())
@@ -143,8 +142,8 @@ def camera_workspace(synthetic_store, tiny_dataset, tmp_path_factory):
         dest = archive / f"2026-11-{20 + i}" / f"cam-{i}.mp4"
         dest.parent.mkdir(parents=True)
         shutil.copy(src, dest)
-    from tasks.archive import ArchiveSettings
-    from tasks.routing import BatchBudget, RouterConfig
+    from vad.tasks.inference.routing import BatchBudget, RouterConfig
+    from vad.tasks.operations.archive import ArchiveSettings
 
     settings = ArchiveSettings(small.path, large.path, BatchBudget(0.25), RouterConfig(), "clip")
     return str(root), str(archive), settings

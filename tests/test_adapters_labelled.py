@@ -16,10 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from vad.tasks.sources.datasets import (
+    ADAPTERS,
+    VideoSource,
+    avenue,
+    detect_format,
+    discover,
+    read_labels_csv,
+    shanghaitech,
+    ucf_crime,
+    ucsd,
+)
 
-from tasks.datasets import ADAPTERS, VideoSource, detect_format, discover, read_labels_csv
-from tasks.datasets import avenue, shanghaitech, ucf_crime, ucsd
-from tasks.errors import DatasetLayoutError
+from vad.errors import DatasetLayoutError
 
 SHARED = Path(os.environ.get("VAD_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 

@@ -12,14 +12,19 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pytest
-
-from storage import read_part, read_table, write_table
-from tasks.archive import (
-    date_in_path, failure_row, list_archive, local_copy, resolve_range, score_archive_video,
+from vad.storage import read_part, read_table, write_table
+from vad.tasks.inference.routing import BatchBudget
+from vad.tasks.operations.archive import (
+    date_in_path,
+    failure_row,
+    list_archive,
+    local_copy,
+    resolve_range,
+    score_archive_video,
     video_id_for,
 )
-from tasks.errors import DatasetLayoutError, FFmpegError, NotFoundError, ParameterError
-from tasks.routing import BatchBudget
+
+from vad.errors import FFmpegError, NotFoundError, ParameterError
 
 
 @pytest.mark.parametrize("path, expected", [
@@ -150,9 +155,9 @@ def test_a_failed_rescore_keeps_the_earlier_rows(camera_workspace, tmp_path):
 
 
 def test_archive_scoring_never_touches_the_dataset_store_and_keeps_no_frames(camera_workspace, tmp_path):
-    from storage import ClipStore
-    from tasks.archive import archive_store_url
-    from tasks.workspace import store_url
+    from vad.storage import ClipStore
+    from vad.tasks.operations.archive import archive_store_url
+    from vad.tasks.workspace import store_url
 
     root, archive, settings = camera_workspace
     root = str(shutil.copytree(root, tmp_path / "ws"))
@@ -173,8 +178,8 @@ def test_archive_scoring_never_touches_the_dataset_store_and_keeps_no_frames(cam
 
 
 def test_keep_frames_keeps_them_in_the_archive_runs_own_store(camera_workspace, tmp_path):
-    from storage import ClipStore
-    from tasks.archive import archive_store_url
+    from vad.storage import ClipStore
+    from vad.tasks.operations.archive import archive_store_url
 
     root, archive, settings = camera_workspace
     root = str(shutil.copytree(root, tmp_path / "ws"))

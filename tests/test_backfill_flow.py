@@ -15,11 +15,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from prefect.exceptions import ParameterTypeError
-
-from flows.backfill import backfill_flow
-from storage import ClipStore, LockHeldError, read_manifest, read_table, run_lock, write_manifest
-from tasks.archive import archive_store_url
-from tasks.runners import current_api_url
+from vad.flows.backfill import backfill_flow
+from vad.storage import (
+    ClipStore,
+    LockHeldError,
+    read_manifest,
+    read_table,
+    run_lock,
+    write_manifest,
+)
+from vad.tasks.operations.archive import archive_store_url
+from vad.tasks.operations.runners import current_api_url
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +88,7 @@ def test_a_local_dask_cluster_gives_the_tables_of_the_default_runner(camera_work
 
 
 def _cli(root: str, archive: str, api: str, *extra: str) -> tuple[list[str], dict[str, str]]:
-    return [sys.executable, "-m", "flows.cli", "backfill", archive, "--dataset", "cam", "--root", root,
+    return [sys.executable, "-m", "vad.flows.cli", "backfill", archive, "--dataset", "cam", "--root", root,
             "--batch-size", "1", "--workers", "1", *extra], {**os.environ, "PREFECT_API_URL": api}
 
 

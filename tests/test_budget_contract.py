@@ -8,8 +8,13 @@ import math
 
 import numpy as np
 import pytest
-
-from tasks.routing import BatchBudget, Signals, TokenBucket, budget_record, route
+from vad.tasks.inference.routing import (
+    BatchBudget,
+    Signals,
+    TokenBucket,
+    budget_record,
+    route,
+)
 
 POLICIES = [BatchBudget(0.0), BatchBudget(0.25), BatchBudget(1.0), TokenBucket(0, 0), TokenBucket(2, 0),
             TokenBucket(1, 0.5), TokenBucket(3, 0.25)]

@@ -3,9 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from vad.tasks.learning.calibration import (
+    Calibration,
+    EmpiricalRank,
+    cosine_distances,
+    window_variances,
+)
 
-from tasks.calibration import Calibration, EmpiricalRank, cosine_distances, window_variances
-from tasks.errors import ParameterError
+from vad.errors import ParameterError
 
 # 19 normal scores 10, 20, ..., 190 rank at 1/20, 2/20, ..., 19/20.
 SCORES = np.arange(10, 200, 10)[::-1]

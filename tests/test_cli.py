@@ -81,7 +81,7 @@ def test_help_names_arguments_and_explains_every_option(tmp_path):
 
 @pytest.mark.integration
 def test_an_ingest_whose_only_video_fails_leaves_no_store_and_prints_only_the_failure(tmp_path, prefect_server):
-    from tasks.runners import current_api_url
+    from vad.tasks.operations.runners import current_api_url
 
     data = tmp_path / "data"
     data.mkdir()

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from vad.storage import ClipStore, clip_count, clip_windows
 
-from storage import ClipStore, clip_count, clip_windows
-from tasks.errors import ParameterError
+from vad.errors import ParameterError
 
 
 @pytest.mark.parametrize(

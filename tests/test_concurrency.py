@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from storage import ClipStore, LockHeldError, acquire_lock, read_part, run_lock
-from storage._locks import is_stale
-from storage._tables import STALE_TMP_S, part_path, write_table
+from vad.storage import ClipStore, LockHeldError, acquire_lock, read_part, run_lock
+from vad.storage._locks import is_stale
+from vad.storage._tables import STALE_TMP_S, part_path, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +41,7 @@ WRITER = """
     import sys, time
     from pathlib import Path
     import numpy as np, pandas as pd
-    from storage import write_table
+    from vad.storage import write_table
     root, go, tag = sys.argv[1:]
     while not Path(go).exists():
         time.sleep(0.01)
@@ -92,7 +91,7 @@ def test_a_write_clears_only_stale_temporary_files_of_its_target(tmp_path):
 HOLDER = """
     import sys, time
     from pathlib import Path
-    from storage import acquire_lock
+    from vad.storage import acquire_lock
     path, ready, hold = sys.argv[1:]
     with acquire_lock(path, purpose="test the lock"):
         Path(ready).touch()
@@ -159,7 +158,7 @@ def test_a_run_lock_excludes_a_second_process(tmp_path):
     with run_lock(tmp_path, "cam", "archive", purpose="backfill cam (run archive)"):
         other = _python("""
             import sys
-            from storage import LockHeldError, run_lock
+            from vad.storage import LockHeldError, run_lock
             try:
                 run_lock(sys.argv[1], "cam", "archive", purpose="nightly cam (run archive)", timeout=0)
             except LockHeldError as exc:
@@ -174,7 +173,7 @@ GROUP_WRITER = """
     import sys, time
     from pathlib import Path
     import numpy as np
-    from storage import ClipStore
+    from vad.storage import ClipStore
     url, ready, hold = sys.argv[1:]
     store = ClipStore.open_or_create(url, dataset="d")
     w = store.begin_video("v", height=2, width=3, channels=1, chunk_frames=2, attrs={"split": "test", "by": "helper"})

@@ -59,9 +59,9 @@ def test_the_deployments_that_write_archive_runs_share_one_concurrency_limit():
 def test_task_runner_settings():
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
+    from vad.tasks.operations.runners import task_runner
 
-    from tasks.errors import ParameterError
-    from tasks.runners import task_runner
+    from vad.errors import ParameterError
 
     threads = task_runner("threads", workers=3)
     assert isinstance(threads, ThreadPoolTaskRunner) and threads._max_workers == 3
@@ -88,8 +88,9 @@ class _Future:
 def test_waiting_on_a_dask_cluster_without_workers_is_an_error_not_a_hang():
     from types import SimpleNamespace
 
-    from tasks.errors import PipelineError
-    from tasks.runners import completed
+    from vad.tasks.operations.runners import completed
+
+    from vad.errors import PipelineError
 
     ready = [_Future("a", True), _Future("b", True)]
     assert [f.name for f in completed(ready)] == ["a", "b"]

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import PipelineError
+from vad.errors import PipelineError
 
 PACKAGES = ("tasks", "storage", "models", "flows")
 
 
 def _import_project() -> None:
-    """Import every project module, so that error classes defined outside tasks/errors.py count too."""
+    """Import every project module, so that error classes defined outside vad/errors.py count too."""
     for name in PACKAGES:
         package = importlib.import_module(name)
         for info in pkgutil.walk_packages(package.__path__, prefix=f"{name}."):
@@ -86,7 +86,7 @@ def test_every_pipeline_error_round_trips_through_pickle_with_its_attributes(cls
 
 
 def test_ffmpeg_error_keeps_command_stderr_and_transient_flag():
-    from tasks.errors import FFmpegError
+    from vad.errors import FFmpegError
 
     exc = FFmpegError("/cam/a.mp4", "not a readable video", cmd=["ffmpeg", "-i", "/cam/a.mp4"],
                       stderr="moov atom not found", transient=True)
@@ -97,8 +97,8 @@ def test_ffmpeg_error_keeps_command_stderr_and_transient_flag():
 
 @pytest.mark.integration
 def test_a_bad_video_on_a_dask_worker_is_one_failure_among_completed_videos(tiny_dataset, tmp_path, prefect_server):
-    from flows.ingest import ingest_flow
-    from storage import ClipStore
+    from vad.flows.ingest import ingest_flow
+    from vad.storage import ClipStore
 
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)

@@ -8,10 +8,10 @@ import textwrap
 import time
 
 import pytest
+from vad.tasks.sources import ffmpeg_io
+from vad.tasks.sources.ffmpeg_io import DecodeSpec, ffmpeg_exe, probe, read_frames
 
-from tasks import ffmpeg_io
-from tasks.errors import FFmpegError
-from tasks.ffmpeg_io import DecodeSpec, ffmpeg_exe, probe, read_frames
+from vad.errors import FFmpegError
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_ffmpeg_dies_with_the_python_process_that_started_it(fifo, tmp_path):
     code = textwrap.dedent(f"""
         import subprocess, sys
         sys.path.insert(0, {os.getcwd()!r})
-        from tasks import ffmpeg_io
+        from vad.tasks.sources import ffmpeg_io
         real = ffmpeg_io._spawn
         def spawn(cmd, **kw):
             proc = real(cmd, **kw)

@@ -7,11 +7,9 @@ import sys
 
 import pytest
 from typer.testing import CliRunner
-
-from conftest import TINY
-from flows.cli import app
-from flows.ingest import ingest_flow
-from storage import ClipStore
+from vad.flows.cli import app
+from vad.flows.ingest import ingest_flow
+from vad.storage import ClipStore
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +51,7 @@ def test_cli_synth_then_ingest(tmp_path, prefect_server):
     [(["--dataset", "bad/name"], "'bad/name'"), (["--dataset", "ok", "--size", "big"], "HEIGHTxWIDTH")],
 )
 def test_cli_reports_bad_parameters_in_one_line(tmp_path, tiny_dataset, args, needle):
-    cmd = [sys.executable, "-m", "flows.cli", "ingest", str(tiny_dataset), "--root", str(tmp_path), *args]
+    cmd = [sys.executable, "-m", "vad.flows.cli", "ingest", str(tiny_dataset), "--root", str(tmp_path), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and needle in proc.stderr
@@ -66,7 +64,7 @@ def test_cli_reports_bad_parameters_in_one_line(tmp_path, tiny_dataset, args, ne
      (["--runner", "ray"], "task runner"), (["--budget", "2"], "budget"), (["--run-id", "a/b"], "run id")],
 )
 def test_backfill_cli_reports_bad_parameters_in_one_line(tmp_path, args, needle):
-    cmd = [sys.executable, "-m", "flows.cli", "backfill", str(tmp_path), "--dataset", "cam", "--root", str(tmp_path), *args]
+    cmd = [sys.executable, "-m", "vad.flows.cli", "backfill", str(tmp_path), "--dataset", "cam", "--root", str(tmp_path), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and needle in proc.stderr
@@ -74,7 +72,7 @@ def test_backfill_cli_reports_bad_parameters_in_one_line(tmp_path, args, needle)
 
 
 def test_cli_keeps_the_temporary_prefect_database_in_the_workspace(tmp_path, monkeypatch):
-    from flows.cli import _prefect_defaults
+    from vad.flows.cli import _prefect_defaults
 
     for var in ("PREFECT_HOME", "PREFECT_API_URL"):
         monkeypatch.delenv(var, raising=False)
@@ -89,8 +87,8 @@ def test_cli_keeps_the_temporary_prefect_database_in_the_workspace(tmp_path, mon
 
 
 def test_train_flow_writes_a_calibrated_checkpoint_in_the_workspace(synthetic_store, tmp_path, prefect_server):
-    from flows.train import train_flow
-    from tasks.checkpoint import load_checkpoint
+    from vad.flows.train import train_flow
+    from vad.tasks.learning.checkpoint import load_checkpoint
 
     root = tmp_path / "ws"
     shutil.copytree(synthetic_store, root / "stores" / "synthetic.zarr")
@@ -105,9 +103,8 @@ def test_train_flow_writes_a_calibrated_checkpoint_in_the_workspace(synthetic_st
 
 def test_score_flow_writes_a_run_and_the_cli_prints_it(synthetic_store, tmp_path, prefect_server):
     import pandas as pd
-
-    from flows.score import score_flow
     from conftest import make_checkpoint as _checkpoint
+    from vad.flows.score import score_flow
 
     root = tmp_path / "ws"
     shutil.copytree(synthetic_store, root / "stores" / "synthetic.zarr")
@@ -128,8 +125,8 @@ def test_score_flow_writes_a_run_and_the_cli_prints_it(synthetic_store, tmp_path
 
 
 def test_pipeline_flow_scores_and_reports_with_the_checkpoints_it_finds(synthetic_store, tmp_path, prefect_server):
-    from flows.pipeline import pipeline_flow
     from conftest import make_checkpoint as _checkpoint
+    from vad.flows.pipeline import pipeline_flow
 
     root = tmp_path / "ws"
     shutil.copytree(synthetic_store, root / "stores" / "synthetic.zarr")

@@ -1,8 +1,8 @@
 import pytest
-
 from conftest import TINY, ramp_frames, write_frames
-from tasks.datasets import discover
-from tasks.errors import DatasetLayoutError, NotFoundError
+from vad.tasks.sources.datasets import discover
+
+from vad.errors import DatasetLayoutError, NotFoundError
 
 
 def test_synthetic_layout_gives_splits_ids_and_labels(tiny_dataset):

@@ -10,11 +10,10 @@ import subprocess
 
 import numpy as np
 import pytest
-
-from storage import ClipStore
-from tasks.datasets import discover
-from tasks.ffmpeg_io import ffmpeg_exe
-from tasks.ingest import Preprocess, frame_times, ingest_video
+from vad.storage import ClipStore
+from vad.tasks.sources.datasets import discover
+from vad.tasks.sources.ffmpeg_io import ffmpeg_exe
+from vad.tasks.sources.ingest import Preprocess, frame_times, ingest_video
 
 FPS = 25
 SRC = ["-f", "lavfi", "-i", f"testsrc2=size=64x64:rate={FPS}:duration=2"]

@@ -4,9 +4,9 @@ score, what their errors measure, and how their scores fill a clip."""
 import numpy as np
 import pytest
 import torch
+from vad.models import build
 
-from models import build
-from tasks.errors import ParameterError
+from vad.errors import ParameterError
 
 T, H, W = 16, 32, 32
 

@@ -2,13 +2,19 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import TINY, ramp_frames, write_frames
+from vad.storage import ClipStore
+from vad.tasks.sources.datasets._base import VideoSource, frames_source
+from vad.tasks.sources.ffmpeg_io import numbered_pattern
+from vad.tasks.sources.ingest import (
+    Preprocess,
+    batch_frames,
+    ingest_video,
+    parse_size,
+    scene_cut_flags,
+)
 
-from conftest import TINY, ramp_frames, write_frames, write_video
-from storage import ClipStore
-from tasks.datasets._base import VideoSource, frames_source
-from tasks.errors import FFmpegError, LabelMismatchError, ParameterError
-from tasks.ffmpeg_io import numbered_pattern
-from tasks.ingest import Preprocess, batch_frames, ingest_video, parse_size, scene_cut_flags
+from vad.errors import FFmpegError, LabelMismatchError, ParameterError
 
 
 def _video(path, video_id="v", split="test", **labels):

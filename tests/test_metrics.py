@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from vad.tasks.evaluation.metrics import Protocol, binary_metrics, eer, evaluate
 
-from tasks.errors import ParameterError
-from tasks.metrics import Protocol, binary_metrics, eer, evaluate
+from vad.errors import ParameterError
 
 
 def test_perfectly_separated_scores_give_auc_1_and_eer_0():

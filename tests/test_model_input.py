@@ -5,10 +5,18 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from vad.storage import ClipStore
+from vad.tasks.learning.model_input import (
+    ClipBatches,
+    ClipDataset,
+    InputSpec,
+    clip_index,
+    plan_batches,
+    prepare_clips,
+    read_clips,
+)
 
-from storage import ClipStore
-from tasks.errors import ParameterError
-from tasks.model_input import ClipBatches, ClipDataset, InputSpec, clip_index, plan_batches, prepare_clips, read_clips
+from vad.errors import ParameterError
 
 
 def _frames(values, h=4, w=4, c=3):

@@ -4,13 +4,23 @@ a checkpoint round trip, and refusal of a store whose preprocessing differs from
 import numpy as np
 import pytest
 import torch
+from vad.models import DEFAULT_ARCH, REGISTRY, build, make_config, trainable_parameters
+from vad.storage import ClipStore
+from vad.tasks.learning.calibration import Calibration
+from vad.tasks.learning.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    source_spec,
+)
+from vad.tasks.learning.model_input import InputSpec
 
-from models import DEFAULT_ARCH, REGISTRY, build, make_config, trainable_parameters
-from storage import ClipStore
-from tasks.calibration import Calibration
-from tasks.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, source_spec
-from tasks.errors import CheckpointError, CheckpointMismatchError, NotFoundError, ParameterError
-from tasks.model_input import InputSpec
+from vad.errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    NotFoundError,
+    ParameterError,
+)
 
 ARCHS = sorted(REGISTRY)
 B, T, H, W = 2, 16, 32, 32
@@ -35,7 +45,7 @@ def test_registry_lists_every_design_and_role_defaults():
     assert ARCHS == ["ae3d", "forecaster", "motion_patch", "objects", "predictor", "resnet18_ae", "resnet3d_attn",
                      "topheavy", "vae3d"]
     assert FITTED == ["motion_patch", "objects"]
-    assert DEFAULT_ARCH == {"small": "vae3d", "large": "resnet3d_attn"}
+    assert DEFAULT_ARCH == {"small": "motion_patch", "large": "objects"}
     assert {REGISTRY[a].role for a in ARCHS} == {"small", "large"}
 
 

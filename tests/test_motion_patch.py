@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from vad.models import build
+from vad.tasks.learning.checkpoint import load_checkpoint
+from vad.tasks.learning.training import TrainConfig, train_model
 
-from models import build
-from tasks.checkpoint import load_checkpoint
-from tasks.errors import ParameterError
-from tasks.training import TrainConfig, train_model
+from vad.errors import ParameterError
 
 
 def _model(**kw):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from vad.models import build
+from vad.models._inference import for_inference
+from vad.tasks.learning.checkpoint import load_checkpoint
+from vad.tasks.learning.training import TrainConfig, train_model
 
-from models import build
-from models._inference import for_inference
-from tasks.checkpoint import load_checkpoint
-from tasks.errors import ParameterError
-from tasks.training import TrainConfig, train_model
+from vad.errors import ParameterError
 
 H = W = 64
 T = 8

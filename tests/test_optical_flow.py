@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from vad.tasks.learning.model_input import InputSpec, prepare_clips
+from vad.tasks.learning.optical_flow import MAX_SPEED, flow_clips, lucas_kanade
 
-from tasks.errors import ParameterError
-from tasks.flow import MAX_SPEED, flow_clips, lucas_kanade
-from tasks.model_input import InputSpec, prepare_clips
+from vad.errors import ParameterError
 
 H = W = 64
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+from vad.tasks.evaluation.pareto import Simulation, pareto_front, sweep
+from vad.tasks.inference.routing import BatchBudget
 
-from tasks.errors import ParameterError
-from tasks.pareto import Simulation, pareto_front, sweep
-from tasks.routing import BatchBudget
+from vad.errors import ParameterError
 
 
 def test_pareto_front_by_hand():

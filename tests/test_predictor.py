@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from vad.models import build
 
-from models import build
-from tasks.errors import ParameterError
+from vad.errors import ParameterError
 
 T, H, W = 16, 32, 32
 

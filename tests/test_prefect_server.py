@@ -14,8 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from storage import read_table
+from vad.storage import read_table
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]

@@ -3,11 +3,18 @@
 import pytest
 import torch
 from conftest import train_until_epoch_2
+from vad.tasks.learning.checkpoint import load_checkpoint
+from vad.tasks.learning.pseudo import (
+    KINDS,
+    PseudoAnomalyHead,
+    erase,
+    jitter,
+    pseudo_anomalies,
+    shuffle,
+)
+from vad.tasks.learning.training import TrainConfig, train_model
 
-from tasks.checkpoint import load_checkpoint
-from tasks.errors import ParameterError
-from tasks.pseudo import KINDS, PseudoAnomalyHead, erase, jitter, pseudo_anomalies, shuffle
-from tasks.training import TrainConfig, train_model
+from vad.errors import ParameterError
 
 C, T, H, W = 1, 8, 32, 32
 

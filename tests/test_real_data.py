@@ -4,12 +4,11 @@ import re
 import subprocess
 
 import pytest
-
 from conftest import shared_path
-from storage import ClipStore
-from tasks.datasets import discover
-from tasks.ffmpeg_io import ffmpeg_exe
-from tasks.ingest import Preprocess, ingest_video
+from vad.storage import ClipStore
+from vad.tasks.sources.datasets import discover
+from vad.tasks.sources.ffmpeg_io import ffmpeg_exe
+from vad.tasks.sources.ingest import Preprocess, ingest_video
 
 pytestmark = pytest.mark.integration
 

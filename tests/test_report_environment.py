@@ -7,11 +7,10 @@ import shutil
 from importlib import metadata
 
 from conftest import make_checkpoint
-
-from storage import read_manifest, run_dir
-from tasks.report import RunRef, build_report
-from tasks.routing import BatchBudget
-from tasks.scoring import score_dataset
+from vad.storage import read_manifest, run_dir
+from vad.tasks.evaluation.report import RunRef, build_report
+from vad.tasks.inference.routing import BatchBudget
+from vad.tasks.inference.scoring import score_dataset
 
 
 def test_the_report_has_an_environment_section_with_the_runs_versions(synthetic_store, tmp_path):

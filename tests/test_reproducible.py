@@ -3,12 +3,11 @@ figures a user gets from the README's commands depend on the package versions al
 
 import numpy as np
 import torch
-
-from storage import ClipStore
-from tasks.checkpoint import load_checkpoint
-from tasks.model_input import clip_index
-from tasks.passes import score_clips
-from tasks.training import TrainConfig, train_model
+from vad.storage import ClipStore
+from vad.tasks.inference.passes import score_clips
+from vad.tasks.learning.checkpoint import load_checkpoint
+from vad.tasks.learning.model_input import clip_index
+from vad.tasks.learning.training import TrainConfig, train_model
 
 
 def test_training_twice_gives_bit_identical_checkpoints_and_scores(synthetic_store, tmp_path):

@@ -2,12 +2,19 @@
 
 import numpy as np
 import pytest
-
-from tasks.calibration import Calibration
-from tasks.errors import ParameterError
-from tasks.routing import (
-    BatchBudget, RouterConfig, Signals, TokenBucket, compute_signals, parse_budget, route, trailing_variance,
+from vad.tasks.inference.routing import (
+    BatchBudget,
+    RouterConfig,
+    Signals,
+    TokenBucket,
+    compute_signals,
+    parse_budget,
+    route,
+    trailing_variance,
 )
+from vad.tasks.learning.calibration import Calibration
+
+from vad.errors import ParameterError
 
 # 19 normal clip scores 10..190 (ranks 0.05..0.95), embeddings on two axes, one video of 19 clips
 CAL = Calibration.fit(

@@ -5,12 +5,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from conftest import make_checkpoint
+from vad.storage import ClipStore, read_manifest, read_table, write_table
+from vad.tasks.inference.compute import Compute
+from vad.tasks.inference.routing import BatchBudget, RouterConfig, TokenBucket
+from vad.tasks.inference.scoring import aggregate_frames, score_dataset, score_videos
 
-from storage import ClipStore, read_manifest, read_table, write_table
-from tasks.errors import ParameterError
-from tasks.routing import BatchBudget, RouterConfig, TokenBucket
-from tasks.compute import Compute
-from tasks.scoring import aggregate_frames, score_dataset, score_videos
+from vad.errors import ParameterError
 
 
 def test_frame_scores_are_the_mean_of_covering_clips():
@@ -113,7 +113,7 @@ def test_an_interrupted_write_leaves_no_partial_file_and_a_rerun_completes(synth
     assert leftovers == []
     monkeypatch.setattr(pq, "write_table", real)
     # a temporary file left by a killed process is hidden from readers and cleared by the next write
-    from storage._locks import HOST
+    from vad.storage._locks import HOST
 
     # pid 4194304 is above Linux's largest pid_max: never a live process
     stale = root / "scores" / "clips" / "dataset=synthetic" / "run=cut" / f".part-0.parquet.4194304@{HOST}.x.tmp"
@@ -132,7 +132,7 @@ def test_table_writes_refuse_partition_columns_and_bad_run_ids(tmp_path):
 
 
 def test_report_collects_metrics_sweep_and_plots_of_scored_runs(synthetic_store, pair, tmp_path):
-    from tasks.report import RunRef, build_report
+    from vad.tasks.evaluation.report import RunRef, build_report
 
     root = _workspace(tmp_path, synthetic_store, pair)
     score_dataset(str(root), "synthetic", budget=BatchBudget(0.2), run_id="r")
@@ -151,7 +151,7 @@ def test_report_collects_metrics_sweep_and_plots_of_scored_runs(synthetic_store,
     assert pareto.pareto.any() and "Simulated offline" in (out / "report.md").read_text()
     assert not [p for p in (root / "reports").iterdir() if p.name.startswith(".")]  # no temporary folder left
     # the papers' protocol variants are extra rows, labelled, never the headline
-    from tasks.metrics import Protocol, evaluate
+    from vad.tasks.evaluation.metrics import Protocol, evaluate
 
     variants = pd.read_parquet(out / "variants.parquet")
     assert len(variants) == 3 * 2 and variants.protocol.str.startswith("NON-STANDARD").all()
@@ -164,9 +164,10 @@ def test_report_collects_metrics_sweep_and_plots_of_scored_runs(synthetic_store,
 def test_rewriting_a_run_removes_its_old_manifest_first(synthetic_store, tmp_path, monkeypatch):
     """A run id written again, and killed between its tables and its run.json, leaves no run.json
     that would describe the old tables as the new run."""
-    import tasks.records as records
-    from storage import read_manifest
-    from tasks.errors import NotFoundError
+    import vad.tasks.records as records
+    from vad.storage import read_manifest
+
+    from vad.errors import NotFoundError
 
     root = tmp_path / "ws"
     small = make_checkpoint(synthetic_store, "topheavy", 0, tmp_path)
@@ -188,7 +189,7 @@ def test_rewriting_a_run_removes_its_old_manifest_first(synthetic_store, tmp_pat
 def test_a_replayed_run_gives_what_a_real_run_gives(synthetic_store, tmp_path):
     """Routed runs replayed from one run where the large model scored every clip (the benchmarks'
     budget sweeps) write the same clip and frame scores as real runs at those budgets."""
-    from tasks.scoring import ReplayMap, VideoMap
+    from vad.tasks.inference.scoring import ReplayMap, VideoMap
 
     small = make_checkpoint(synthetic_store, "topheavy", 0, tmp_path)
     large = make_checkpoint(synthetic_store, "ae3d", 1, tmp_path)

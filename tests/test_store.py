@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from vad.storage import ClipStore
 
-from storage import ClipStore
-from tasks.errors import IncompleteVideoError, ParameterError, StoreNotFoundError
+from vad.errors import IncompleteVideoError, ParameterError, StoreNotFoundError
 
 
 def _write(store, video_id, n=5, split="train", finish=True):

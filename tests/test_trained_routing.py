@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import make_checkpoint
-from storage import ClipStore
-from tasks.checkpoint import load_checkpoint
-from tasks.routing import SIGNALS, BatchBudget, RouterConfig
-from tasks.scoring import score_videos
-from tasks.training import TrainConfig, train_model
+from vad.storage import ClipStore
+from vad.tasks.inference.routing import SIGNALS, BatchBudget, RouterConfig
+from vad.tasks.inference.scoring import score_videos
+from vad.tasks.learning.checkpoint import load_checkpoint
+from vad.tasks.learning.training import TrainConfig, train_model
 
 pytestmark = pytest.mark.integration
 

@@ -11,12 +11,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from vad.storage import ClipStore
+from vad.tasks.evaluation.validation import (
+    KINDS,
+    RECORD_NAME,
+    ValidationSet,
+    make_validation_set,
+)
+from vad.tasks.sources.datasets import discover
+from vad.tasks.sources.ingest import Preprocess, ingest_video
 
-from storage import ClipStore
-from tasks.datasets import discover
-from tasks.errors import ParameterError
-from tasks.ingest import Preprocess, ingest_video
-from tasks.validation import KINDS, RECORD_NAME, ValidationSet, make_validation_set
+from vad.errors import ParameterError
 
 N, H, W = 60, 48, 64
 SIDE = 8

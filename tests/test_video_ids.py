@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ramp_frames, write_video
-from storage import ClipStore
-from tasks.datasets import discover, survey
-from tasks.datasets._base import unique_ids, video_id_for
-from tasks.errors import DatasetLayoutError, FFmpegError
+from vad.storage import ClipStore
+from vad.tasks.sources.datasets import discover, survey
+from vad.tasks.sources.datasets._base import unique_ids, video_id_for
+
+from vad.errors import DatasetLayoutError, FFmpegError
 
 TRAIN = "train/Camera 1 2026-10-01.mp4"
 NAMES = (TRAIN, "café-entrée.mp4", "a b.mp4", "a-b.mp4", "監視.mp4", "zarr.json.mp4")
@@ -75,9 +75,9 @@ def test_discovery_lists_every_usable_video_and_one_line_for_the_other(awkward):
 
 def test_awkward_names_ingest_through_the_flow_and_reach_the_score_tables(awkward, prefect_server, tmp_path):
     from conftest import make_checkpoint
-    from flows.ingest import ingest_flow
-    from tasks.routing import BatchBudget
-    from tasks.scoring import score_videos
+    from vad.flows.ingest import ingest_flow
+    from vad.tasks.inference.routing import BatchBudget
+    from vad.tasks.inference.scoring import score_videos
 
     state = ingest_flow(source=str(awkward), dataset="awkward", root=str(tmp_path), size="32x32", gray=True, return_state=True)
     summary = state.result(raise_on_failure=False)
@@ -96,25 +96,31 @@ def test_awkward_names_ingest_through_the_flow_and_reach_the_score_tables(awkwar
 
 def test_an_expected_failure_is_logged_in_one_line_after_the_retries(awkward, prefect_server, tmp_path, monkeypatch):
     """A transient error (a stalled source) is retried, then Prefect logs it: without a traceback."""
-    import flows.ingest
+    import vad.flows.ingest as flows_ingest
 
     def stalled(url, source, *args, **kwargs):
         raise FFmpegError(source.uri, "no frame from FFmpeg for 60 s (a stalled source?)", transient=True)
 
-    monkeypatch.setattr(flows.ingest, "ingest_video", stalled)
+    monkeypatch.setattr(flows_ingest, "ingest_video", stalled)
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
     logger = logging.getLogger("prefect.task_runs")
+    # the CLI's commands silence Prefect's loggers; a CLI test run earlier in this process may have
+    saved = logger.level, logger.disabled
+    logger.setLevel(logging.INFO)
+    logger.disabled = False
     logger.addHandler(handler)
     try:
         source = tmp_path / "one"
         source.mkdir()
         shutil.copy(awkward / "café-entrée.mp4", source / "café-entrée.mp4")
-        summary = flows.ingest.ingest_flow(source=str(source), dataset="stalled", root=str(tmp_path), return_state=True).result(
+        summary = flows_ingest.ingest_flow(source=str(source), dataset="stalled", root=str(tmp_path), return_state=True).result(
             raise_on_failure=False)
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.disabled = saved[1]
     assert "stalled source" in summary.failures["cafe-entree"]
     final = [r for r in records if "Retries are exhausted" in r.getMessage()]
     assert len(final) == 1 and final[0].exc_info is None and "\n" not in final[0].getMessage()

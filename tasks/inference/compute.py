@@ -1,0 +1,185 @@
+"""Compute policy: which device and how many cores a process uses, the precision of a pass, the
+batch size (measured on CUDA), and the locks that make passes on one GPU take turns.
+
+Training and scoring both take these from here, so a checkpoint is calibrated by the same pass,
+on the same device and precision, that later scores with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import torch
+from vad.tasks.learning.model_input import prepare_clips
+
+from vad.errors import ParameterError, PipelineError
+
+if TYPE_CHECKING:
+    from vad.tasks.learning.checkpoint import Checkpoint
+
+Precision = Literal["auto", "float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def available_cores() -> int:
+    """CPU cores this process may use: `$VAD_TORCH_THREADS` when set (a local Dask cluster sets it
+    to share the cores among its worker processes), else the affinity mask (which containers and
+    taskset narrow)."""
+    if os.environ.get("VAD_TORCH_THREADS", "").isdigit() and int(os.environ["VAD_TORCH_THREADS"]) > 0:
+        return int(os.environ["VAD_TORCH_THREADS"])
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """`auto` (CUDA when present, else the CPU), `cpu`, `cuda` or `cuda:N`, checked against this machine."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ParameterError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ParameterError(f"device {device!r} was asked for but this machine has no CUDA device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ParameterError(f"device {device!r} was asked for but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ParameterError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return dev
+
+
+def autocast_for(device: torch.device) -> Any:
+    # bfloat16 autocast on CUDA needs no loss scaler; on CPU full precision is both safer and faster
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and how the scoring passes run; recorded in run.json.
+
+    `batch` None: measured per device (`choose_batch`); `precision` "auto": bfloat16 autocast on
+    CUDA, float32 elsewhere (`scoring_precision`); `compile`: `torch.compile` the scoring model
+    (a one-off compile of 3-20 s per model, device and batch shape; docs/operations.md says when it pays).
+    """
+
+    device: str = "auto"
+    batch: int | None = None
+    precision: Precision = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.batch is not None and self.batch < 1:
+            raise ParameterError(f"batch must be 1 or more, got {self.batch}")
+
+
+def scoring_precision(device: torch.device, precision: Precision = "auto") -> Any:
+    """The autocast context of a scoring pass: `"auto"` is bfloat16 on CUDA and float32 elsewhere
+    (`autocast_for`); `"float32"` and `"bfloat16"` force one. bfloat16 on a CPU without native
+    support is slower than float32; it is there to check on any machine what a GPU's scores will be."""
+    if precision == "auto":
+        return autocast_for(device)
+    if precision == "float32":
+        return torch.autocast(device.type, enabled=False)
+    if precision == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+# batch sizes tried on CUDA, in order; measurement stops at the first that runs out of memory or
+# is not at least 5% faster per clip than the best so far
+BATCH_CANDIDATES = (16, 32, 64, 128, 256)
+# benchmarks/throughput.py --batches 4,8,16 on 2 cores (README): vae3d-motion 51.6, 55.2, 40.2 clips/s,
+# predictor-wide 12.2, 10.4, 8.7 (another run 12.6, 9.0, 7.1); larger batches also hold more memory
+CPU_BATCH = 8
+_COMPILED_PASS = threading.Lock()
+_DEVICE_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def measure_batch(
+    checkpoint: Checkpoint, device: torch.device, *, precision: Precision = "auto",
+    candidates: tuple[int, ...] = BATCH_CANDIDATES, repeats: int = 3,
+) -> tuple[int, dict[int, float]]:
+    """The batch size that scores the most clips per second on `device`, and clips/s of each tried.
+
+    Each candidate scores random clips of the checkpoint's stored frame size (copy to the device,
+    conversion, model) once to warm up and then `repeats` times, timed to the device's completion.
+    """
+    model = checkpoint.scoring_model(device)
+    spec = checkpoint.input
+    h, w, c = (int(v) for v in checkpoint.source["frame_size"])
+    gen = torch.Generator().manual_seed(0)
+    rates: dict[int, float] = {}
+    best = 0.0
+    for b in candidates:
+        clips = torch.randint(0, 256, (b, spec.clip_len, h, w, c), dtype=torch.uint8, generator=gen)
+        if device.type == "cuda":
+            clips = clips.pin_memory()
+        try:
+            with torch.inference_mode(), scoring_precision(device, precision):
+                model.score(prepare_clips(clips, spec, model.value_range, device=device))
+                _synchronize(device)
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    model.score(prepare_clips(clips, spec, model.value_range, device=device))
+                _synchronize(device)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            break
+        rates[b] = b * repeats / (time.perf_counter() - t0)
+        if rates[b] < best * 1.05:
+            break
+        best = max(best, rates[b])
+    if not rates:
+        raise PipelineError(
+            f"{checkpoint.path or checkpoint.arch}: not even {candidates[0]} clips fit in {device}'s memory; give a smaller --batch"
+        )
+    return max(rates, key=rates.__getitem__), rates
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def choose_batch(checkpoint: Checkpoint, device: torch.device, *, precision: Precision = "auto") -> int:
+    """Clips per batch when none is given: `CPU_BATCH` on a CPU; on CUDA the fastest of
+    `BATCH_CANDIDATES` (`measure_batch`), measured once per checkpoint, device and precision."""
+    if device.type != "cuda":
+        return CPU_BATCH
+    # measured on the model uncompiled: compiling once per candidate size would take minutes;
+    # under the device's lock, so that no pass runs on the GPU meanwhile
+    key = ("batch", str(device), precision)
+    with _device_lock(device):
+        if key not in checkpoint.cache:
+            checkpoint.cache[key] = measure_batch(checkpoint, device, precision=precision)[0]
+    return checkpoint.cache[key]
+
+
+def _device_lock(device: torch.device) -> threading.RLock:
+    """One lock per CUDA device: passes on one GPU take turns (see `run_pass`)."""
+    with _LOCKS_LOCK:
+        return _DEVICE_LOCKS.setdefault(str(device), threading.RLock())
+
+
+def pass_lock(device: torch.device, compile: bool) -> Any:
+    """What a pass holds while it scores: compiled passes take turns (torch.compile is not safe
+    from two threads at once), and so do passes on one GPU (each sized its batch for the GPU alone);
+    CPU passes on threads share the cores freely."""
+    if compile:
+        return _COMPILED_PASS
+    return _device_lock(device) if device.type == "cuda" else contextlib.nullcontext()
+
+

@@ -1,0 +1,209 @@
+"""Model passes: a checkpoint's model over a list of clips, read in spans from the clip store.
+
+`score_clips` gives raw scores (training calibrates with it); `run_pass` adds the checkpoint's
+calibration; `first_pass` and `second_pass` are the two passes of scoring, one video at a time.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from vad.storage import ClipStore
+from vad.tasks.inference.compute import (
+    Compute,
+    available_cores,
+    choose_batch,
+    pass_lock,
+    pick_device,
+    scoring_precision,
+)
+from vad.tasks.inference.memory import release_freed_memory
+from vad.tasks.learning.calibration import cosine_distances
+from vad.tasks.learning.checkpoint import Checkpoint
+from vad.tasks.learning.model_input import ClipBatches, clip_index, prepare_clips
+
+
+@dataclass
+class RawScores:
+    """A model's raw output over a list of clips, in the order of the clips given."""
+
+    raw: np.ndarray  # (N,) raw clip scores
+    uncertainty: np.ndarray  # (N,)
+    embedding: np.ndarray  # (N, D)
+    frame_errors: np.ndarray  # (N, T) raw per-frame scores
+    seconds: float
+    calls: int  # clips the model ran on
+    device: str = ""  # where it ran ("" when no clip was scored)
+    batch: int = 0  # clips per model call (0 when no clip was scored)
+
+    @classmethod
+    def empty(cls, clip_len: int) -> RawScores:
+        z = np.zeros(0)
+        return cls(z, z, np.zeros((0, 0), np.float32), np.zeros((0, clip_len), np.float32), 0.0, 0)
+
+
+@dataclass
+class PassOutput:
+    """One model's pass over a list of clips, arrays in the order of the clips given."""
+
+    raw: np.ndarray  # (N,) raw clip scores
+    calibrated: np.ndarray  # (N,) percentile ranks against the model's normal clips
+    uncertainty: np.ndarray  # (N,)
+    ood_distance: np.ndarray  # (N,) cosine distance to the normal centroid
+    frame_errors: np.ndarray  # (N, T) raw per-frame scores
+    seconds: float
+    calls: int  # clips the model ran on
+    device: str = ""  # where it ran ("" when no clip was scored)
+    batch: int = 0  # clips per model call (0 when no clip was scored)
+
+    @classmethod
+    def empty(cls, clip_len: int) -> PassOutput:
+        z = np.zeros(0)
+        return cls(z, z, z, z, np.zeros((0, clip_len), np.float32), 0.0, 0)
+
+    def take(self, rows: np.ndarray) -> PassOutput:
+        """The clips at positions `rows`, in that order (seconds shared out by clip count)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        share = self.seconds * len(rows) / max(self.calls, 1)
+        return PassOutput(self.raw[rows], self.calibrated[rows], self.uncertainty[rows], self.ood_distance[rows],
+                          self.frame_errors[rows], share, len(rows), self.device, self.batch)
+
+    @classmethod
+    def concat(cls, parts: list[PassOutput], clip_len: int) -> PassOutput:
+        """The passes of several videos as one, in the order given."""
+        if not parts:
+            return cls.empty(clip_len)
+        ran = [p for p in parts if p.calls]
+        return cls(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("raw", "calibrated", "uncertainty", "ood_distance", "frame_errors")),
+            seconds=sum(p.seconds for p in parts), calls=sum(p.calls for p in parts),
+            device=ran[0].device if ran else "", batch=max((p.batch for p in ran), default=0),
+        )
+
+
+def score_clips(
+    checkpoint: Checkpoint, store_url: str, index: list[tuple[str, int]], *, compute: Compute = Compute(),
+    workers: int | None = None,
+) -> RawScores:
+    """Raw scores of the clips `index` ((video, start) pairs) with the checkpoint's model, under
+    inference mode; needs no calibration, so training fits its calibration with this same pass.
+
+    Clips are read as uint8 in batches of one video, each run of overlapping clips as one span of
+    frames (`ClipBatches`), by a DataLoader: in this process on a CPU; on CUDA by one spawned reader
+    process reading about 64 clips ahead into pinned memory, copied without blocking, when there
+    are enough clips to pay for its start-up (a few seconds). They are converted on the compute
+    device. The model is the checkpoint's scoring model (`Checkpoint.scoring_model`), built once per
+    device; with `compile` a short last batch is padded to the next power of two, so few shapes are
+    compiled. Passes on one GPU, and compiled passes anywhere, take turns (`pass_lock`).
+    """
+    spec = checkpoint.input
+    if not index:
+        return RawScores.empty(spec.clip_len)
+    dev = pick_device(compute.device)
+    precision, compile = compute.precision, compute.compile
+    torch.set_num_threads(available_cores())
+    model = checkpoint.scoring_model(dev, compile=compile)
+    batch = compute.batch or choose_batch(checkpoint, dev, precision=precision)
+    if workers is None:
+        # On a CPU, reading in the scoring process costs as much as a reader process and holds
+        # ~370 MB less (a 10-minute 720p pass: 49.1 s without, 48.4 s with); on CUDA a reader
+        # process keeps the next batch coming while the GPU works. A daemon process (a Dask
+        # worker) may not start children.
+        spawn_ok = len(index) >= 400 and not multiprocessing.current_process().daemon
+        workers = 1 if dev.type == "cuda" and spawn_ok else 0
+    loader = DataLoader(
+        ClipBatches(store_url, index, spec.clip_len, batch), batch_size=None, num_workers=workers,
+        # about 64 clips read ahead, whatever the batch size
+        multiprocessing_context="spawn" if workers else None, prefetch_factor=max(1, min(4, 64 // batch)) if workers else None,
+        pin_memory=dev.type == "cuda",
+    )
+    # Results go straight into arrays sized for the whole pass: no per-batch objects accumulate
+    # between the batches' large temporaries, which would keep the allocator from returning memory.
+    n = len(index)
+    raw, unc = np.empty(n), np.empty(n)
+    frames = np.empty((n, spec.clip_len), np.float32)
+    emb: np.ndarray | None = None
+    done = 0
+    t0 = time.perf_counter()
+    with pass_lock(dev, compile), torch.inference_mode(), scoring_precision(dev, precision):
+        for clips in loader:
+            m = len(clips)
+            if compile and m < batch:
+                # a short batch is padded to the next power of two (at most `batch`): a pass
+                # compiles at most log2(batch) + 1 shapes and wastes at most half a batch
+                clips = torch.cat([clips, clips[-1:].expand(min(batch, 1 << (m - 1).bit_length()) - m, *clips.shape[1:])])
+            s = model.score(prepare_clips(clips, spec, model.value_range, device=dev))
+            k = slice(done, done + m)
+            if emb is None:
+                emb = np.empty((n, s.embedding.shape[1]), np.float32)
+            raw[k], unc[k] = s.clip[:m].float().cpu().numpy(), s.uncertainty[:m].float().cpu().numpy()
+            emb[k], frames[k] = s.embedding[:m].float().cpu().numpy(), s.frames[:m].float().cpu().numpy()
+            done += m
+            release_freed_memory(every=16)
+    return RawScores(
+        raw=raw, uncertainty=unc, embedding=emb, frame_errors=frames, seconds=time.perf_counter() - t0, calls=n,
+        device=str(dev), batch=batch,
+    )
+
+
+def run_pass(
+    checkpoint: Checkpoint, store_url: str, index: list[tuple[str, int]], *, compute: Compute = Compute(),
+    workers: int | None = None,
+) -> PassOutput:
+    """`score_clips`, then the checkpoint's calibration: percentile ranks and distances from the
+    normal embedding centroid."""
+    s = score_clips(checkpoint, store_url, index, compute=compute, workers=workers)
+    if not s.calls:
+        return PassOutput.empty(checkpoint.input.clip_len)
+    cal = checkpoint.calibration
+    return PassOutput(
+        raw=s.raw, calibrated=cal.calibrate(s.raw), uncertainty=s.uncertainty,
+        ood_distance=cosine_distances(s.embedding, cal.centroid), frame_errors=s.frame_errors, seconds=s.seconds,
+        calls=s.calls, device=s.device, batch=s.batch,
+    )
+
+
+@dataclass
+class VideoPass:
+    """Pass 1 over one video: its clips (start frames, scene cuts), frame count, labels, and the
+    small model's output. The unit of work the score flow maps over videos."""
+
+    video: str
+    n_frames: int
+    labels: np.ndarray  # (n_frames,) int8, -1 unknown
+    starts: np.ndarray  # (N,) clip start frames
+    cuts: np.ndarray  # (N,) bool: a scene cut inside the clip
+    out: PassOutput
+    source: str = ""  # the file as the user named it: its path in the dataset, else its URI
+
+
+def first_pass(
+    store_url: str, small: Checkpoint, video_id: str, *, large: Checkpoint | None = None, compute: Compute = Compute(),
+) -> VideoPass:
+    """Check that the video fits both checkpoints, then score each of its clips with the small model."""
+    store = ClipStore.open(store_url)
+    video = store.video(video_id)
+    small.check_video(video)
+    if large is not None:
+        large.check_video(video)
+    t, s = small.input.clip_len, small.input.stride
+    index = clip_index(store, [video_id], t, s)
+    starts = np.array([st for _, st in index], dtype=np.int64)
+    scene_cut = video.scene_cut
+    cuts = np.array([bool(scene_cut[st + 1 : st + t].any()) for st in starts], dtype=bool)
+    out = run_pass(small, store_url, index, compute=compute)
+    source = video.attrs.get("source_relpath") or video.attrs.get("source_uri", "")
+    return VideoPass(video_id, video.n_frames, video.labels, starts, cuts, out, source)
+
+
+def second_pass(
+    store_url: str, large: Checkpoint, video_id: str, starts: np.ndarray, *, compute: Compute = Compute(),
+) -> PassOutput:
+    """Re-score the clips of one video that start at `starts` with the large model."""
+    index = [(video_id, int(st)) for st in starts]
+    return run_pass(large, store_url, index, compute=compute)

@@ -1,0 +1,179 @@
+"""The router: which clips the large model re-scores, from four signals and a budget.
+
+Signals, per clip, all levels from the small model's calibration on normal data:
+- `gray_zone`: |calibrated score - quantile| < margin (in percentile space the threshold is the
+  calibration quantile, 0.95 by default): the small model is near its own decision boundary;
+- `ood`: the cosine distance of the clip's embedding from the normal centroid is above the
+  distance that `ood_quantile` of normal clips stay under;
+- `unstable`: the variance of the last `window` calibrated scores of the same video (this clip
+  included) is above the level `instability_quantile` of normal windows stay under;
+- `scene_cut`: a scene cut falls inside the clip.
+
+Budgets:
+- **token bucket** (per video, in stream order): the bucket starts full with `capacity` tokens; a
+  clip whose signals fire takes a token and is escalated if one is there, else it is held back;
+  after each clip `refill` tokens are added, up to the capacity;
+- **batch budget**: the `fraction` of clips with the highest difficulty are escalated, where
+  difficulty = number of signals fired + (1 - |calibrated score - quantile|), so clips with more
+  signals come first and, among equals, those nearest the threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from vad.tasks.learning.calibration import Calibration, window_variances
+
+from vad.errors import ParameterError
+
+SIGNALS = ("gray_zone", "ood", "unstable", "scene_cut")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    margin: float = 0.05
+    ood_quantile: float = 0.99
+    instability_quantile: float = 0.99
+    signals: tuple[str, ...] = SIGNALS  # which signals may escalate
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.margin <= 1.0:
+            raise ParameterError(f"gray-zone margin must be in [0, 1], got {self.margin}")
+        for name in ("ood_quantile", "instability_quantile"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ParameterError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        unknown = sorted(set(self.signals) - set(SIGNALS))
+        if unknown:
+            raise ParameterError(f"unknown signal(s) {unknown}; choose from {', '.join(SIGNALS)}")
+
+
+@dataclass(frozen=True)
+class TokenBucket:
+    capacity: float
+    refill: float  # tokens added after each clip
+
+    def __post_init__(self) -> None:
+        if self.capacity < 0 or self.refill < 0 or not math.isfinite(self.capacity + self.refill):
+            raise ParameterError(f"token bucket needs capacity >= 0 and refill >= 0, got {self.capacity}, {self.refill}")
+
+    def describe(self) -> str:
+        return f"bucket capacity {self.capacity:g}, refill {self.refill:g}/clip"
+
+
+@dataclass(frozen=True)
+class BatchBudget:
+    fraction: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ParameterError(f"budget must be a fraction in [0, 1], got {self.fraction}")
+
+    def describe(self) -> str:
+        return f"budget {self.fraction:g} of clips"
+
+
+Budget = TokenBucket | BatchBudget
+
+
+def parse_budget(budget: float | None = None, bucket: str | None = None) -> Budget:
+    """`--budget FRACTION` or `--bucket CAPACITY,REFILL` (not both); neither gives a budget of 0.2."""
+    if budget is not None and bucket is not None:
+        raise ParameterError("give --budget or --bucket, not both")
+    if bucket is not None:
+        try:
+            capacity, refill = (float(v) for v in bucket.split(","))
+        except ValueError:
+            raise ParameterError(f"--bucket must look like CAPACITY,REFILL (e.g. 3,0.2), got {bucket!r}") from None
+        return TokenBucket(capacity, refill)
+    return BatchBudget(0.2 if budget is None else float(budget))
+
+
+@dataclass
+class Signals:
+    """Per-clip signal values and flags, arrays of length N in stream order."""
+
+    gray_distance: np.ndarray  # |calibrated - quantile|
+    ood_distance: np.ndarray  # cosine distance to the normal centroid
+    instability: np.ndarray  # window variance; NaN before a video has `window` clips
+    flags: dict[str, np.ndarray]  # signal name -> bool (N,)
+
+    @property
+    def fired(self) -> np.ndarray:
+        return np.any(np.stack(list(self.flags.values())), axis=0) if self.flags else np.zeros(len(self.gray_distance), bool)
+
+
+def trailing_variance(calibrated: np.ndarray, video_ids: np.ndarray, window: int) -> np.ndarray:
+    """Variance of each clip's last `window` calibrated scores within its video (NaN until full)."""
+    out = np.full(len(calibrated), np.nan)
+    for vid in dict.fromkeys(video_ids.tolist()):
+        where = np.flatnonzero(video_ids == vid)
+        v = window_variances(calibrated[where], window)
+        out[where[window - 1 :]] = v
+    return out
+
+
+def compute_signals(
+    *, calibrated: np.ndarray, embeddings_distance: np.ndarray, video_ids: np.ndarray, scene_cut: np.ndarray,
+    calibration: Calibration, config: RouterConfig,
+) -> Signals:
+    calibrated = np.asarray(calibrated, dtype=np.float64)
+    video_ids = np.asarray(video_ids)
+    gray = np.abs(calibrated - calibration.quantile)
+    ood = np.asarray(embeddings_distance, dtype=np.float64)
+    instability = trailing_variance(calibrated, video_ids, calibration.window)
+    ood_level = calibration.ood.quantile(config.ood_quantile)
+    unstable_level = calibration.instability.quantile(config.instability_quantile)
+    all_flags = {
+        "gray_zone": gray < config.margin,
+        "ood": ood > ood_level,
+        "unstable": np.nan_to_num(instability, nan=-np.inf) > unstable_level,
+        "scene_cut": np.asarray(scene_cut, dtype=bool),
+    }
+    return Signals(gray, ood, instability, {k: v for k, v in all_flags.items() if k in config.signals})
+
+
+@dataclass
+class Routing:
+    escalated: np.ndarray  # bool (N,)
+    held: np.ndarray  # bool (N,): a signal fired but the budget said no
+    difficulty: np.ndarray  # (N,)
+    reasons: list[str]  # fired signals, comma-joined ("" when none)
+
+
+def difficulty(signals: Signals) -> np.ndarray:
+    fired = sum(f.astype(np.float64) for f in signals.flags.values()) if signals.flags else 0.0
+    return fired + (1.0 - np.minimum(signals.gray_distance, 1.0))
+
+
+def route(signals: Signals, video_ids: np.ndarray, budget: Budget) -> Routing:
+    """Apply a budget to the signals; clips are in stream order (video by video, clip by clip)."""
+    n = len(signals.gray_distance)
+    fired = signals.fired
+    diff = difficulty(signals)
+    escalated = np.zeros(n, dtype=bool)
+    if isinstance(budget, TokenBucket):
+        video_ids = np.asarray(video_ids)
+        for vid in dict.fromkeys(video_ids.tolist()):
+            tokens = budget.capacity
+            for i in np.flatnonzero(video_ids == vid):
+                if fired[i] and tokens >= 1.0:
+                    escalated[i] = True
+                    tokens -= 1.0
+                tokens = min(budget.capacity, tokens + budget.refill)
+    else:
+        k = int(round(budget.fraction * n))
+        # stable sort on -difficulty: ties go to the earlier clip
+        escalated[np.argsort(-diff, kind="stable")[:k]] = True
+    names = list(signals.flags)
+    stacked = np.stack([signals.flags[k] for k in names], axis=1) if names else np.zeros((n, 0), bool)
+    reasons = [",".join(name for name, on in zip(names, row) if on) for row in stacked]
+    return Routing(escalated=escalated, held=fired & ~escalated, difficulty=diff, reasons=reasons)
+
+
+def budget_record(budget: Budget) -> dict[str, Any]:
+    if isinstance(budget, TokenBucket):
+        return {"policy": "token-bucket", "capacity": budget.capacity, "refill": budget.refill}
+    return {"policy": "batch", "fraction": budget.fraction}

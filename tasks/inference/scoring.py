@@ -1,0 +1,280 @@
+"""Two-pass scoring: the small model scores every clip, the router picks clips, the large model
+re-scores only those, and clip scores become frame scores.
+
+Frame scores (`frame_mode`):
+- `"clip"` (default): each frame gets the mean of the final calibrated scores of the clips that
+  cover it;
+- `"frame"`: each frame gets the mean, over the clips that cover it, of that clip's own per-frame
+  error for the frame, calibrated by the model that scored the clip.
+Frames after the last clip's end (when (N - T) is not a multiple of the stride) take the value of
+the last clip that reaches furthest, so every frame has a score.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+from vad.storage import ClipStore, check_run_id
+from vad.tasks.inference.compute import Compute
+from vad.tasks.inference.passes import PassOutput, VideoPass, first_pass, second_pass
+from vad.tasks.inference.routing import (
+    BatchBudget,
+    Budget,
+    RouterConfig,
+    Routing,
+    Signals,
+    compute_signals,
+    route,
+)
+from vad.tasks.learning.checkpoint import Checkpoint, check_pair, load_pair
+from vad.tasks.records import ScoreSummary, write_run
+from vad.tasks.workspace import store_url as workspace_store_url
+
+from vad.errors import ParameterError, PipelineError
+
+FrameMode = Literal["clip", "frame"]
+FRAME_MODES: tuple[str, ...] = ("clip", "frame")
+
+
+def aggregate_frames(n_frames: int, starts: np.ndarray, clip_len: int, values: np.ndarray) -> np.ndarray:
+    """Per-frame mean over the clips covering each frame.
+
+    `values` is (N,) (one value per clip, spread over its frames) or (N, T) (a value per clip frame).
+    Frames no clip covers (after the last clip) take the last covered frame's value.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    if len(starts) == 0:
+        raise PipelineError("no clip covers this video; it is shorter than one clip")
+    per_frame = values[:, None].repeat(clip_len, axis=1) if values.ndim == 1 else values
+    total, count = np.zeros(n_frames), np.zeros(n_frames)
+    rows = (starts[:, None] + np.arange(clip_len)[None, :]).ravel()
+    keep = rows < n_frames
+    np.add.at(total, rows[keep], per_frame.ravel()[keep])
+    np.add.at(count, rows[keep], 1)
+    covered = np.flatnonzero(count)
+    out = np.empty(n_frames)
+    out[covered] = total[covered] / count[covered]
+    out[covered[-1] + 1 :] = out[covered[-1]]
+    return out
+
+
+@dataclass
+class ScoreResult:
+    clips: pd.DataFrame
+    frames: pd.DataFrame
+    small: PassOutput
+    large: PassOutput
+    routing: Routing
+    seconds: dict[str, float] = field(default_factory=dict)
+    videos: list[str] = field(default_factory=list)
+    passes: list[VideoPass] = field(default_factory=list, repr=False)  # pass 1 per video (a benchmark replays it)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frames)
+
+
+@dataclass
+class RoutePlan:
+    """The router's decision over all clips of the given videos, in stream order."""
+
+    signals: Signals
+    routing: Routing
+    video_of: np.ndarray  # (N,) video id of each clip
+    seconds: float
+
+    def escalated_starts(self, passes: list[VideoPass]) -> dict[str, np.ndarray]:
+        """Start frames of the escalated clips, per video that has any."""
+        out = {}
+        for p in passes:
+            chosen = self.routing.escalated[self.video_of == p.video]
+            if chosen.any():
+                out[p.video] = p.starts[chosen]
+        return out
+
+
+def plan_routes(
+    passes: list[VideoPass], small: Checkpoint, budget: Budget, *, router: RouterConfig = RouterConfig(),
+    has_large: bool = True,
+) -> RoutePlan:
+    """Signals over every clip of `passes`, then the budget (a batch budget ranks clips of all the
+    videos given together). Without a large model nothing is escalated."""
+    t0 = time.perf_counter()
+    video_of = np.concatenate([np.full(len(p.starts), p.video, dtype=object) for p in passes])
+    first = PassOutput.concat([p.out for p in passes], small.input.clip_len)
+    signals = compute_signals(
+        calibrated=first.calibrated, embeddings_distance=first.ood_distance, video_ids=video_of,
+        scene_cut=np.concatenate([p.cuts for p in passes]), calibration=small.calibration, config=router,
+    )
+    routing = route(signals, video_of, budget if has_large else BatchBudget(0.0))
+    return RoutePlan(signals, routing, video_of, time.perf_counter() - t0)
+
+
+def assemble(
+    passes: list[VideoPass], plan: RoutePlan, second: dict[str, PassOutput], small: Checkpoint,
+    large: Checkpoint | None, *, frame_mode: FrameMode = "clip",
+) -> ScoreResult:
+    """Clip and frame tables from the passes and the routing (see the module docstring for frame modes)."""
+    t = small.input.clip_len
+    t0 = time.perf_counter()
+    p1 = PassOutput.concat([p.out for p in passes], t)
+    p2 = PassOutput.concat([second[p.video] for p in passes if p.video in second], t)
+    video_of, routing, signals = plan.video_of, plan.routing, plan.signals
+    starts = np.concatenate([p.starts for p in passes])
+    clip_no = np.concatenate([np.arange(len(p.starts)) for p in passes])
+    chosen = np.flatnonzero(routing.escalated)  # stream order, the order of p2's rows
+    if len(chosen) != p2.calls:
+        raise PipelineError(f"the large model re-scored {p2.calls} clips but {len(chosen)} were escalated")
+    large_score = np.full(len(starts), np.nan)
+    large_raw = np.full(len(starts), np.nan)
+    large_score[chosen], large_raw[chosen] = p2.calibrated, p2.raw
+    final = np.where(routing.escalated, large_score, p1.calibrated)
+    clips = pd.DataFrame({
+        "video": video_of.astype(str), "source": pd.Series(video_of).map({p.video: p.source for p in passes}).to_numpy(str),
+        "clip": clip_no.astype(np.int32), "start_frame": starts.astype(np.int32),
+        "end_frame": (starts + t).astype(np.int32),
+        "small_raw": p1.raw, "small_score": p1.calibrated, "uncertainty": p1.uncertainty,
+        "gray_distance": signals.gray_distance, "ood_distance": signals.ood_distance,
+        "instability": signals.instability,
+        **{f"signal_{k}": signals.flags.get(k, np.zeros(len(starts), bool)) for k in ("gray_zone", "ood", "unstable", "scene_cut")},
+        "difficulty": routing.difficulty, "escalated": routing.escalated, "budget_held": routing.held,
+        "reasons": routing.reasons, "large_raw": large_raw, "large_score": large_score, "score": final,
+    })
+    # calibrated per-frame errors of the model that scored each clip (for frame_mode="frame")
+    small_frames_cal = small.calibration.calibrate(p1.frame_errors)
+    chosen_frames_cal = small_frames_cal.copy()
+    if len(chosen):
+        chosen_frames_cal[chosen] = large.calibration.calibrate(p2.frame_errors)  # type: ignore[union-attr]
+    frame_tables = []
+    for p in passes:
+        rows = np.flatnonzero(video_of == p.video)
+        n = p.n_frames
+        if frame_mode == "clip":
+            small_f = aggregate_frames(n, starts[rows], t, p1.calibrated[rows])
+            final_f = aggregate_frames(n, starts[rows], t, final[rows])
+        else:
+            small_f = aggregate_frames(n, starts[rows], t, small_frames_cal[rows])
+            final_f = aggregate_frames(n, starts[rows], t, chosen_frames_cal[rows])
+        escalated_f = aggregate_frames(n, starts[rows], t, routing.escalated[rows].astype(float)) > 0
+        labels = p.labels.astype("float64")
+        labels[labels < 0] = np.nan
+        frame_tables.append(pd.DataFrame({
+            "video": p.video, "frame": np.arange(n, dtype=np.int32), "label": pd.array(labels, dtype="Int8"),
+            "small_score": small_f, "score": final_f, "escalated": escalated_f,
+        }))
+    frames = pd.concat(frame_tables, ignore_index=True)
+    seconds = {"pass1": p1.seconds, "routing": plan.seconds, "pass2": p2.seconds, "frames": time.perf_counter() - t0}
+    return ScoreResult(clips, frames, p1, p2, routing, seconds, [p.video for p in passes], passes)
+
+
+def video_list(store_url: str, videos: list[str] | None, split: str | None) -> list[str]:
+    """The videos to score: those given, else the store's complete videos of `split`."""
+    ids = videos if videos is not None else ClipStore.open(store_url).video_ids(split=split)
+    if not ids:
+        raise PipelineError(f"store {store_url} has no complete videos to score (split: {split or 'any'})")
+    return list(ids)
+
+
+class VideoMap:
+    """How `score_videos` runs its per-video stages: here, a plain loop in this process (with a
+    progress bar). The score flow maps the passes as Prefect tasks (`flows/score.py`), the throughput
+    benchmark times each stage; both subclass this, so the orchestration itself exists once."""
+
+    def __init__(self, *, progress: bool = False) -> None:
+        self.progress = progress
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Around each stage: "pass1", "routing", "pass2", "frames"."""
+        yield
+
+    def pass1(self, store_url: str, small: Checkpoint, large: Checkpoint | None, videos: list[str],
+              compute: Compute) -> list[VideoPass]:
+        """`first_pass` of each video, in the order given."""
+        return [first_pass(store_url, small, v, large=large, compute=compute) for v in self._bar(videos, f"pass 1 ({small.arch})")]
+
+    def pass2(self, store_url: str, large: Checkpoint, todo: dict[str, np.ndarray], compute: Compute) -> dict[str, PassOutput]:
+        """`second_pass` of each video with escalated clips (`todo`: video -> clip start frames)."""
+        return {v: second_pass(store_url, large, v, todo[v], compute=compute) for v in self._bar(list(todo), f"pass 2 ({large.arch})")}
+
+    def _bar(self, items: list[str], desc: str) -> list[str] | tqdm:
+        if not self.progress:
+            return items
+        return tqdm(items, desc=desc, unit="video", leave=False, dynamic_ncols=True)
+
+
+class ReplayMap(VideoMap):
+    """Pass 1 replayed from an earlier run, and pass 2 too where the large model already scored every
+    clip (`large_all`: video -> its pass over all the video's clips): routed runs at several budgets
+    then cost only routing and assembly, and give exactly what a real run would. `pass2_wall` is the
+    wall time of the last pass 2 (0 when replayed)."""
+
+    def __init__(self, passes: list[VideoPass], large_all: dict[str, PassOutput] | None = None, *,
+                 progress: bool = False) -> None:
+        super().__init__(progress=progress)
+        self.passes, self.large_all, self.pass2_wall = passes, large_all, 0.0
+
+    def pass1(self, store_url: str, small: Checkpoint, large: Checkpoint | None, videos: list[str],
+              compute: Compute) -> list[VideoPass]:
+        by_id = {p.video: p for p in self.passes}
+        return [by_id[v] for v in videos]
+
+    def pass2(self, store_url: str, large: Checkpoint, todo: dict[str, np.ndarray], compute: Compute) -> dict[str, PassOutput]:
+        t0 = time.perf_counter()
+        if self.large_all is None:
+            out = super().pass2(store_url, large, todo, compute)
+        else:
+            starts = {p.video: p.starts for p in self.passes}
+            out = {v: self.large_all[v].take(np.searchsorted(starts[v], st)) for v, st in todo.items()}
+        self.pass2_wall = time.perf_counter() - t0
+        return out
+
+
+def score_videos(
+    store_url: str, small: Checkpoint, large: Checkpoint | None, budget: Budget, *, videos: list[str] | None = None,
+    split: str | None = "test", router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip",
+    compute: Compute = Compute(), mapper: VideoMap | None = None,
+) -> ScoreResult:
+    """Score the store's videos (the test split by default): pass 1 over every clip, the router over
+    all clips together, pass 2 on the escalated ones, then clip and frame tables. The one
+    orchestration of scoring; `mapper` says how the per-video passes run (a plain loop by default)."""
+    if frame_mode not in FRAME_MODES:
+        raise ParameterError(f"frame mode must be one of {', '.join(FRAME_MODES)}, got {frame_mode!r}")
+    check_pair(small, large)
+    mapper = mapper or VideoMap()
+    t0 = time.perf_counter()
+    ids = video_list(store_url, videos, split)
+    with mapper.stage("pass1"):
+        passes = mapper.pass1(store_url, small, large, ids, compute)
+    with mapper.stage("routing"):
+        plan = plan_routes(passes, small, budget, router=router, has_large=large is not None)
+    todo = plan.escalated_starts(passes)  # empty without a large model
+    with mapper.stage("pass2"):
+        second = mapper.pass2(store_url, large, todo, compute) if todo else {}  # type: ignore[arg-type]
+    with mapper.stage("frames"):
+        result = assemble(passes, plan, second, small, large, frame_mode=frame_mode)
+    result.seconds["total"] = time.perf_counter() - t0
+    return result
+
+
+def score_dataset(
+    root: str, dataset: str, *, small_path: str | None = None, large_path: str | None = None, budget: Budget,
+    run_id: str, router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip", split: str | None = "test",
+    compute: Compute = Compute(), progress: bool = False,
+) -> ScoreSummary:
+    """Score a dataset's store with both passes and write the run's clip and frame tables and run.json."""
+    check_run_id(run_id)
+    small, large = load_pair(root, dataset, small_path, large_path)
+    url = workspace_store_url(root, dataset)
+    result = score_videos(url, small, large, budget, split=split, router=router, frame_mode=frame_mode,
+                          compute=compute, mapper=VideoMap(progress=progress))
+    return write_run(root, dataset, run_id, result, small, large, budget, router=router, frame_mode=frame_mode,
+                     compute=compute)

@@ -1,0 +1,220 @@
+"""From stored frames to model input: the clip index, a `Dataset` over the Zarr store, and the
+conversion of uint8 frames into the float clips a model takes.
+
+Workers read and decompress clips as uint8 (a quarter of the bytes of float32 between processes and
+onto a GPU); conversion, channel mapping and resizing happen in one step on the compute device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from vad.storage import ClipStore, clip_windows
+from vad.tasks.inference.memory import release_freed_memory
+from vad.tasks.learning.optical_flow import flow_clips
+
+from vad.errors import ParameterError
+
+# ITU-R BT.601 luma, the weights FFmpeg's gray conversion uses
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model sees: clips of `clip_len` frames every `stride` frames, at height x width x channels.
+
+    `motion`: the model sees the absolute difference of each frame to the one before (the clip's
+    first frame repeats the second's difference) instead of the frames: moving things, not the
+    static scene.
+
+    `flow`: the model sees the dense optical flow from each frame's predecessor, found on the frames'
+    luma (`tasks/learning/optical_flow.py`), as 3 channels (x and y components, speed); `channels` is then 3.
+    """
+
+    clip_len: int
+    stride: int
+    height: int
+    width: int
+    channels: int
+    motion: bool = False
+    flow: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("clip_len", "stride", "height", "width", "channels"):
+            value = getattr(self, name)
+            if int(value) < 1:
+                raise ParameterError(f"{name} must be >= 1, got {value}")
+        if self.channels not in (1, 3):
+            raise ParameterError(f"channels must be 1 or 3, got {self.channels}")
+        if self.flow and self.motion:
+            raise ParameterError("choose one model input: frame differences (motion) or optical flow, not both")
+        if self.flow and self.channels != 3:
+            raise ParameterError(f"optical-flow input has 3 channels (x, y, speed), got channels={self.channels}")
+
+    def to_dict(self) -> dict[str, int | bool]:
+        return asdict(self)
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) RGB -> (B, 1, T, H, W) luma."""
+    return (x * torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1, 1)).sum(dim=1, keepdim=True)
+
+
+def prepare_clips(
+    frames: torch.Tensor, spec: InputSpec, value_range: tuple[float, float], *, device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """uint8 clips (B, T, H, W, C) -> float32 (B, C, T, h, w) in `value_range`, on `device`.
+
+    Gray models take the luma of RGB frames; RGB models take gray frames repeated. Shrinking uses
+    area averaging (what FFmpeg's `area` scaler does at ingest), enlarging trilinear interpolation.
+    """
+    if frames.dtype != torch.uint8 or frames.ndim != 5:
+        raise ParameterError(f"expected uint8 clips (B, T, H, W, C), got {tuple(frames.shape)} {frames.dtype}")
+    x = frames.to(device, non_blocking=True) if device is not None else frames
+    x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, C, T, H, W) in [0, 1]
+    c = x.shape[1]
+    if spec.flow:  # flow is found on the luma; the 3 model channels are the flow's
+        if c == 3:
+            x = _luma(x)
+        elif c != 1:
+            raise ParameterError(f"cannot find optical flow on {c}-channel frames")
+    elif spec.channels == 1 and c == 3:
+        x = _luma(x)
+    elif spec.channels == 3 and c == 1:
+        x = x.repeat(1, 3, 1, 1, 1)  # a copy: the scaling below writes in place
+    elif spec.channels != c:
+        raise ParameterError(f"cannot map {c}-channel frames to {spec.channels} channels")
+    h, w = x.shape[-2:]
+    if (h, w) != (spec.height, spec.width):
+        size = (x.shape[2], spec.height, spec.width)
+        shrink = spec.height <= h and spec.width <= w
+        x = F.interpolate(x, size=size, mode="area") if shrink else F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+    if spec.flow:
+        x = flow_clips(x)
+    elif spec.motion:
+        if x.shape[2] < 2:
+            raise ParameterError("motion input needs clips of at least 2 frames")
+        d = (x[:, :, 1:] - x[:, :, :-1]).abs_()
+        x = torch.cat([d[:, :, :1], d], dim=2)
+    lo, hi = value_range
+    return x.mul_(hi - lo).add_(lo).contiguous() if (lo, hi) != (0.0, 1.0) else x.contiguous()
+
+
+def clip_index(store: ClipStore, video_ids: list[str], clip_len: int, stride: int) -> list[tuple[str, int]]:
+    """(video id, start frame) of every clip of the videos, in stream order."""
+    index: list[tuple[str, int]] = []
+    for vid in video_ids:
+        index.extend((vid, start) for start, _ in clip_windows(store.video(vid).n_frames, clip_len, stride))
+    return index
+
+
+class _StoreReader(torch.utils.data.Dataset):
+    """A dataset over a store's videos that opens the store lazily in each process, so it pickles
+    cheaply to DataLoader workers."""
+
+    def __init__(self, store_url: str, clip_len: int, storage_options: dict[str, Any] | None) -> None:
+        self.store_url, self.clip_len, self.storage_options = store_url, clip_len, storage_options
+        self._videos: dict[str, Any] = {}
+        self._store: ClipStore | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_videos"], state["_store"] = {}, None
+        return state
+
+    def _video(self, vid: str) -> Any:
+        if self._store is None:
+            self._store = ClipStore.open(self.store_url, storage_options=self.storage_options)
+        video = self._videos.get(vid)
+        if video is None:
+            video = self._videos[vid] = self._store.video(vid)
+        return video
+
+
+class ClipDataset(_StoreReader):
+    """Clips of a store by (video id, start frame), read as uint8 (T, H, W, C) tensors.
+
+    The store opens lazily in each process, so the dataset pickles cheaply to DataLoader workers.
+    Every 64 clips read, freed heap memory goes back to the system (`release_freed_memory`), in
+    whichever process reads: a DataLoader worker decodes chunk after chunk as the main process
+    scores, and its heap fragments the same way.
+    """
+
+    def __init__(self, store_url: str, index: list[tuple[str, int]], clip_len: int, *, storage_options: dict[str, Any] | None = None) -> None:
+        super().__init__(store_url, clip_len, storage_options)
+        self.index = list(index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        vid, start = self.index[i]
+        clip = torch.from_numpy(np.ascontiguousarray(self._video(vid).read(start, start + self.clip_len)))
+        release_freed_memory(every=64)
+        return clip
+
+
+def plan_batches(index: list[tuple[str, int]], batch: int) -> list[tuple[str, np.ndarray]]:
+    """`index` cut into batches of at most `batch` clips of one video each, in order: (video, starts)."""
+    if batch < 1:
+        raise ParameterError(f"batch must be 1 or more, got {batch}")
+    out: list[tuple[str, np.ndarray]] = []
+    i = 0
+    while i < len(index):
+        vid = index[i][0]
+        j = i
+        while j < len(index) and j - i < batch and index[j][0] == vid:
+            j += 1
+        out.append((vid, np.array([s for _, s in index[i:j]], dtype=np.int64)))
+        i = j
+    return out
+
+
+def read_clips(video: Any, starts: np.ndarray, clip_len: int) -> np.ndarray:
+    """Clips of one stored video at `starts` as uint8 (B, T, H, W, C), each run of clips that
+    overlap or touch (next start at most `clip_len` after the previous, ascending) read as one span.
+
+    At stride 8 and 16-frame clips in 16-frame chunks, reading clip by clip decompresses every frame
+    about four times (each clip spans two chunks, and each frame is in two clips); a span is
+    decompressed once.
+    """
+    h, w, c = video.frames.shape[1:]
+    out = np.empty((len(starts), clip_len, h, w, c), dtype=np.uint8)
+    i = 0
+    while i < len(starts):
+        j = i + 1
+        while j < len(starts) and starts[j - 1] <= starts[j] <= starts[j - 1] + clip_len:
+            j += 1
+        lo = int(starts[i])
+        span = video.read(lo, int(starts[j - 1]) + clip_len)
+        for k in range(i, j):
+            out[k] = span[starts[k] - lo : starts[k] - lo + clip_len]
+        i = j
+    return out
+
+
+class ClipBatches(_StoreReader):
+    """Batches of clips (`plan_batches`), each read with `read_clips` as uint8 (B, T, H, W, C):
+    the scoring passes' reader (use with `DataLoader(batch_size=None)`).
+
+    The store opens lazily in each process, as for `ClipDataset`; every 8 batches freed heap memory
+    goes back to the system in the reading process.
+    """
+
+    def __init__(self, store_url: str, index: list[tuple[str, int]], clip_len: int, batch: int, *,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        super().__init__(store_url, clip_len, storage_options)
+        self.batches = plan_batches(index, batch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        vid, starts = self.batches[i]
+        clips = torch.from_numpy(np.ascontiguousarray(read_clips(self._video(vid), starts, self.clip_len)))
+        release_freed_memory(every=8)
+        return clips

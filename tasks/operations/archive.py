@@ -1,0 +1,370 @@
+"""Archive scoring: list the videos of a folder or fsspec URL with a date each, and ingest and score
+them one by one into an archive run, skipping those already scored with the same models and
+parameters.
+
+Dates (`date_from`):
+- `"path"`: the last date written in the file's path relative to the archive, as YYYY-MM-DD,
+  YYYY_MM_DD, YYYY/MM/DD, YYYY.MM.DD or YYYYMMDD not inside a longer run of digits
+  (`2026/11/20/cam1-0300.mp4`, `cam1_20261120T030000.mp4`); a file without one is left out;
+- `"mtime"`: the file's modification time, as a UTC date;
+- `"auto"` (default): the path's date when it has one, else the modification time.
+
+Archive runs write one part per video (see `storage`), so a video is scored once per run however
+often it is listed, and a re-run after a crash only redoes the videos it had not finished.
+
+Archive footage never enters a dataset's benchmark store (`<root>/stores/<dataset>.zarr`, its
+train and test videos). Each run decodes its videos into a store of its own,
+`<root>/archive/<dataset>/<run>/work.zarr` (`archive_store_url`), and drops a video's frames once
+its rows are written, unless `keep_frames`: then they stay there, for a later look at the footage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import pandas as pd
+from vad.storage import (
+    ClipStore,
+    check_run_id,
+    delete_manifest,
+    read_part,
+    run_lock,
+    write_table,
+)
+from vad.tasks.inference.compute import Compute
+from vad.tasks.inference.routing import Budget, RouterConfig, budget_record
+from vad.tasks.inference.scoring import FrameMode, ScoreResult, score_videos
+from vad.tasks.learning.checkpoint import Checkpoint, cached_checkpoint
+from vad.tasks.records import package_versions
+from vad.tasks.sources.datasets._base import (  # noqa: F401 - video_id_for: the archive's id rule
+    VIDEO_EXTENSIONS,
+    VideoSource,
+    try_video_id,
+    unique_ids,
+    video_id_for,
+)
+from vad.tasks.sources.ingest import Preprocess, describe_failure, ingest_video
+from vad.tasks.workspace import check_dataset_name
+
+from vad.errors import NotFoundError, ParameterError, StoreNotFoundError
+
+DateFrom = Literal["auto", "path", "mtime"]
+_DATE_IN_PATH = re.compile(r"(?<!\d)(\d{4})[-_/.]?(\d{2})[-_/.]?(\d{2})(?!\d)")
+
+
+@dataclass(frozen=True)
+class ArchiveVideo:
+    """One video file of an archive, with the date it belongs to."""
+
+    video_id: str
+    uri: str  # full URL or local path
+    relative: str  # path inside the archive
+    size: int
+    modified: str  # ISO time of the last modification (UTC), "" when the file system gives none
+    date: date
+    date_from: Literal["path", "mtime"]
+
+
+def date_in_path(relative: str) -> date | None:
+    """The last valid calendar date written in `relative` (see the module docstring), or None."""
+    found = None
+    for m in _DATE_IN_PATH.finditer(relative):
+        year, month, day = (int(g) for g in m.groups())
+        if 1970 <= year <= 2100:
+            with contextlib.suppress(ValueError):
+                found = date(year, month, day)
+    return found
+
+
+def resolve_range(
+    since: date | None, until: date | None, lookback_days: int | None, *, today: date | None = None,
+) -> tuple[date | None, date | None]:
+    """The inclusive date range: `since`..`until`, or the last `lookback_days` days up to today (UTC)."""
+    if lookback_days is not None:
+        if since is not None:
+            raise ParameterError("give since or lookback_days, not both")
+        if lookback_days < 0:
+            raise ParameterError(f"lookback_days must be 0 or more, got {lookback_days}")
+        today = today or datetime.now(timezone.utc).date()
+        since, until = today - timedelta(days=lookback_days), until or today
+    if since is not None and until is not None and since > until:
+        raise ParameterError(f"since ({since}) is after until ({until})")
+    return since, until
+
+
+def _modified(info: dict[str, Any]) -> datetime | None:
+    """A file's modification time from an fsspec info dict (local 'mtime', S3 'LastModified', ...)."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(float(value), tz=timezone.utc)
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        with contextlib.suppress(ValueError):
+            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return None
+
+
+def _is_local(fs: Any) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols
+
+
+def list_archive(
+    location: str, *, since: date | None = None, until: date | None = None, date_from: DateFrom = "auto",
+    storage_options: dict[str, Any] | None = None,
+) -> list[ArchiveVideo]:
+    """Every video file under `location` (a folder or an fsspec URL) dated within [since, until], by date then path.
+
+    Hidden files and folders (a leading '.') are ignored. Frame-image folders are not archive
+    footage; ingest those with `vad ingest`.
+    """
+    import fsspec
+
+    if date_from not in ("auto", "path", "mtime"):
+        raise ParameterError(f"date_from must be auto, path or mtime, got {date_from!r}")
+    try:
+        fs, base = fsspec.core.url_to_fs(location, **(storage_options or {}))
+    except (ValueError, ImportError) as exc:
+        raise ParameterError(f"archive {location}: {exc}") from exc
+    base = base.rstrip("/")
+    try:
+        if not fs.isdir(base):
+            raise NotFoundError(f"archive {location} is not a folder (or does not exist)")
+        entries = fs.find(base, detail=True)
+    except OSError as exc:
+        raise NotFoundError(f"archive {location} cannot be read: {exc}") from exc
+    found = {}
+    for path, info in sorted(entries.items()):
+        relative = path[len(base):].lstrip("/")
+        if any(part.startswith(".") for part in relative.split("/")):
+            continue
+        if Path(relative).suffix.lower() in VIDEO_EXTENSIONS and info.get("type", "file") == "file":
+            found[path] = (relative, info)
+    # Ids by the datasets' rule (video_id_for), made distinct over the whole archive, so a file's id
+    # does not depend on the date range asked for.
+    ids, _ = unique_ids({relative: try_video_id(relative) for relative, _ in found.values()})
+    videos = []
+    for path, (relative, info) in found.items():
+        modified = _modified(info)
+        day, source = date_in_path(relative) if date_from != "mtime" else None, "path"
+        if day is None and date_from != "path" and modified is not None:
+            day, source = modified.date(), "mtime"
+        if day is None:
+            continue  # no date it could be placed at
+        if (since is not None and day < since) or (until is not None and day > until):
+            continue
+        uri = path if _is_local(fs) else fs.unstrip_protocol(path)
+        videos.append(ArchiveVideo(
+            ids[relative], uri, relative, int(info.get("size") or 0), modified.isoformat() if modified else "", day, source,  # type: ignore[arg-type]
+        ))
+    return sorted(videos, key=lambda v: (v.date, v.relative))
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    """What an archive run scores with; `key` changes whenever any of it does."""
+
+    small: str  # checkpoint paths
+    large: str
+    budget: Budget
+    router: RouterConfig
+    frame_mode: FrameMode
+    device: str = "auto"
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "small": {"path": self.small, "sha": file_digest(self.small)},
+            "large": {"path": self.large, "sha": file_digest(self.large)},
+            "budget": budget_record(self.budget),
+            "router": {"margin": self.router.margin, "ood_quantile": self.router.ood_quantile,
+                       "instability_quantile": self.router.instability_quantile, "signals": list(self.router.signals)},
+            "frame_mode": self.frame_mode,
+        }
+
+    def key(self, params: dict[str, Any] | None = None) -> str:
+        """A digest of the models' bytes and the routing parameters (not the paths or the device);
+        pass `params()` when already at hand, to read the checkpoints once."""
+        p = params or self.params()
+        core = {**p, "small": p["small"]["sha"], "large": p["large"]["sha"]}
+        return hashlib.blake2b(json.dumps(core, sort_keys=True).encode(), digest_size=12).hexdigest()
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ingest_preprocess(checkpoint: Checkpoint) -> Preprocess:
+    """Store archive footage the way the model's training footage was stored: same frame size,
+    channels and frame rate, so a camera that changed resolution or rate is converted, not refused."""
+    h, w, c = checkpoint.source["frame_size"]
+    prep = checkpoint.source.get("preprocess") or {}
+    fps = checkpoint.source.get("fps")
+    return Preprocess(size=(int(h), int(w)), gray=int(c) == 1, fps=float(fps) if fps else None,
+                      chunk_frames=int(prep.get("chunk_frames") or 16))
+
+
+@dataclass(frozen=True)
+class VideoOutcome:
+    video: str
+    status: Literal["scored", "skipped"]
+    frames: int = 0
+    clips: int = 0
+    escalated: int = 0
+    seconds: float = 0.0
+
+
+def archive_store_url(root: str, dataset: str, run_id: str) -> str:
+    """The clip store of one archive run: `<root>/archive/<dataset>/<run>/work.zarr`, never a dataset's store."""
+    return f"{root.rstrip('/')}/archive/{check_dataset_name(dataset)}/{check_run_id(run_id)}/work.zarr"
+
+
+def drop_empty_store(url: str) -> bool:
+    """Remove the groups a killed run left unfinished in an archive run's store, then the store when
+    it holds no video (every video's frames dropped); True when removed. Call it under the run's
+    lock, once the run's tasks are done: no other writer may be adding a video."""
+    try:
+        store = ClipStore.open(url, writable=True)
+    except StoreNotFoundError:
+        return False
+    complete = set(store.video_ids())
+    for vid in set(store.video_ids(include_incomplete=True)) - complete:
+        store.delete_video(vid)
+    if complete:
+        return False
+    folder = Path(url.removeprefix("file://"))
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (folder.parent / f".{folder.name}.locks").rmdir()  # its group locks' folder, when no lock is held
+    for empty in (folder.parent, folder.parent.parent, folder.parent.parent.parent):  # <root>/archive/<d>/<r>
+        try:
+            empty.rmdir()
+        except OSError:  # not empty: another run's
+            break
+    return True
+
+
+RUN_LOCK_WAIT_S = 12 * 3600.0  # a run waits this long for another process holding the same run
+
+
+@contextlib.contextmanager
+def archive_run(
+    root: str, dataset: str, run_id: str, *, purpose: str, keep_frames: bool = False, timeout: float = RUN_LOCK_WAIT_S,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[str]:
+    """Hold run `run_id` of `dataset` for this process and yield its store's URL: take the run's lock
+    (waiting up to `timeout` seconds for another run of the same id: a nightly and a backfill never
+    interleave), remove its old run.json (a run cut short is then never read as complete), and create
+    its store. On the way out, the store goes if it holds no frames; then the lock is released."""
+    url = archive_store_url(root, dataset, run_id)
+    with run_lock(root, dataset, run_id, purpose=purpose, timeout=timeout, on_wait=on_wait):
+        delete_manifest(root, dataset, run_id)
+        ClipStore.open_or_create(url, dataset=dataset)  # once, before the per-video writers
+        try:
+            yield url
+        finally:
+            if not keep_frames:
+                drop_empty_store(url)
+
+
+def already_scored(root: str, dataset: str, run_id: str, video: ArchiveVideo, key: str) -> bool:
+    """The run holds this video, scored from the same file (size and modification time) with the same key."""
+    done = read_part(root, "videos", dataset, run_id, video.video_id)
+    if done is None or done.empty:
+        return False
+    row = done.iloc[0]
+    return bool(row["key"] == key and int(row["source_size"]) == video.size and row["source_modified"] == video.modified)
+
+
+@contextlib.contextmanager
+def local_copy(video: ArchiveVideo) -> Iterator[str]:
+    """A local path for FFmpeg: the file itself, or a temporary copy of a remote one."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(video.uri)
+    if _is_local(fs):
+        yield path
+        return
+    folder = tempfile.mkdtemp(prefix="vad-archive-")
+    try:
+        local = str(Path(folder) / Path(video.relative).name)
+        fs.get(path, local)
+        yield local
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def score_archive_video(
+    root: str, dataset: str, run_id: str, video: ArchiveVideo, settings: ArchiveSettings, *, key: str,
+    params: dict[str, Any], rescore: bool = False, keep_frames: bool = False,
+) -> VideoOutcome:
+    """Ingest one archive video into the run's own store (with the small model's preprocessing) and
+    score it on its own (the budget applies within the video), then write its clip, frame and video
+    rows, and drop its frames unless `keep_frames`.
+
+    Skipped when the run already holds it from the same file with the same key, unless `rescore`.
+    Rows are written only after all the work succeeded, clips and frames first and the video row
+    last: earlier rows of the video stay until then, and a crash in between is redone by the next run.
+    """
+    t0 = time.perf_counter()
+    if not rescore and already_scored(root, dataset, run_id, video, key):
+        return VideoOutcome(video.video_id, "skipped")
+    small, large = cached_checkpoint(settings.small), cached_checkpoint(settings.large)
+    url = archive_store_url(root, dataset, run_id)
+    with local_copy(video) as path:  # a failed ingest removes its own half-written group
+        source = VideoSource(video.video_id, "test", path, "file")
+        ingest_video(url, source, ingest_preprocess(small), dataset=dataset, source_uri=video.uri)
+    try:
+        result = score_videos(url, small, large, settings.budget, videos=[video.video_id], split=None,
+                              router=settings.router, frame_mode=settings.frame_mode, compute=Compute(settings.device))
+        stored = ClipStore.open(url).video(video.video_id)
+        write_table(root, "clips", dataset, run_id, result.clips, part=video.video_id)
+        write_table(root, "frames", dataset, run_id, result.frames, part=video.video_id)
+        _write_video_row(root, dataset, run_id, video, result, stored.attrs, t0, key=key, params=params)
+    finally:
+        if not keep_frames:
+            ClipStore.open(url, writable=True).delete_video(video.video_id)
+    return VideoOutcome(video.video_id, "scored", result.n_frames, len(result.clips), int(result.routing.escalated.sum()),
+                        time.perf_counter() - t0)
+
+
+def _write_video_row(root: str, dataset: str, run_id: str, video: ArchiveVideo, result: ScoreResult, attrs: dict[str, Any],
+                     t0: float, *, key: str, params: dict[str, Any]) -> None:
+    """The video's row of the `videos` table, written last: a video with one has all its rows."""
+    seconds = time.perf_counter() - t0
+    row = pd.DataFrame([{
+        "video": video.video_id, "date": video.date, "date_from": video.date_from, "source": video.uri,
+        "relative": video.relative, "source_size": video.size, "source_modified": video.modified,
+        "source_hash": attrs.get("source_hash"), "frames": result.n_frames, "clips": len(result.clips),
+        "escalated": int(result.routing.escalated.sum()), "large_calls": result.large.calls,
+        "max_score": float(np.max(result.frames["score"])), "seconds": seconds,
+        "scored_at": datetime.now(timezone.utc), "key": key, "params": json.dumps(params, sort_keys=True),
+        "versions": json.dumps(package_versions(), sort_keys=True),
+    }])
+    write_table(root, "videos", dataset, run_id, row, part=video.video_id)
+
+
+def failure_row(video: ArchiveVideo, exc: BaseException) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "video": video.video_id, "date": video.date, "source": video.uri, "error": type(exc).__name__,
+        "message": describe_failure(exc), "failed_at": datetime.now(timezone.utc),
+    }])
