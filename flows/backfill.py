@@ -13,14 +13,14 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date
 from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 from vad.flows.ingest import retry_transient
-from vad.storage import check_run_id, delete_part, write_manifest, write_table
+from vad.storage import check_run_id
 from vad.tasks.inference.routing import RouterConfig, parse_budget
 from vad.tasks.learning.checkpoint import load_pair
 from vad.tasks.operations.archive import (
@@ -30,14 +30,13 @@ from vad.tasks.operations.archive import (
     DateFrom,
     VideoOutcome,
     archive_run,
-    failure_row,
     list_archive,
+    record_outcome,
     resolve_range,
     score_archive_video,
+    write_archive_manifest,
 )
 from vad.tasks.operations.runners import Runner, completed, task_runner
-from vad.tasks.records import package_versions
-from vad.tasks.sources.ingest import describe_failure
 from vad.tasks.workspace import check_dataset_name, default_root
 
 
@@ -100,12 +99,11 @@ def backfill_batches_flow(root: str, dataset: str, run_id: str, batches: list[li
                    for v in batch}
         for future in completed(list(futures)):
             video, out = futures[future], future.result(raise_on_failure=False)
-            if isinstance(out, VideoOutcome):
+            why = record_outcome(root, dataset, run_id, video, out)
+            if why is None:
                 outcomes.append(out)
-                delete_part(root, "failures", dataset, run_id, video.video_id)
             else:
-                failures[video.video_id] = describe_failure(out)
-                write_table(root, "failures", dataset, run_id, failure_row(video, out), part=video.video_id)
+                failures[video.video_id] = why
         logger.info("batch %d/%d: %d videos done, %d failed so far", i, len(batches), len(outcomes), len(failures))
     return outcomes, failures
 
@@ -163,13 +161,11 @@ def backfill_flow(
             summary.outcomes, summary.failures = stages(root, dataset, run_id, batches, settings, key, params, rescore, keep_frames)
         summary.seconds = time.perf_counter() - t0
         logger.info(summary.text())
-        write_manifest(root, dataset, run_id, {
-            "run": run_id, "dataset": dataset, "kind": "archive", "archive": archive, "since": since, "until": until,
-            "date_from": date_from, "key": key, **params, "keep_frames": keep_frames, "store": store if keep_frames else None,
-            "versions": package_versions(), "updated_at": datetime.now(timezone.utc).isoformat(),
-            "last": {"videos": len(videos), "scored": summary.scored, "skipped": summary.skipped, "failed": summary.failures,
-                     "seconds": summary.seconds, "finished_at": datetime.now(timezone.utc).isoformat()},
-        })
+        write_archive_manifest(
+            root, dataset, run_id, archive=archive, since=since, until=until, date_from=date_from, key=key,
+            params=params, keep_frames=keep_frames, store=store, listed=len(videos), scored=summary.scored,
+            skipped=summary.skipped, failed=summary.failures, seconds=summary.seconds,
+        )
     return summary
 
 

@@ -39,8 +39,10 @@ from vad.storage import (
     ClipStore,
     check_run_id,
     delete_manifest,
+    delete_part,
     read_part,
     run_lock,
+    write_manifest,
     write_table,
 )
 from vad.tasks.inference.compute import Compute
@@ -368,3 +370,30 @@ def failure_row(video: ArchiveVideo, exc: BaseException) -> pd.DataFrame:
         "video": video.video_id, "date": video.date, "source": video.uri, "error": type(exc).__name__,
         "message": describe_failure(exc), "failed_at": datetime.now(timezone.utc),
     }])
+
+
+def record_outcome(root: str, dataset: str, run_id: str, video: ArchiveVideo, outcome: VideoOutcome | BaseException) -> str | None:
+    """Keep a run's failures table in step with each video's latest attempt: a success removes the
+    video's failure row, a failure writes it. The one-line reason of a failure, else None."""
+    if isinstance(outcome, VideoOutcome):
+        delete_part(root, "failures", dataset, run_id, video.video_id)
+        return None
+    write_table(root, "failures", dataset, run_id, failure_row(video, outcome), part=video.video_id)
+    return describe_failure(outcome)
+
+
+def write_archive_manifest(
+    root: str, dataset: str, run_id: str, *, archive: str, since: date | None, until: date | None, date_from: str,
+    key: str, params: dict[str, Any], keep_frames: bool, store: str | None, listed: int, scored: int, skipped: int,
+    failed: dict[str, str], seconds: float,
+) -> None:
+    """An archive run's run.json, written when the run ends (under its lock): what it scores with, and
+    what its latest pass over the archive did."""
+    now = datetime.now(timezone.utc).isoformat()
+    write_manifest(root, dataset, run_id, {
+        "run": run_id, "dataset": dataset, "kind": "archive", "archive": archive, "since": since, "until": until,
+        "date_from": date_from, "key": key, **params, "keep_frames": keep_frames, "store": store if keep_frames else None,
+        "versions": package_versions(), "updated_at": now,
+        "last": {"videos": listed, "scored": scored, "skipped": skipped, "failed": failed, "seconds": seconds,
+                 "finished_at": now},
+    })
