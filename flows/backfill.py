@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 from vad.flows.ingest import retry_transient
 from vad.storage import check_run_id
-from vad.tasks.inference.routing import RouterConfig, parse_budget
+from vad.tasks.inference.routing import parse_budget, router_config
 from vad.tasks.learning.checkpoint import load_pair
 from vad.tasks.operations.archive import (
     RUN_LOCK_WAIT_S,
@@ -122,6 +122,9 @@ def backfill_flow(
     budget: Annotated[float, Field(ge=0.0, le=1.0)] | None = None,
     bucket: str | None = None,
     margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05,
+    ood_quantile: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99,
+    instability_quantile: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99,
+    signals: list[str] | None = None,
     frame_mode: Literal["clip", "frame"] = "clip",
     run_id: str = "archive",
     batch_size: Annotated[int, Field(ge=1, le=10000)] = 8,
@@ -144,7 +147,8 @@ def backfill_flow(
     check_run_id(run_id)
     since, until = resolve_range(since, until, lookback_days)
     small_ck, large_ck = load_pair(root, dataset, small, large)
-    settings = ArchiveSettings(small_ck.path, large_ck.path, parse_budget(budget, bucket), RouterConfig(margin=margin),
+    settings = ArchiveSettings(small_ck.path, large_ck.path, parse_budget(budget, bucket),
+                               router_config(margin, ood_quantile, instability_quantile, signals),
                                frame_mode, device)
     params = settings.params()
     key = settings.key(params)

@@ -44,6 +44,9 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Threads (t
 SmallOpt = Annotated[Optional[str], typer.Option(help="Small-model checkpoint (default: the one small-*.pt in <root>/checkpoints/<dataset>/).")]
 LargeOpt = Annotated[Optional[str], typer.Option(help="Large-model checkpoint (default: the one large-*.pt there).")]
 MarginOpt = Annotated[float, typer.Option(help="Gray-zone half-width around the threshold, in percentile units.")]
+OodOpt = Annotated[float, typer.Option("--ood-quantile", help="A clip is out of distribution above this quantile of held-out normal clips' embedding distances.")]
+UnstableOpt = Annotated[float, typer.Option("--instability-quantile", help="A clip is unstable above this quantile of normal score variances.")]
+SignalsOpt = Annotated[Optional[str], typer.Option("--signals", metavar="NAMES", help="Signals that may escalate, comma-separated: gray_zone, ood, unstable, scene_cut (default: all).")]
 
 RootOpt = Annotated[
     Optional[str],
@@ -245,6 +248,9 @@ def score(
     bucket: Annotated[Optional[str], typer.Option(help="Token bucket per video instead: CAPACITY,REFILL (tokens added per clip).")] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Run id (default: the UTC time); re-using one replaces that run.")] = None,
     margin: MarginOpt = 0.05,
+    ood_quantile: OodOpt = 0.99,
+    instability_quantile: UnstableOpt = 0.99,
+    signals: SignalsOpt = None,
     frame_mode: Annotated[str, typer.Option("--frame-mode", help="Frame scores from covering clips' scores (clip) or their per-frame errors (frame).")] = "clip",
     device: Annotated[str, typer.Option(help="Compute device: auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     batch: Annotated[Optional[int], typer.Option(help="Clips per batch (default: 8 on a CPU, measured on CUDA).")] = None,
@@ -258,17 +264,17 @@ def score(
     """Score a dataset with the small model, escalate within the budget to the large one, write Parquet tables."""
     from vad.storage import ClipStore, check_run_id
     from vad.tasks.inference.compute import Compute, pick_device
-    from vad.tasks.inference.routing import RouterConfig, parse_budget
+    from vad.tasks.inference.routing import parse_budget, router_config
     from vad.tasks.learning.checkpoint import load_pair
     from vad.tasks.operations.runners import check_runner
     from vad.tasks.workspace import check_dataset_name, store_url
 
     base = _root(root)
-    _prefect_defaults(base)  # before anything imports Prefect, whose logging reads them at import
-    check_dataset_name(dataset)
     # Fail in a second, before Prefect's server starts, on everything that can be checked cheaply.
     chosen = parse_budget(budget, bucket)
-    RouterConfig(margin=margin)
+    router = router_config(margin, ood_quantile, instability_quantile, signals)
+    _prefect_defaults(base)  # before anything imports Prefect, whose logging reads them at import
+    check_dataset_name(dataset)
     if frame_mode not in ("clip", "frame"):
         raise ParameterError(f"--frame-mode must be clip or frame, got {frame_mode!r}")
     if run_id:
@@ -284,8 +290,9 @@ def score(
     with _interruptible("interrupted; no table of this run was left half-written: run the command again"):
         summary = score_flow(
             dataset=dataset, root=base, small=small, large=large, budget=budget, bucket=bucket, run_id=run_id,
-            margin=margin, frame_mode=frame_mode, device=device, batch=batch, precision=precision, compile=compile,  # type: ignore[arg-type]
-            runner=runner, dask_address=dask_address, workers=workers, progress=True,
+            margin=margin, ood_quantile=ood_quantile, instability_quantile=instability_quantile,
+            signals=list(router.signals), frame_mode=frame_mode, device=device, batch=batch, precision=precision,
+            compile=compile, runner=runner,  # type: ignore[arg-type] dask_address=dask_address, workers=workers, progress=True,
         )
     typer.echo(summary.text())
 
@@ -304,6 +311,9 @@ def backfill(
     budget: Annotated[Optional[float], typer.Option(help="Escalate this fraction of each video's clips (default 0.2).")] = None,
     bucket: Annotated[Optional[str], typer.Option(help="Token bucket per video instead: CAPACITY,REFILL.")] = None,
     margin: MarginOpt = 0.05,
+    ood_quantile: OodOpt = 0.99,
+    instability_quantile: UnstableOpt = 0.99,
+    signals: SignalsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Videos submitted together.")] = 8,
     rescore: Annotated[bool, typer.Option(help="Score videos again even when already scored with these models.")] = False,
     keep_frames: Annotated[bool, typer.Option("--keep-frames", help="Keep the decoded frames in the run's store, <root>/archive/<dataset>/<run-id>/work.zarr (default: dropped once a video's rows are written).")] = False,
@@ -314,7 +324,7 @@ def backfill(
 ) -> None:
     """Ingest and score every video of an archive dated in a range; already-scored videos are skipped."""
     from vad.storage import check_run_id
-    from vad.tasks.inference.routing import RouterConfig, parse_budget
+    from vad.tasks.inference.routing import parse_budget, router_config
     from vad.tasks.learning.checkpoint import load_pair
     from vad.tasks.operations.archive import resolve_range
     from vad.tasks.operations.runners import check_runner
@@ -332,7 +342,7 @@ def backfill(
     if batch_size < 1:
         raise ParameterError(f"--batch-size must be 1 or more, got {batch_size}")
     parse_budget(budget, bucket)
-    RouterConfig(margin=margin)
+    router = router_config(margin, ood_quantile, instability_quantile, signals)
     check_runner(runner, dask_address=dask_address, workers=workers)
     load_pair(base, dataset, small, large)
     from vad.flows.backfill import backfill_flow
@@ -340,7 +350,8 @@ def backfill(
     with _interruptible("interrupted; videos already scored are kept: run the same command to go on"):
         summary = backfill_flow(
             archive=archive, dataset=dataset, since=first, until=last, lookback_days=lookback_days, date_from=date_from,  # type: ignore[arg-type]
-            root=base, small=small, large=large, budget=budget, bucket=bucket, margin=margin, run_id=run_id,
+            root=base, small=small, large=large, budget=budget, bucket=bucket, margin=margin, ood_quantile=ood_quantile,
+            instability_quantile=instability_quantile, signals=list(router.signals), run_id=run_id,
             batch_size=batch_size, rescore=rescore, keep_frames=keep_frames, runner=runner, dask_address=dask_address, workers=workers,  # type: ignore[arg-type]
         )
     typer.echo(summary.text())

@@ -18,7 +18,12 @@ from vad.storage import check_run_id
 from vad.tasks.evaluation.artifacts import publish_score_run
 from vad.tasks.inference.compute import Compute, Precision
 from vad.tasks.inference.passes import PassOutput, VideoPass, first_pass, second_pass
-from vad.tasks.inference.routing import Budget, RouterConfig, parse_budget
+from vad.tasks.inference.routing import (
+    Budget,
+    RouterConfig,
+    parse_budget,
+    router_config,
+)
 from vad.tasks.inference.scoring import (
     FrameMode,
     ScoreResult,
@@ -84,6 +89,9 @@ def score_flow(
     bucket: str | None = None,
     run_id: str | None = None,
     margin: float = 0.05,
+    ood_quantile: float = 0.99,
+    instability_quantile: float = 0.99,
+    signals: list[str] | None = None,
     frame_mode: Literal["clip", "frame"] = "clip",
     device: str = "auto",
     batch: int | None = None,
@@ -102,7 +110,8 @@ def score_flow(
     t0 = datetime.now(timezone.utc)
     root = root or default_root()
     run = check_run_id(run_id or t0.strftime("%Y%m%dT%H%M%SZ"))
-    plan_budget, router = parse_budget(budget, bucket), RouterConfig(margin=margin)
+    plan_budget = parse_budget(budget, bucket)
+    router = router_config(margin, ood_quantile, instability_quantile, signals)
     compute = Compute(device=device, batch=batch, precision=precision, compile=compile)
     small_ck, large_ck = load_pair(root, dataset, small, large)
     url = store_url(root, dataset)

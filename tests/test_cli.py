@@ -33,6 +33,8 @@ def vad(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
         (["run", "--dataset", "x", "--minmax=yes"], ["--minmax"]),         # a flag given a value
         (["ingest", "a", "b", "--dataset", "x"], ["b"]),                   # one argument too many
         (["train", "--dataset", "x", "--model", "medium"], ["--model", "small or large", "medium"]),
+        (["score", "--dataset", "x", "--signals", "ood,bogus"], ["unknown signal", "bogus"]),  # a router setting
+        (["score", "--dataset", "x", "--ood-quantile", "1.5"], ["ood_quantile", "1.5"]),
     ],
     ids=" ".join,
 )

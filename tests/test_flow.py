@@ -119,6 +119,17 @@ def test_score_flow_writes_a_run_and_the_cli_prints_it(synthetic_store, tmp_path
     clips = pd.read_parquet(root / "scores" / "clips", filters=[("run", "==", "flow1")])
     assert len(clips) == summary.clips == 102 and clips.escalated.sum() == 12
 
+    # every router setting reaches the run from the flow's parameters
+    from vad.storage import read_manifest
+
+    only_ood = score_flow(dataset="synthetic", root=str(root), budget=0.5, run_id="ood", margin=1.0, ood_quantile=0.5,
+                          instability_quantile=0.9, signals=["ood"])
+    router = read_manifest(root, "synthetic", "ood")["router"]
+    assert router == {"margin": 1.0, "ood_quantile": 0.5, "instability_quantile": 0.9, "signals": ["ood"]}
+    ood_clips = pd.read_parquet(root / "scores" / "clips", filters=[("run", "==", "ood")])
+    assert not ood_clips.signal_gray_zone.any() and ood_clips.signal_ood.any()  # margin 1.0 would fire everywhere
+    assert only_ood.clips == len(ood_clips)
+
     result = CliRunner().invoke(app, ["score", "--dataset", "synthetic", "--root", str(root), "--budget", "0", "--run-id", "cli"])
     assert result.exit_code == 0, result.output
     assert "escalated 0 (0.0%); large-model calls 0" in result.output and "run=cli" in result.output

@@ -50,6 +50,16 @@ class RouterConfig:
             raise ParameterError(f"unknown signal(s) {unknown}; choose from {', '.join(SIGNALS)}")
 
 
+def router_config(margin: float = 0.05, ood_quantile: float = 0.99, instability_quantile: float = 0.99,
+                  signals: str | list[str] | tuple[str, ...] | None = None) -> RouterConfig:
+    """A router from the flat settings the CLI and the flows take: `signals` as names or one
+    comma-separated string ("gray_zone,ood"); None: all four."""
+    if isinstance(signals, str):
+        signals = [s.strip() for s in signals.split(",") if s.strip()]
+    return RouterConfig(margin=margin, ood_quantile=ood_quantile, instability_quantile=instability_quantile,
+                        signals=tuple(signals) if signals is not None else SIGNALS)
+
+
 @dataclass(frozen=True)
 class TokenBucket:
     capacity: float
