@@ -82,7 +82,11 @@ def _stale_tmp(tmp: Path, target: Path, now: float) -> bool:
     return not process_alive(int(pid), started_before=mtime)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: str | Path, write: Any) -> Path:
+    """Write a file through `write(tmp_path)` under a temporary name beside `path`, fsync it, then
+    rename it into place: readers never see half a file. Temporary files left by dead writers are
+    cleared first, never one a live process is writing. Tables, manifests and checkpoints use it."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a process killed mid-write (SIGKILL, power loss) leaves its temporary file: clear those, and
     # never one that another live process is writing now
@@ -100,6 +104,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
 
 
 def part_path(root: str | Path, table: str, dataset: str, run_id: str, part: str = "0") -> Path:
@@ -114,7 +119,7 @@ def write_table(root: str | Path, table: str, dataset: str, run_id: str, frame: 
         raise ParameterError("'dataset' and 'run' come from the partition folders; drop them from the table")
     path = part_path(root, table, dataset, run_id, part)
     arrow = pa.Table.from_pandas(frame, preserve_index=False)
-    _atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
+    atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
     return path
 
 
@@ -152,7 +157,7 @@ def run_lock(root: str | Path, dataset: str, run_id: str, *, purpose: str, timeo
 def write_manifest(root: str | Path, dataset: str, run_id: str, manifest: dict[str, Any]) -> Path:
     path = run_dir(root, "runs", dataset, run_id) / "run.json"
     text = json.dumps(manifest, indent=2, default=str)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return path
 
 

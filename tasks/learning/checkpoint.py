@@ -8,8 +8,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 import torch
 from vad.models import ClipModel, make_config, model_class
 from vad.models._inference import for_inference
-from vad.storage import Video
+from vad.storage import Video, atomic_write
 from vad.tasks.learning.calibration import Calibration
 from vad.tasks.learning.model_input import InputSpec
 from vad.tasks.workspace import check_dataset_name
@@ -137,19 +135,8 @@ def _size(frame_size: list[int]) -> str:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """`torch.save` through storage's atomic write: readers never see half a checkpoint."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
