@@ -26,7 +26,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import pandas as pd
 from vad.tasks.inference.routing import BatchBudget
-from vad.tasks.inference.scoring import score_dataset
+from vad.tasks.inference.scoring import ScoreSettings, score_dataset
+from vad.tasks.operations.runners import RunnerSpec
 
 
 def main() -> None:
@@ -51,15 +52,17 @@ def main() -> None:
     warm_up()
     startup = time.perf_counter() - t0
 
+    settings = ScoreSettings(BatchBudget(args.budget))
+
     def loop() -> None:
-        score_dataset(args.root, args.dataset, budget=BatchBudget(args.budget), run_id="bench-loop")
+        score_dataset(args.root, args.dataset, budget=settings.budget, run_id="bench-loop")
 
     def threads() -> None:
-        score_flow(dataset=args.dataset, root=args.root, budget=args.budget, run_id="bench-threads")
+        score_flow(dataset=args.dataset, root=args.root, run_id="bench-threads", settings=settings)
 
     def dask() -> None:
-        score_flow(dataset=args.dataset, root=args.root, budget=args.budget, run_id="bench-dask", runner="dask",
-                   workers=args.dask_workers)
+        score_flow(dataset=args.dataset, root=args.root, run_id="bench-dask", settings=settings,
+                   runner=RunnerSpec("dask", workers=args.dask_workers))
 
     modes = {"plain loop": loop, "flow, threads (default)": threads, f"flow, local Dask ({args.dask_workers} processes)": dask}
     times: dict[str, list[float]] = {name: [] for name in modes}

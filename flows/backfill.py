@@ -14,30 +14,24 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import Field
 from vad.flows.ingest import retry_transient
-from vad.storage import check_run_id
-from vad.tasks.inference.routing import parse_budget, router_config
-from vad.tasks.learning.checkpoint import load_pair
 from vad.tasks.operations.archive import (
-    RUN_LOCK_WAIT_S,
     ArchiveSettings,
     ArchiveVideo,
-    DateFrom,
+    BackfillSettings,
     VideoOutcome,
     archive_run,
+    backfill_inputs,
     list_archive,
     record_outcome,
-    resolve_range,
     score_archive_video,
     write_archive_manifest,
 )
-from vad.tasks.operations.runners import Runner, completed, task_runner
-from vad.tasks.workspace import check_dataset_name, default_root
+from vad.tasks.operations.runners import RunnerSpec, completed, task_runner
+from vad.tasks.workspace import default_root
 
 
 @task(
@@ -114,60 +108,44 @@ def backfill_flow(
     dataset: str,
     since: date | None = None,
     until: date | None = None,
-    lookback_days: Annotated[int, Field(ge=0, le=36500)] | None = None,
-    date_from: DateFrom = "auto",
+    lookback_days: int | None = None,
     root: str | None = None,
     small: str | None = None,
     large: str | None = None,
-    budget: Annotated[float, Field(ge=0.0, le=1.0)] | None = None,
-    bucket: str | None = None,
-    margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05,
-    ood_quantile: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99,
-    instability_quantile: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99,
-    signals: list[str] | None = None,
-    frame_mode: Literal["clip", "frame"] = "clip",
     run_id: str = "archive",
-    batch_size: Annotated[int, Field(ge=1, le=10000)] = 8,
-    rescore: bool = False,
-    keep_frames: bool = False,
-    lock_timeout_s: Annotated[float, Field(ge=0.0)] = RUN_LOCK_WAIT_S,
-    device: str = "auto",
-    runner: Runner = "threads",
-    dask_address: str | None = None,
-    workers: Annotated[int, Field(ge=1, le=256)] | None = None,
+    settings: BackfillSettings = BackfillSettings(),
+    runner: RunnerSpec = RunnerSpec(),
 ) -> BackfillSummary:
     """Ingest and score each video of `archive` dated in [since, until] (or the last `lookback_days`
     days; neither: every video) into run `run_id` of `dataset`, with the dataset's checkpoints (or
-    `small`/`large`). The budget applies within each video. A video's frames are dropped once its
-    rows are written, unless `keep_frames` (then they stay in the run's store). Another process
-    holding the run is waited for up to `lock_timeout_s` seconds (0: fail at once)."""
+    `small`/`large`). `settings` (`BackfillSettings`, checked when built) says how: the scoring
+    settings, the batch size, whether frames are kept, how long to wait for another process holding
+    the run. A video's frames are dropped once its rows are written, unless `settings.keep_frames`."""
     t0 = time.perf_counter()
     root = root or default_root()
-    check_dataset_name(dataset)
-    check_run_id(run_id)
-    since, until = resolve_range(since, until, lookback_days)
-    small_ck, large_ck = load_pair(root, dataset, small, large)
-    settings = ArchiveSettings(small_ck.path, large_ck.path, parse_budget(budget, bucket),
-                               router_config(margin, ood_quantile, instability_quantile, signals),
-                               frame_mode, device)
-    params = settings.params()
-    key = settings.key(params)
-    videos = list_archive(archive, since=since, until=until, date_from=date_from)
+    since, until, small_ck, large_ck = backfill_inputs(root, dataset, run_id, since, until, lookback_days, small, large)
+    scoring = ArchiveSettings(small_ck.path, large_ck.path, settings.scoring)
+    params = scoring.params()
+    key = scoring.key(params)
+    videos = list_archive(archive, since=since, until=until, date_from=settings.date_from)
     logger = get_run_logger()
-    batches = [videos[i : i + batch_size] for i in range(0, len(videos), batch_size)]
+    size = settings.batch_size
+    batches = [videos[i : i + size] for i in range(0, len(videos), size)]
     summary = BackfillSummary(archive, dataset, run_id, since, until, root=root)
     held = archive_run(root, dataset, run_id, purpose=f"score archive run {run_id!r} of {dataset!r} from {archive}",
-                       keep_frames=keep_frames, timeout=lock_timeout_s, on_wait=lambda line: _say(logger, line))
+                       keep_frames=settings.keep_frames, timeout=settings.lock_timeout_s,
+                       on_wait=lambda line: _say(logger, line))
     with held as store:
-        summary.frames_kept_in = store if keep_frames else ""
+        summary.frames_kept_in = store if settings.keep_frames else ""
         if batches:
-            stages = backfill_batches_flow.with_options(task_runner=task_runner(runner, dask_address=dask_address, workers=workers))
-            summary.outcomes, summary.failures = stages(root, dataset, run_id, batches, settings, key, params, rescore, keep_frames)
+            stages = backfill_batches_flow.with_options(task_runner=task_runner(runner))
+            summary.outcomes, summary.failures = stages(root, dataset, run_id, batches, scoring, key, params,
+                                                        settings.rescore, settings.keep_frames)
         summary.seconds = time.perf_counter() - t0
         logger.info(summary.text())
         write_archive_manifest(
-            root, dataset, run_id, archive=archive, since=since, until=until, date_from=date_from, key=key,
-            params=params, keep_frames=keep_frames, store=store, listed=len(videos), scored=summary.scored,
+            root, dataset, run_id, archive=archive, since=since, until=until, date_from=settings.date_from, key=key,
+            params=params, keep_frames=settings.keep_frames, store=store, listed=len(videos), scored=summary.scored,
             skipped=summary.skipped, failed=summary.failures, seconds=summary.seconds,
         )
     return summary

@@ -47,6 +47,11 @@ MarginOpt = Annotated[float, typer.Option(help="Gray-zone half-width around the 
 OodOpt = Annotated[float, typer.Option("--ood-quantile", help="A clip is out of distribution above this quantile of held-out normal clips' embedding distances.")]
 UnstableOpt = Annotated[float, typer.Option("--instability-quantile", help="A clip is unstable above this quantile of normal score variances.")]
 SignalsOpt = Annotated[Optional[str], typer.Option("--signals", metavar="NAMES", help="Signals that may escalate, comma-separated: gray_zone, ood, unstable, scene_cut (default: all).")]
+FrameModeOpt = Annotated[str, typer.Option("--frame-mode", help="Frame scores from covering clips' scores (clip) or their per-frame errors (frame).")]
+DeviceOpt = Annotated[str, typer.Option(help="Compute device: auto (CUDA when present), cpu, cuda or cuda:N.")]
+BatchOpt = Annotated[Optional[int], typer.Option(help="Clips per batch (default: 8 on a CPU, measured on CUDA).")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 on a CPU), float32 or bfloat16.")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the models (3-20 s each before their first batch; pays on long runs).")]
 
 RootOpt = Annotated[
     Optional[str],
@@ -80,25 +85,23 @@ def _root(root: str | None) -> str:
     return root or default_root()
 
 
-def _run_ingest(source: str, dataset: str, root: str, **options: object) -> int:
+def _run_ingest(source: str, dataset: str, root: str, *, format: str, size: str | None, gray: bool, fps: float | None,
+                force: bool, runner: object) -> int:
     """Run the ingest flow, print its summary; 0 when every video went in, 1 when some failed."""
     from vad.tasks.sources.datasets._base import require_dir
-    from vad.tasks.sources.ingest import parse_size
+    from vad.tasks.sources.ingest import Preprocess, parse_size
     from vad.tasks.workspace import check_dataset_name
 
     # Fail in a second, before starting Prefect's server, on what can be checked cheaply.
     check_dataset_name(dataset)
     require_dir(Path(source).expanduser(), "dataset folder")
-    if options.get("size"):
-        parse_size(str(options["size"]))
+    prep = Preprocess(size=parse_size(size) if size else None, gray=gray, fps=fps)
     _prefect_defaults(root)
-    from vad.tasks.operations.runners import check_runner
-
-    check_runner(str(options.get("runner", "threads")), dask_address=options.get("dask_address"), workers=options.get("workers"))  # type: ignore[arg-type]
     from vad.flows.ingest import ingest_flow
 
     with _interruptible("interrupted; the videos already ingested are kept: run the same command to go on"):
-        state = ingest_flow(source=source, dataset=dataset, root=root, return_state=True, **options)  # type: ignore[arg-type]
+        state = ingest_flow(source=source, dataset=dataset, root=root, format=format, prep=prep, force=force,  # type: ignore[arg-type]
+                            runner=runner, return_state=True)  # type: ignore[arg-type]
     summary = state.result(raise_on_failure=False)
     if isinstance(summary, BaseException):
         raise summary
@@ -115,6 +118,26 @@ def _run_ingest(source: str, dataset: str, root: str, **options: object) -> int:
     for video, reason in summary.failures.items():
         typer.echo(f"FAILED {video}: {reason}", err=True)
     return 1 if summary.failures else 0
+
+
+def _runner(runner: str, dask_address: str | None, workers: int | None):  # noqa: ANN202
+    from vad.tasks.operations.runners import RunnerSpec
+
+    return RunnerSpec(kind=runner, dask_address=dask_address, workers=workers)  # type: ignore[arg-type]
+
+
+def _score_settings(budget: float | None, bucket: str | None, margin: float, ood_quantile: float,
+                    instability_quantile: float, signals: str | None, frame_mode: str, device: str, batch: int | None,
+                    precision: str, compile: bool):  # noqa: ANN202
+    """The `ScoreSettings` of `vad score` and `vad backfill` from their options (checked as built)."""
+    from vad.tasks.inference.compute import Compute
+    from vad.tasks.inference.routing import parse_budget, router_config
+    from vad.tasks.inference.scoring import ScoreSettings
+
+    return ScoreSettings(
+        budget=parse_budget(budget, bucket), router=router_config(margin, ood_quantile, instability_quantile, signals),
+        frame_mode=frame_mode, compute=Compute(device=device, batch=batch, precision=precision, compile=compile),  # type: ignore[arg-type]
+    )
 
 
 class Interrupted(Exception):
@@ -168,7 +191,7 @@ def ingest(
 ) -> None:
     """Decode a dataset's videos into its Zarr clip store (unchanged videos are skipped)."""
     raise typer.Exit(_run_ingest(source, dataset, _root(root), format=format, size=size, gray=gray, fps=fps, force=force,
-                                 runner=runner, dask_address=dask_address, workers=workers))
+                                 runner=_runner(runner, dask_address, workers)))
 
 
 @app.command(cls=_Command)
@@ -199,43 +222,30 @@ def train(
 ) -> None:
     """Train a model on a dataset's normal clips and write a calibrated checkpoint."""
     from vad.models import DEFAULT_ARCH
-    from vad.tasks.learning.training import (
-        TrainConfig,
-        parse_model_options,
-        plan_training,
-    )
+    from vad.storage import ClipStore
+    from vad.tasks.learning.training import TrainConfig, check_target, parse_model_options
     from vad.tasks.sources.ingest import parse_size
-    from vad.tasks.workspace import check_dataset_name, checkpoint_path, store_url
+    from vad.tasks.workspace import checkpoint_path, store_url
 
     base = _root(root)
     if model not in ("small", "large"):
         raise ParameterError(f"--model must be small or large, got {model!r} (--arch chooses the architecture)")
-    check_dataset_name(dataset)
-    # Fail in a second, before Prefect's server starts, on everything that can be checked cheaply.
-    options = parse_model_options(set_, arch or DEFAULT_ARCH.get(model, DEFAULT_ARCH["small"]))
+    # Fail in a second, before Prefect's server starts: the config is checked as it is built, and the
+    # store and the checkpoint path are looked at (training itself then plans from the store).
     config = TrainConfig(
         role=model, arch=arch, epochs=epochs, batch=batch, lr=lr, size=parse_size(size) if size else None,
         channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, motion=motion, flow=flow,
-        flip=flip, seed=seed, max_minutes=max_minutes, model=options, pseudo_weight=pseudo, distill=distill,
-        distill_weight=distill_weight,
+        flip=flip, seed=seed, max_minutes=max_minutes, pseudo_weight=pseudo, distill=distill, distill_weight=distill_weight,
+        model=parse_model_options(set_, arch or DEFAULT_ARCH.get(model, DEFAULT_ARCH["small"])),
     )
     target = out or checkpoint_path(base, dataset, model, str(config.arch))
-    plan = plan_training(store_url(base, dataset), target, config, overwrite=force)
-    typer.echo(
-        f"training {config.arch} ({model}) on {dataset}: {len(plan.split.train_videos)} training videos "
-        f"({len(plan.split.train)} clips), {len(plan.split.val_videos)} held out ({len(plan.split.val)} clips); "
-        f"input {plan.spec.clip_len}x{plan.spec.height}x{plan.spec.width}x{plan.spec.channels}"
-    )
+    ClipStore.open(store_url(base, dataset))
+    check_target(target, overwrite=force)
     _prefect_defaults(base)
     from vad.flows.train import train_flow
 
     with _interruptible(f"interrupted; the last finished epoch is saved in {target}.state: run the same command to resume"):
-        result = train_flow(
-            dataset=dataset, root=base, role=model, arch=config.arch, epochs=epochs, batch=batch, lr=lr, size=size,
-            gray=gray, clip_len=clip_len, stride=stride, motion=motion, flow=flow, flip=flip, seed=seed, max_minutes=max_minutes,
-            out=target, force=force, resume=not fresh, progress=True, model_options=options, pseudo_weight=pseudo,
-            distill=distill, distill_weight=distill_weight,
-        )
+        result = train_flow(dataset=dataset, root=base, config=config, out=target, force=force, resume=not fresh, progress=True)
     typer.echo(result.summary())
 
 
@@ -251,49 +261,33 @@ def score(
     ood_quantile: OodOpt = 0.99,
     instability_quantile: UnstableOpt = 0.99,
     signals: SignalsOpt = None,
-    frame_mode: Annotated[str, typer.Option("--frame-mode", help="Frame scores from covering clips' scores (clip) or their per-frame errors (frame).")] = "clip",
-    device: Annotated[str, typer.Option(help="Compute device: auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
-    batch: Annotated[Optional[int], typer.Option(help="Clips per batch (default: 8 on a CPU, measured on CUDA).")] = None,
-    precision: Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 on a CPU), float32 or bfloat16.")] = "auto",
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the models (3-20 s each before their first batch; pays on long runs).")] = False,
+    frame_mode: FrameModeOpt = "clip",
+    device: DeviceOpt = "auto",
+    batch: BatchOpt = None,
+    precision: PrecisionOpt = "auto",
+    compile: CompileOpt = False,
     runner: RunnerOpt = "threads",
     dask_address: DaskOpt = None,
     workers: WorkersOpt = None,
     root: RootOpt = None,
 ) -> None:
     """Score a dataset with the small model, escalate within the budget to the large one, write Parquet tables."""
-    from vad.storage import ClipStore, check_run_id
-    from vad.tasks.inference.compute import Compute, pick_device
-    from vad.tasks.inference.routing import parse_budget, router_config
-    from vad.tasks.learning.checkpoint import load_pair
-    from vad.tasks.operations.runners import check_runner
-    from vad.tasks.workspace import check_dataset_name, store_url
+    from vad.tasks.inference.scoring import score_inputs
 
     base = _root(root)
-    # Fail in a second, before Prefect's server starts, on everything that can be checked cheaply.
-    chosen = parse_budget(budget, bucket)
-    router = router_config(margin, ood_quantile, instability_quantile, signals)
+    # Fail in a second, before Prefect's server starts: settings are checked as they are built, and
+    # the store and checkpoints are read by the same function the flow starts with.
+    settings = _score_settings(budget, bucket, margin, ood_quantile, instability_quantile, signals, frame_mode, device,
+                               batch, precision, compile)
+    spec = _runner(runner, dask_address, workers)
     _prefect_defaults(base)  # before anything imports Prefect, whose logging reads them at import
-    check_dataset_name(dataset)
-    if frame_mode not in ("clip", "frame"):
-        raise ParameterError(f"--frame-mode must be clip or frame, got {frame_mode!r}")
-    if run_id:
-        check_run_id(run_id)
-    Compute(device=device, batch=batch, precision=precision, compile=compile)  # type: ignore[arg-type]
-    pick_device(device)
-    check_runner(runner, dask_address=dask_address, workers=workers)
-    ClipStore.open(store_url(base, dataset))
-    load_pair(base, dataset, small, large)
-    typer.echo(f"scoring {dataset} with {chosen.describe()}")
+    score_inputs(base, dataset, run_id or "now", small, large, settings.compute)
+    typer.echo(f"scoring {dataset} with {settings.budget.describe()}")
     from vad.flows.score import score_flow
 
     with _interruptible("interrupted; no table of this run was left half-written: run the command again"):
-        summary = score_flow(
-            dataset=dataset, root=base, small=small, large=large, budget=budget, bucket=bucket, run_id=run_id,
-            margin=margin, ood_quantile=ood_quantile, instability_quantile=instability_quantile,
-            signals=list(router.signals), frame_mode=frame_mode, device=device, batch=batch, precision=precision,
-            compile=compile, runner=runner,  # type: ignore[arg-type] dask_address=dask_address, workers=workers, progress=True,
-        )
+        summary = score_flow(dataset=dataset, root=base, small=small, large=large, run_id=run_id, settings=settings,
+                             runner=spec, progress=True)
     typer.echo(summary.text())
 
 
@@ -314,6 +308,11 @@ def backfill(
     ood_quantile: OodOpt = 0.99,
     instability_quantile: UnstableOpt = 0.99,
     signals: SignalsOpt = None,
+    frame_mode: FrameModeOpt = "clip",
+    device: DeviceOpt = "auto",
+    batch: BatchOpt = None,
+    precision: PrecisionOpt = "auto",
+    compile: CompileOpt = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Videos submitted together.")] = 8,
     rescore: Annotated[bool, typer.Option(help="Score videos again even when already scored with these models.")] = False,
     keep_frames: Annotated[bool, typer.Option("--keep-frames", help="Keep the decoded frames in the run's store, <root>/archive/<dataset>/<run-id>/work.zarr (default: dropped once a video's rows are written).")] = False,
@@ -323,37 +322,25 @@ def backfill(
     root: RootOpt = None,
 ) -> None:
     """Ingest and score every video of an archive dated in a range; already-scored videos are skipped."""
-    from vad.storage import check_run_id
-    from vad.tasks.inference.routing import parse_budget, router_config
-    from vad.tasks.learning.checkpoint import load_pair
-    from vad.tasks.operations.archive import resolve_range
-    from vad.tasks.operations.runners import check_runner
-    from vad.tasks.workspace import check_dataset_name
+    from vad.tasks.operations.archive import BackfillSettings, backfill_inputs
 
     base = _root(root)
-    _prefect_defaults(base)  # before anything imports Prefect, whose logging reads them at import
-    check_dataset_name(dataset)
-    check_run_id(run_id)
-    # Fail in a second, before Prefect's server starts, on everything that can be checked cheaply.
+    # Fail in a second, before Prefect's server starts: settings are checked as they are built, and
+    # names, dates and checkpoints by the same function the flow starts with.
     first, last = (_parse_date(v, name) for v, name in ((since, "--since"), (until, "--until")))
-    resolve_range(first, last, lookback_days)
-    if date_from not in ("auto", "path", "mtime"):
-        raise ParameterError(f"--date-from must be auto, path or mtime, got {date_from!r}")
-    if batch_size < 1:
-        raise ParameterError(f"--batch-size must be 1 or more, got {batch_size}")
-    parse_budget(budget, bucket)
-    router = router_config(margin, ood_quantile, instability_quantile, signals)
-    check_runner(runner, dask_address=dask_address, workers=workers)
-    load_pair(base, dataset, small, large)
+    settings = BackfillSettings(
+        scoring=_score_settings(budget, bucket, margin, ood_quantile, instability_quantile, signals, frame_mode, device,
+                                batch, precision, compile),
+        date_from=date_from, batch_size=batch_size, rescore=rescore, keep_frames=keep_frames,  # type: ignore[arg-type]
+    )
+    spec = _runner(runner, dask_address, workers)
+    _prefect_defaults(base)  # before anything imports Prefect, whose logging reads them at import
+    backfill_inputs(base, dataset, run_id, first, last, lookback_days, small, large)
     from vad.flows.backfill import backfill_flow
 
     with _interruptible("interrupted; videos already scored are kept: run the same command to go on"):
-        summary = backfill_flow(
-            archive=archive, dataset=dataset, since=first, until=last, lookback_days=lookback_days, date_from=date_from,  # type: ignore[arg-type]
-            root=base, small=small, large=large, budget=budget, bucket=bucket, margin=margin, ood_quantile=ood_quantile,
-            instability_quantile=instability_quantile, signals=list(router.signals), run_id=run_id,
-            batch_size=batch_size, rescore=rescore, keep_frames=keep_frames, runner=runner, dask_address=dask_address, workers=workers,  # type: ignore[arg-type]
-        )
+        summary = backfill_flow(archive=archive, dataset=dataset, since=first, until=last, lookback_days=lookback_days,
+                                root=base, small=small, large=large, run_id=run_id, settings=settings, runner=spec)
     typer.echo(summary.text())
     raise typer.Exit(1 if summary.failures else 0)
 

@@ -12,14 +12,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 from tqdm import tqdm
 from vad.storage import ClipStore
-from vad.tasks.operations.runners import Runner, completed, task_runner
+from vad.tasks.operations.runners import RunnerSpec, completed, task_runner
 from vad.tasks.sources.datasets import VideoSource, survey
 from vad.tasks.sources.ingest import (
     IngestResult,
     Preprocess,
     describe_failure,
     ingest_video,
-    parse_size,
 )
 from vad.tasks.workspace import default_root, discard_empty_store, store_url
 
@@ -107,28 +106,23 @@ def ingest_flow(
     dataset: str,
     root: str | None = None,
     format: Format = "auto",
-    size: str | None = None,
-    gray: bool = False,
-    fps: float | None = None,
-    chunk_frames: int = 16,
+    prep: Preprocess = Preprocess(),
     force: bool = False,
-    runner: Runner = "threads",
-    dask_address: str | None = None,
-    workers: int | None = None,
+    runner: RunnerSpec = RunnerSpec(),
 ) -> State:
     """Ingest every video of the dataset at `source` into `<root>/stores/<dataset>.zarr`, one task per
-    video on the chosen task runner.
+    video on the chosen task runner. `prep` (`Preprocess`, checked when built) says how frames are
+    stored: size, gray or RGB, frame rate, frames per chunk.
 
     Videos that fail, when listed or when decoded, are reported in the summary and the others
     complete; the run ends Failed (carrying the summary) when any video failed.
     """
     t0 = time.perf_counter()
-    prep = Preprocess(size=parse_size(size) if size else None, gray=gray, fps=fps, chunk_frames=chunk_frames)
     found = survey(source, format)
     videos = found.videos
     url = store_url(root or default_root(), dataset)
     ClipStore.open_or_create(url, dataset=dataset)  # once, before the per-video writers start
-    stage = ingest_videos_flow.with_options(task_runner=task_runner(runner, dask_address=dask_address, workers=workers))
+    stage = ingest_videos_flow.with_options(task_runner=task_runner(runner))
     summary = stage(url, videos, prep, dataset, force)
     if not summary.results:
         discard_empty_store(url)  # every video failed: no empty store left behind

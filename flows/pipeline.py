@@ -13,7 +13,11 @@ from vad.flows.train import train_flow
 from vad.tasks.evaluation.artifacts import publish_report
 from vad.tasks.evaluation.metrics import Protocol
 from vad.tasks.evaluation.report import RunRef, build_report
+from vad.tasks.inference.routing import BatchBudget
+from vad.tasks.inference.scoring import ScoreSettings
 from vad.tasks.learning.checkpoint import find_checkpoint
+from vad.tasks.learning.training import TrainConfig
+from vad.tasks.sources.ingest import Preprocess, parse_size
 from vad.tasks.workspace import default_root
 
 from vad.errors import NotFoundError
@@ -64,24 +68,32 @@ def pipeline_flow(
     import pandas as pd
 
     root = root or default_root()
-    protocol = Protocol(smooth_sigma=smooth_sigma, minmax=minmax)  # validated before any work
+    # every setting is checked before any work
+    protocol = Protocol(smooth_sigma=smooth_sigma, minmax=minmax)
+    channels = None if gray is None else (1 if gray else 3)
+    training = {
+        role: TrainConfig(role=role, arch=arch, epochs=epochs, size=parse_size(size) if size else None, channels=channels,
+                          max_minutes=max_minutes)
+        for role, arch, epochs in (("small", small_arch, small_epochs), ("large", large_arch, large_epochs))
+    }
+    every, routed_settings = ScoreSettings(BatchBudget(1.0)), ScoreSettings(BatchBudget(budget))
     failures: dict[str, str] = {}
     refs = []
     for i, dataset in enumerate(datasets):
         if sources:
             # frames are stored at the source's size (model input is resized on the fly), gray when asked
-            state = ingest_flow(source=sources[i], dataset=dataset, root=root, gray=bool(gray), return_state=True)
+            state = ingest_flow(source=sources[i], dataset=dataset, root=root, prep=Preprocess(gray=bool(gray)),
+                                return_state=True)
             summary = state.result(raise_on_failure=False)
             if isinstance(summary, BaseException):
                 raise summary
             failures.update({f"{dataset}/{v}": why for v, why in summary.failures.items()})
-        for role, arch, epochs in (("small", small_arch, small_epochs), ("large", large_arch, large_epochs)):
+        for role, config in training.items():
             if not _has_checkpoint(root, dataset, role):
-                train_flow(dataset=dataset, root=root, role=role, arch=arch, epochs=epochs, size=size, gray=gray,
-                           max_minutes=max_minutes, progress=progress)
-        score_flow(dataset=dataset, root=root, budget=1.0, run_id=f"{report_name}-all", progress=progress)
+                train_flow(dataset=dataset, root=root, config=config, progress=progress)
+        score_flow(dataset=dataset, root=root, run_id=f"{report_name}-all", settings=every, progress=progress)
         routed = f"{report_name}-budget-{budget:g}"
-        score_flow(dataset=dataset, root=root, budget=budget, run_id=routed, progress=progress)
+        score_flow(dataset=dataset, root=root, run_id=routed, settings=routed_settings, progress=progress)
         refs.append(RunRef(dataset, routed, sweep_run_id=f"{report_name}-all"))
     folder = report_task(root, refs, report_name, protocol)
     headline = pd.read_parquet(Path(folder) / "metrics.parquet")

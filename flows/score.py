@@ -8,34 +8,27 @@ Dask cluster, or a Dask scheduler by address).
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Literal
 
 import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
-from vad.storage import check_run_id
 from vad.tasks.evaluation.artifacts import publish_score_run
-from vad.tasks.inference.compute import Compute, Precision
+from vad.tasks.inference.compute import Compute
 from vad.tasks.inference.passes import PassOutput, VideoPass, first_pass, second_pass
-from vad.tasks.inference.routing import (
-    Budget,
-    RouterConfig,
-    parse_budget,
-    router_config,
-)
 from vad.tasks.inference.scoring import (
-    FrameMode,
     ScoreResult,
+    ScoreSettings,
     ScoreSummary,
     VideoMap,
+    score_inputs,
     score_videos,
     video_list,
 )
-from vad.tasks.learning.checkpoint import Checkpoint, cached_checkpoint, load_pair
-from vad.tasks.operations.runners import Runner, completed, task_runner
+from vad.tasks.learning.checkpoint import Checkpoint, cached_checkpoint
+from vad.tasks.operations.runners import RunnerSpec, completed, task_runner
 from vad.tasks.records import write_run
-from vad.tasks.workspace import default_root, store_url
+from vad.tasks.workspace import default_root
 
 
 @task(name="first-pass", task_run_name="pass1-{video}", cache_policy=NO_CACHE)
@@ -72,11 +65,12 @@ class TaskMap(VideoMap):
 
 
 @flow(name="score-stages")
-def score_stages_flow(store: str, small: str, large: str, videos: list[str], budget: Budget, router: RouterConfig,
-                      frame_mode: FrameMode, compute: Compute = Compute(), progress: bool = False) -> ScoreResult:
+def score_stages_flow(store: str, small: str, large: str, videos: list[str], settings: ScoreSettings,
+                      progress: bool = False) -> ScoreResult:
     """`score_videos` with its passes as tasks on this flow's task runner."""
-    return score_videos(store, cached_checkpoint(small), cached_checkpoint(large), budget, videos=videos, router=router,
-                        frame_mode=frame_mode, compute=compute, mapper=TaskMap(progress=progress))
+    return score_videos(store, cached_checkpoint(small), cached_checkpoint(large), settings.budget, videos=videos,
+                        router=settings.router, frame_mode=settings.frame_mode, compute=settings.compute,
+                        mapper=TaskMap(progress=progress))
 
 
 @flow(name="score")
@@ -85,41 +79,24 @@ def score_flow(
     root: str | None = None,
     small: str | None = None,
     large: str | None = None,
-    budget: float | None = None,
-    bucket: str | None = None,
     run_id: str | None = None,
-    margin: float = 0.05,
-    ood_quantile: float = 0.99,
-    instability_quantile: float = 0.99,
-    signals: list[str] | None = None,
-    frame_mode: Literal["clip", "frame"] = "clip",
-    device: str = "auto",
-    batch: int | None = None,
-    precision: Precision = "auto",
-    compile: bool = False,
-    runner: Runner = "threads",
-    dask_address: str | None = None,
-    workers: int | None = None,
+    settings: ScoreSettings = ScoreSettings(),
+    runner: RunnerSpec = RunnerSpec(),
     progress: bool = False,
 ) -> ScoreSummary:
     """Score `<root>/stores/<dataset>.zarr` (test split) and write `<root>/scores/{clips,frames,runs}/dataset=<dataset>/run=<id>/`.
 
-    Budget: `budget` (a fraction of clips) or `bucket` ("CAPACITY,REFILL"); neither means 0.2.
-    Compute: `device`, `batch` (None: measured per device), `precision` and `compile` (see `Compute`).
+    `settings`: the budget, router, frame mode and compute (`ScoreSettings`, checked when built; a
+    deployment gives them as nested fields); `runner`: where the per-video tasks run.
     """
     t0 = datetime.now(timezone.utc)
     root = root or default_root()
-    run = check_run_id(run_id or t0.strftime("%Y%m%dT%H%M%SZ"))
-    plan_budget = parse_budget(budget, bucket)
-    router = router_config(margin, ood_quantile, instability_quantile, signals)
-    compute = Compute(device=device, batch=batch, precision=precision, compile=compile)
-    small_ck, large_ck = load_pair(root, dataset, small, large)
-    url = store_url(root, dataset)
-    stages = score_stages_flow.with_options(task_runner=task_runner(runner, dask_address=dask_address, workers=workers))
-    result = stages(url, small_ck.path, large_ck.path, video_list(url, None, "test"), plan_budget, router, frame_mode,
-                    compute=compute, progress=progress)
+    run = run_id or t0.strftime("%Y%m%dT%H%M%SZ")
+    url, small_ck, large_ck = score_inputs(root, dataset, run, small, large, settings.compute)
+    stages = score_stages_flow.with_options(task_runner=task_runner(runner))
+    result = stages(url, small_ck.path, large_ck.path, video_list(url, None, "test"), settings, progress=progress)
     result.seconds["total"] = (datetime.now(timezone.utc) - t0).total_seconds()
-    summary = write_run(root, dataset, run, result, small_ck, large_ck, plan_budget, router=router,
-                        frame_mode=frame_mode, compute=compute)
+    summary = write_run(root, dataset, run, result, small_ck, large_ck, settings.budget, router=settings.router,
+                        frame_mode=settings.frame_mode, compute=settings.compute)
     publish_score_run(summary.dataset, summary.run_id, summary.text(), summary.record())
     return summary

@@ -30,8 +30,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,47 @@ def atomic_write(path: str | Path, write: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, *, purpose: str, timeout: float = 600.0) -> Iterator[Path]:
+    """Build a folder in the yielded temporary folder beside `path`; when the block ends without an
+    error, the new folder takes `path`'s place whole, by two renames (the old one aside, the new one
+    in). Readers see the old folder or the new one, never a half-built one (between the two renames,
+    an instant, none); a failure anywhere, the swap included, leaves the old folder as it was.
+
+    Builders of one folder take turns through a lock beside it (`.<name>.lock`, waited for up to
+    `timeout` seconds), so what they leave behind is theirs to clear: the holder removes temporary
+    folders of builders that died and puts back an old folder a crash left set aside. Reports use it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with acquire(path.parent / f".{path.name}.lock", purpose=purpose, timeout=timeout):
+        aside = path.parent / f".{path.name}.old"
+        if aside.exists():  # a builder died between its two renames: the old folder comes back
+            if path.exists():
+                shutil.rmtree(aside)
+            else:
+                aside.rename(path)
+        for left in path.parent.glob(f".{path.name}.*.tmp"):
+            shutil.rmtree(left, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            yield tmp
+            had_old = path.exists()
+            if had_old:
+                path.rename(aside)
+            try:
+                tmp.rename(path)
+            except BaseException:
+                if had_old:
+                    aside.rename(path)
+                raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if had_old:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def part_path(root: str | Path, table: str, dataset: str, run_id: str, part: str = "0") -> Path:

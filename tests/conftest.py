@@ -11,6 +11,13 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# pytest-xdist runs the suite in several worker processes, and torch in each would use every core:
+# each worker gets its share instead (`available_cores` reads VAD_TORCH_THREADS). Two workers with
+# two torch threads each on 2 cores made a 9 s training test take 36 s.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").isdigit():
+    _share = str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ.setdefault("VAD_TORCH_THREADS", _share)
+    os.environ.setdefault("OMP_NUM_THREADS", _share)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
@@ -98,6 +105,31 @@ def make_checkpoint(store_url: str, arch: str, seed: int, folder: Path, clip_len
     return ckpt
 
 
+@pytest.fixture
+def vad_main(capsys):
+    """`vad ARGS` run in this process through the console entry point's own `main`, for the
+    refusals and usage errors that end before anything starts: (exit code, stdout, stderr). It spares
+    each case a new interpreter importing torch (4 s); the installed script itself is run as a
+    subprocess by tests/test_cli.py. Whatever the command changes in the environment is undone."""
+    from vad.flows.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        saved = dict(os.environ)
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 train + 2 test synthetic videos of 40 frames at 48x64, with labels.csv."""
@@ -142,8 +174,9 @@ def camera_workspace(synthetic_store, tiny_dataset, tmp_path_factory):
         dest = archive / f"2026-11-{20 + i}" / f"cam-{i}.mp4"
         dest.parent.mkdir(parents=True)
         shutil.copy(src, dest)
-    from vad.tasks.inference.routing import BatchBudget, RouterConfig
+    from vad.tasks.inference.routing import BatchBudget
+    from vad.tasks.inference.scoring import ScoreSettings
     from vad.tasks.operations.archive import ArchiveSettings
 
-    settings = ArchiveSettings(small.path, large.path, BatchBudget(0.25), RouterConfig(), "clip")
+    settings = ArchiveSettings(small.path, large.path, ScoreSettings(BatchBudget(0.25)))
     return str(root), str(archive), settings

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from vad.storage import read_part, read_table, write_table
 from vad.tasks.inference.routing import BatchBudget
+from vad.tasks.inference.scoring import ScoreSettings
 from vad.tasks.operations.archive import (
     date_in_path,
     failure_row,
@@ -126,7 +127,7 @@ def test_a_video_is_scored_once_and_again_only_when_the_models_or_the_file_chang
     row = read_part(root, "videos", "cam", "r", video.video_id).iloc[0]
     assert (row["frames"], row["key"], row["source_size"]) == (40, settings.key(), video.size)
     assert _score(str(root), video, settings).status == "skipped"
-    other = replace(settings, budget=BatchBudget(0.5))
+    other = replace(settings, scoring=ScoreSettings(BatchBudget(0.5)))
     assert other.key() != settings.key()
     again = _score(str(root), video, other)
     assert again.status == "scored" and again.escalated == 2

@@ -24,8 +24,8 @@ from vad.storage import (
     run_lock,
     write_manifest,
 )
-from vad.tasks.operations.archive import archive_store_url
-from vad.tasks.operations.runners import current_api_url
+from vad.tasks.operations.archive import BackfillSettings, archive_store_url
+from vad.tasks.operations.runners import RunnerSpec, current_api_url
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,9 @@ def test_backfill_scores_a_range_once_and_records_the_bad_video(camera_workspace
 
 
 def test_flow_parameters_are_validated_before_any_work():
-    for bad in ({"budget": 1.5}, {"batch_size": 0}, {"since": "yesterday"}, {"runner": "ray"}, {"lookback_days": -1}):
+    for bad in ({"settings": {"scoring": {"budget": {"fraction": 1.5}}}}, {"settings": {"batch_size": 0}},
+                {"settings": {"date_from": "ctime"}}, {"since": "yesterday"}, {"runner": {"kind": "ray"}},
+                {"runner": {"workers": 0}}):
         with pytest.raises(ParameterTypeError):
             backfill_flow.validate_parameters({"archive": "/a", "dataset": "cam", **bad})
 
@@ -82,7 +84,7 @@ def test_a_local_dask_cluster_gives_the_tables_of_the_default_runner(camera_work
     threads_root, archive = _workspace(camera_workspace, tmp_path, "threads")
     dask_root, _ = _workspace(camera_workspace, tmp_path, "dask")
     a = backfill_flow(archive=archive, dataset="cam", root=threads_root)
-    b = backfill_flow(archive=archive, dataset="cam", root=dask_root, runner="dask", workers=2)
+    b = backfill_flow(archive=archive, dataset="cam", root=dask_root, runner=RunnerSpec("dask", workers=2))
     assert a.scored == b.scored == 3 and not a.failures and not b.failures
     _assert_same(_tables(threads_root), _tables(dask_root))
 
@@ -160,7 +162,7 @@ def test_two_backfills_of_one_archive_at_once_score_every_video_once(camera_work
 def test_a_run_held_by_another_process_is_named_in_one_line(camera_workspace, tmp_path, prefect_server):
     root, archive = _workspace(camera_workspace, tmp_path)
     with run_lock(root, "cam", "archive", purpose="the nightly run"), pytest.raises(LockHeldError) as err:
-        backfill_flow(archive=archive, dataset="cam", root=root, lock_timeout_s=0)
+        backfill_flow(archive=archive, dataset="cam", root=root, settings=BackfillSettings(lock_timeout_s=0))
     message = str(err.value)
     assert "run=archive/run.lock" in message and f"pid {os.getpid()}" in message and "the nightly run" in message
     assert "\n" not in message

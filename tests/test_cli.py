@@ -38,17 +38,30 @@ def vad(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
     ],
     ids=" ".join,
 )
-def test_a_usage_error_is_one_line_and_exit_2(tmp_path, args, needles):
-    proc = vad(*args, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr and "╭" not in proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+def test_a_usage_error_is_one_line_and_exit_2(tmp_path, monkeypatch, vad_main, args, needles):
+    monkeypatch.setenv("VAD_ROOT", str(tmp_path / "ws"))
+    code, out, err = vad_main(*args)
+    assert code == 2, err
+    assert "Traceback" not in err and "╭" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
     for needle in needles:
         assert needle in lines[0]
     assert "role" not in lines[0]
-    assert proc.stdout == ""
+    assert out == ""
     assert not (tmp_path / "ws").exists()  # nothing was started or written
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["run", "--dataset", "x", "--budget", "abc"], "--budget"),  # click's own error
+    (["score", "--dataset", "x", "--ood-quantile", "1.5"], "ood_quantile"),  # the project's ParameterError
+])
+def test_the_installed_script_prints_a_mistake_in_one_line(tmp_path, args, needle):
+    proc = vad(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+    assert not (tmp_path / "ws").exists()
 
 
 def test_vad_alone_lists_the_commands_and_exits_2(tmp_path):

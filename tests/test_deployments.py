@@ -21,6 +21,45 @@ def test_every_deployment_points_at_a_flow_that_takes_its_parameters():
         assert set(deployment.get("parameters", {})) <= accepted, deployment["name"]
 
 
+_REQUIRED = {"archive": "/a", "dataset": "cam", "source": "/s", "datasets": ["cam"]}
+
+
+@pytest.mark.parametrize("name", ["nightly", "backfill", "score", "train", "ingest"])
+def test_nested_deployment_parameters_build_the_flows_parameter_objects(name):
+    from vad.tasks.inference.routing import BatchBudget, RouterConfig
+    from vad.tasks.inference.scoring import ScoreSettings
+    from vad.tasks.learning.training import TrainConfig
+    from vad.tasks.operations.archive import BackfillSettings
+    from vad.tasks.operations.runners import RunnerSpec
+    from vad.tasks.sources.ingest import Preprocess
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployment = next(d for d in spec["deployments"] if d["name"] == name)
+    path, func = deployment["entrypoint"].split(":")
+    flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), func)
+    accepted = set(inspect.signature(flow.fn).parameters)
+    given = {k: v for k, v in _REQUIRED.items() if k in accepted} | deployment["parameters"]
+    built = flow.validate_parameters(given)  # Prefect's own check of a run's parameters; an unknown field fails
+    expected = {"settings": BackfillSettings if name in ("nightly", "backfill") else ScoreSettings, "config": TrainConfig,
+                "prep": Preprocess, "runner": RunnerSpec}
+    for key, cls in expected.items():
+        if key in deployment["parameters"]:
+            assert isinstance(built[key], cls), (name, key)
+    scoring = built["settings"].scoring if name in ("nightly", "backfill") else built.get("settings")
+    if scoring is not None:
+        assert scoring.budget == BatchBudget(0.2) and scoring.router == RouterConfig()
+
+
+def test_a_deployment_parameter_out_of_range_fails_the_run_before_any_work():
+    from prefect.exceptions import ParameterTypeError
+    from vad.flows.score import score_flow
+
+    for bad in ({"budget": {"fraction": 1.5}}, {"router": {"margin": 2}}, {"frame_mode": "pixel"},
+                {"compute": {"precision": "fp8"}}, {"router": {"marginn": 0.1}}):
+        with pytest.raises(ParameterTypeError):
+            score_flow.validate_parameters({"dataset": "cam", "settings": bad})
+
+
 def _strings(node):
     if isinstance(node, dict):
         for v in node.values():
@@ -53,23 +92,23 @@ def test_the_deployments_that_write_archive_runs_share_one_concurrency_limit():
     text = (ROOT / "prefect.yaml").read_text()
     assert "prefect work-queue create archive --pool vad-process --limit 1" in text
     for d in writers:
-        assert d["parameters"]["lock_timeout_s"] > 0 and d["parameters"]["keep_frames"] is False
+        assert d["parameters"]["settings"]["lock_timeout_s"] > 0 and d["parameters"]["settings"]["keep_frames"] is False
 
 
 def test_task_runner_settings():
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
-    from vad.tasks.operations.runners import task_runner
+    from vad.tasks.operations.runners import RunnerSpec, task_runner
 
     from vad.errors import ParameterError
 
-    threads = task_runner("threads", workers=3)
+    threads = task_runner(RunnerSpec("threads", workers=3))
     assert isinstance(threads, ThreadPoolTaskRunner) and threads._max_workers == 3
-    remote = task_runner("threads", dask_address="tcp://10.0.0.5:8786")  # an address means Dask
+    remote = task_runner(RunnerSpec("threads", dask_address="tcp://10.0.0.5:8786"))  # an address means Dask
     assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.0.0.5:8786"
-    for bad in ({"runner": "ray"}, {"runner": "dask", "workers": 0}, {"runner": "threads", "dask_address": "10.0.0.5:8786"}):
+    for bad in ({"kind": "ray"}, {"kind": "dask", "workers": 0}, {"kind": "threads", "dask_address": "10.0.0.5:8786"}):
         with pytest.raises(ParameterError):
-            task_runner(**bad)
+            RunnerSpec(**bad)
 
 
 class _Wrapped:

@@ -98,12 +98,14 @@ def test_ffmpeg_error_keeps_command_stderr_and_transient_flag():
 @pytest.mark.integration
 def test_a_bad_video_on_a_dask_worker_is_one_failure_among_completed_videos(tiny_dataset, tmp_path, prefect_server):
     from vad.flows.ingest import ingest_flow
+    from vad.tasks.operations.runners import RunnerSpec
     from vad.storage import ClipStore
 
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     (data / "test" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
-    state = ingest_flow(source=str(data), dataset="tiny", root=str(tmp_path / "ws"), runner="dask", workers=2, return_state=True)
+    state = ingest_flow(source=str(data), dataset="tiny", root=str(tmp_path / "ws"), runner=RunnerSpec("dask", workers=2),
+                        return_state=True)
     summary = state.result(raise_on_failure=False)
     assert not isinstance(summary, BaseException), summary
     assert state.is_failed()

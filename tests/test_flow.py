@@ -2,8 +2,6 @@
 
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -50,12 +48,11 @@ def test_cli_synth_then_ingest(tmp_path, prefect_server):
     ("args", "needle"),
     [(["--dataset", "bad/name"], "'bad/name'"), (["--dataset", "ok", "--size", "big"], "HEIGHTxWIDTH")],
 )
-def test_cli_reports_bad_parameters_in_one_line(tmp_path, tiny_dataset, args, needle):
-    cmd = [sys.executable, "-m", "vad.flows.cli", "ingest", str(tiny_dataset), "--root", str(tmp_path), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: ") and needle in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_cli_reports_bad_parameters_in_one_line(tmp_path, tiny_dataset, vad_main, args, needle):
+    code, _, err = vad_main("ingest", str(tiny_dataset), "--root", str(tmp_path), *args)
+    assert code == 2
+    assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize(
@@ -63,12 +60,11 @@ def test_cli_reports_bad_parameters_in_one_line(tmp_path, tiny_dataset, args, ne
     [(["--since", "2026-13-01"], "--since must be a date"), (["--since", "2026-02-01", "--until", "2026-01-01"], "after"),
      (["--runner", "ray"], "task runner"), (["--budget", "2"], "budget"), (["--run-id", "a/b"], "run id")],
 )
-def test_backfill_cli_reports_bad_parameters_in_one_line(tmp_path, args, needle):
-    cmd = [sys.executable, "-m", "vad.flows.cli", "backfill", str(tmp_path), "--dataset", "cam", "--root", str(tmp_path), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("error: ") and needle in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_backfill_cli_reports_bad_parameters_in_one_line(tmp_path, vad_main, args, needle):
+    code, _, err = vad_main("backfill", str(tmp_path), "--dataset", "cam", "--root", str(tmp_path), *args)
+    assert code == 2, err
+    assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
+    assert "Traceback" not in err
 
 
 def test_cli_keeps_the_temporary_prefect_database_in_the_workspace(tmp_path, monkeypatch):
@@ -89,10 +85,11 @@ def test_cli_keeps_the_temporary_prefect_database_in_the_workspace(tmp_path, mon
 def test_train_flow_writes_a_calibrated_checkpoint_in_the_workspace(synthetic_store, tmp_path, prefect_server):
     from vad.flows.train import train_flow
     from vad.tasks.learning.checkpoint import load_checkpoint
+    from vad.tasks.learning.training import TrainConfig
 
     root = tmp_path / "ws"
     shutil.copytree(synthetic_store, root / "stores" / "synthetic.zarr")
-    result = train_flow(dataset="synthetic", root=str(root), role="small", arch="topheavy", epochs=1, size="32x32")
+    result = train_flow(dataset="synthetic", root=str(root), config=TrainConfig(arch="topheavy", epochs=1, size=(32, 32)))
     assert result.checkpoint == root / "checkpoints" / "synthetic" / "small-topheavy.pt"
     ckpt = load_checkpoint(result.checkpoint)
     assert ckpt.arch == "topheavy" and ckpt.dataset == "synthetic"
@@ -105,6 +102,8 @@ def test_score_flow_writes_a_run_and_the_cli_prints_it(synthetic_store, tmp_path
     import pandas as pd
     from conftest import make_checkpoint as _checkpoint
     from vad.flows.score import score_flow
+    from vad.tasks.inference.routing import BatchBudget, RouterConfig, TokenBucket
+    from vad.tasks.inference.scoring import ScoreSettings
 
     root = tmp_path / "ws"
     shutil.copytree(synthetic_store, root / "stores" / "synthetic.zarr")
@@ -114,7 +113,8 @@ def test_score_flow_writes_a_run_and_the_cli_prints_it(synthetic_store, tmp_path
     large = _checkpoint(synthetic_store, "ae3d", 1, tmp_path)
     shutil.copy(small.path, ckpts / "small-topheavy.pt")
     shutil.copy(large.path, ckpts / "large-ae3d.pt")
-    summary = score_flow(dataset="synthetic", root=str(root), bucket="2,0", run_id="flow1", margin=1.0)
+    summary = score_flow(dataset="synthetic", root=str(root), run_id="flow1",
+                         settings=ScoreSettings(TokenBucket(2, 0), RouterConfig(margin=1.0)))
     assert summary.escalated == summary.large_calls == 2 * 6  # every clip fires; 2 tokens per video
     clips = pd.read_parquet(root / "scores" / "clips", filters=[("run", "==", "flow1")])
     assert len(clips) == summary.clips == 102 and clips.escalated.sum() == 12
@@ -122,8 +122,8 @@ def test_score_flow_writes_a_run_and_the_cli_prints_it(synthetic_store, tmp_path
     # every router setting reaches the run from the flow's parameters
     from vad.storage import read_manifest
 
-    only_ood = score_flow(dataset="synthetic", root=str(root), budget=0.5, run_id="ood", margin=1.0, ood_quantile=0.5,
-                          instability_quantile=0.9, signals=["ood"])
+    ood = RouterConfig(margin=1.0, ood_quantile=0.5, instability_quantile=0.9, signals=("ood",))
+    only_ood = score_flow(dataset="synthetic", root=str(root), run_id="ood", settings=ScoreSettings(BatchBudget(0.5), ood))
     router = read_manifest(root, "synthetic", "ood")["router"]
     assert router == {"margin": 1.0, "ood_quantile": 0.5, "instability_quantile": 0.9, "signals": ["ood"]}
     ood_clips = pd.read_parquet(root / "scores" / "clips", filters=[("run", "==", "ood")])

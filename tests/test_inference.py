@@ -2,9 +2,6 @@
 compile, device) and the scoring model kept per checkpoint."""
 
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,8 +223,7 @@ def test_a_cuda_pass_agrees_with_the_cpu_pass_within_the_stated_tolerance(synthe
     (["--device", "cuda:7"], "no CUDA device" if not torch.cuda.is_available() else "CUDA device(s)"),
     (["--device", "tpu"], "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
 ])
-def test_cli_score_refuses_bad_compute_settings_in_one_line(args, message, tmp_path):
-    vad = Path(sys.executable).with_name("vad")
-    proc = subprocess.run([str(vad), "score", "--dataset", "nope", *args, "--root", str(tmp_path)], capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
+def test_cli_score_refuses_bad_compute_settings_in_one_line(args, message, tmp_path, vad_main):
+    code, _, err = vad_main("score", "--dataset", "nope", *args, "--root", str(tmp_path))
+    assert code == 2
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1 and "Traceback" not in err

@@ -6,6 +6,8 @@ import platform
 import shutil
 from importlib import metadata
 
+import pytest
+
 from conftest import make_checkpoint
 from vad.storage import read_manifest, run_dir
 from vad.tasks.evaluation.report import RunRef, build_report
@@ -40,3 +42,30 @@ def test_the_report_has_an_environment_section_with_the_runs_versions(synthetic_
     assert "constraints.txt" in section
     html = (out / "report.html").read_text()
     assert "<h2>Environment</h2>" in html and "torch 9.9.9" in html
+
+
+def test_a_rebuild_that_fails_while_put_in_place_leaves_the_previous_report(synthetic_store, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    root = tmp_path / "ws"
+    shutil.copytree(synthetic_store, root / "stores" / "synthetic.zarr")
+    make_checkpoint(synthetic_store, "topheavy", 0, root / "checkpoints" / "synthetic")
+    make_checkpoint(synthetic_store, "ae3d", 1, root / "checkpoints" / "synthetic", role="large")
+    score_dataset(str(root), "synthetic", budget=BatchBudget(0.2), run_id="a")
+    out = build_report(root, [RunRef("synthetic", "a")], name="rep")
+    before = sorted(p.name for p in out.iterdir())
+    md = (out / "report.md").read_text()
+
+    rename = Path.rename
+
+    def failing(self, target):  # the newly built folder cannot be moved into place
+        if Path(target) == out and self.name.startswith(".rep.") and self.name != ".rep.old":
+            raise OSError(28, "No space left on device")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OSError, match="No space"):
+        build_report(root, [RunRef("synthetic", "a")], name="rep")
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "report.md").read_text() == md
+    assert [p.name for p in out.parent.iterdir()] == ["rep"]  # no temporary folder or lock left

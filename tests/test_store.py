@@ -72,3 +72,26 @@ def test_fsspec_urls_work_like_paths():
     assert ClipStore.open(url).video("v").read(0, 3)[..., 0].max() == 7
     with pytest.raises(StoreNotFoundError):
         ClipStore.open("memory://vad-test/other.zarr")
+
+
+def test_atomic_folder_replaces_a_folder_whole_and_recovers_what_a_crash_left(tmp_path):
+    from vad.storage import atomic_folder
+
+    target = tmp_path / "rep"
+    with atomic_folder(target, purpose="test") as tmp:
+        (tmp / "a.txt").write_text("1")
+        assert not target.exists()  # nothing in place until the block ends
+    assert [p.name for p in target.iterdir()] == ["a.txt"]
+
+    with pytest.raises(RuntimeError), atomic_folder(target, purpose="test") as tmp:
+        (tmp / "b.txt").write_text("half")
+        raise RuntimeError("the build failed")
+    assert [p.name for p in target.iterdir()] == ["a.txt"] and [p.name for p in tmp_path.iterdir()] == ["rep"]
+
+    # a builder killed between its two renames left the old folder aside and a temporary one
+    target.rename(tmp_path / ".rep.old")
+    (tmp_path / ".rep.x1y2.tmp").mkdir()
+    with atomic_folder(target, purpose="test") as tmp:
+        assert (target / "a.txt").read_text() == "1"  # put back before the new build starts
+        (tmp / "c.txt").write_text("3")
+    assert [p.name for p in target.iterdir()] == ["c.txt"] and [p.name for p in tmp_path.iterdir()] == ["rep"]

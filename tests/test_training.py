@@ -68,18 +68,22 @@ def _test_scores(store_url, checkpoint):
     return checkpoint.calibration.calibrate(raw), anomalous, inside, kinds
 
 
-# Settings besides the defaults. resnet18_ae: narrower, for the suite's time; and pixel error only,
+# Settings besides the defaults, for the suite's time. resnet18_ae: narrower, and pixel error only,
 # because from scratch, at 32x32 and after 5 epochs, its feature-consistency term ranks the foreign
 # shape below normal frames (clip AUC 0.52 on those videos with it, 0.75 without, measured);
-# tests/test_frame_models.py checks the feature term itself.
-_TEST_WIDTHS = {"resnet18_ae": {"base_channels": 16, "feature_weight": 0.0}}
+# tests/test_frame_models.py checks the feature term itself. forecaster and resnet3d_attn: half
+# width, the same layers (on the suite's two workers, one torch thread each: forecaster 51 s -> 25 s,
+# clip AUC 0.793, gap 0.456; resnet3d_attn 33 s -> 11 s, clip AUC 0.797, gap 0.473; measured).
+_TEST_WIDTHS = {"resnet18_ae": {"base_channels": 16, "feature_weight": 0.0},
+                "forecaster": {"channels": [8, 16, 32]},
+                "resnet3d_attn": {"channels": [8, 16, 32, 64, 128, 128], "latent": 256}}
 # forecaster: 8 epochs. With the pinned versions (constraints.txt) 5 epochs leave it at clip AUC
-# 0.700 on these videos, at the last commit before this change too; 8 give 0.831 (measured).
+# 0.700 on these videos (full width), at the last commit before this change too; 8 give 0.831.
 _TEST_EPOCHS = {"forecaster": 8}
-# resnet18_ae: with the pinned versions its 5-epoch run ranks the foreign shape at clip AUC 0.648 (0.619
-# after 8 epochs), at the last commit before this change too; it was 0.75 with the versions of the
-# session that wrote the test. Known, not hidden: the case stays, marked.
-_KNOWN_WEAK = {"resnet18_ae": "clip AUC 0.648 < 0.7 on the foreign shape with the pinned versions (constraints.txt)"}
+# resnet18_ae: its 5-epoch run depends on the torch thread count (float summation order): clip AUC
+# 0.648 on the foreign shape with two threads, 0.766 with one (the suite's setting on 2 cores),
+# measured with the pinned versions. Known, not hidden: the case stays, marked, not strict.
+_KNOWN_WEAK = {"resnet18_ae": "clip AUC 0.648 < 0.7 on the foreign shape with two torch threads (0.766 with one)"}
 
 
 @pytest.mark.parametrize("arch", [  # fitted models have their own tests
@@ -216,9 +220,7 @@ def test_architecture_settings_reach_the_checkpoint(synthetic_store, tmp_path):
     (["--flow", "--motion"], "frame differences (motion) or optical flow, not both"),
     (["--distill-weight", "0"], "distill_weight must be a finite number > 0"),
 ])
-def test_cli_train_refuses_a_bad_setting_in_one_line(args, message, tmp_path):
-    vad = Path(sys.executable).with_name("vad")
-    cmd = [str(vad), "train", "--dataset", "nope", *args, "--root", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
+def test_cli_train_refuses_a_bad_setting_in_one_line(args, message, tmp_path, vad_main):
+    code, _, err = vad_main("train", "--dataset", "nope", *args, "--root", str(tmp_path))
+    assert code == 2
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1 and "Traceback" not in err

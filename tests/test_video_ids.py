@@ -14,6 +14,7 @@ from conftest import ramp_frames, write_video
 from vad.storage import ClipStore
 from vad.tasks.sources.datasets import discover, survey
 from vad.tasks.sources.datasets._base import unique_ids, video_id_for
+from vad.tasks.sources.ingest import Preprocess
 
 from vad.errors import DatasetLayoutError, FFmpegError
 
@@ -79,7 +80,8 @@ def test_awkward_names_ingest_through_the_flow_and_reach_the_score_tables(awkwar
     from vad.tasks.inference.routing import BatchBudget
     from vad.tasks.inference.scoring import score_videos
 
-    state = ingest_flow(source=str(awkward), dataset="awkward", root=str(tmp_path), size="32x32", gray=True, return_state=True)
+    state = ingest_flow(source=str(awkward), dataset="awkward", root=str(tmp_path), prep=Preprocess(size=(32, 32), gray=True),
+                        return_state=True)
     summary = state.result(raise_on_failure=False)
     assert state.is_failed() and sorted(r.video_id for r in summary.results) == sorted(
         v.video_id for v in survey(awkward).videos)

@@ -5,15 +5,14 @@
     <root>/reports/<name>/pareto.parquet     the budget sweep, when a run scored every clip with both models
     <root>/reports/<name>/*.png, report.md, report.html
 
-The folder is built under a temporary name beside its final place and renamed when complete.
+The folder is built under a temporary name beside its final place and takes that place whole when
+complete (`storage.atomic_folder`): a failed or interrupted build leaves the previous report as it was.
 """
 
 from __future__ import annotations
 
 import html
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
-from vad.storage import read_manifest, read_table  # noqa: E402
+from vad.storage import atomic_folder, read_manifest, read_table  # noqa: E402
 from vad.tasks.evaluation.metrics import Protocol, evaluate  # noqa: E402
 from vad.tasks.evaluation.pareto import sweep  # noqa: E402
 from vad.tasks.records import package_versions  # noqa: E402
@@ -172,9 +171,7 @@ def build_report(root: str | Path, refs: list[RunRef], *, name: str, protocol: P
     final = Path(root) / "reports" / name
     if final.exists() and not overwrite:
         raise ParameterError(f"report {final} exists")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
-    try:
+    with atomic_folder(final, purpose=f"build report {name!r}") as tmp:
         metrics, per_video, pareto, sections, variants = [], [], [], [], []
         for ref in refs:
             frames = read_table(root, "frames", dataset=ref.dataset, run_id=ref.run_id)
@@ -207,12 +204,6 @@ def build_report(root: str | Path, refs: list[RunRef], *, name: str, protocol: P
         if pareto:
             pd.concat(pareto, ignore_index=True).to_parquet(tmp / "pareto.parquet", index=False)
         _write_documents(tmp, metrics_df, per_video_df, sections, protocol, variants_df)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

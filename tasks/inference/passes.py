@@ -29,49 +29,48 @@ from vad.tasks.learning.model_input import ClipBatches, clip_index, prepare_clip
 
 
 @dataclass
-class RawScores:
-    """A model's raw output over a list of clips, in the order of the clips given."""
+class ScoredClips:
+    """What every pass of a model over a list of clips gives, arrays in the order of the clips given."""
 
     raw: np.ndarray  # (N,) raw clip scores
     uncertainty: np.ndarray  # (N,)
-    embedding: np.ndarray  # (N, D)
     frame_errors: np.ndarray  # (N, T) raw per-frame scores
     seconds: float
     calls: int  # clips the model ran on
     device: str = ""  # where it ran ("" when no clip was scored)
     batch: int = 0  # clips per model call (0 when no clip was scored)
+
+
+@dataclass(kw_only=True)
+class RawScores(ScoredClips):
+    """A model's raw output, with the embeddings (training fits its calibration from these)."""
+
+    embedding: np.ndarray  # (N, D)
 
     @classmethod
     def empty(cls, clip_len: int) -> RawScores:
         z = np.zeros(0)
-        return cls(z, z, np.zeros((0, 0), np.float32), np.zeros((0, clip_len), np.float32), 0.0, 0)
+        return cls(z, z, np.zeros((0, clip_len), np.float32), 0.0, 0, embedding=np.zeros((0, 0), np.float32))
 
 
-@dataclass
-class PassOutput:
-    """One model's pass over a list of clips, arrays in the order of the clips given."""
+@dataclass(kw_only=True)
+class PassOutput(ScoredClips):
+    """A pass through the checkpoint's calibration: what scoring keeps of each clip."""
 
-    raw: np.ndarray  # (N,) raw clip scores
     calibrated: np.ndarray  # (N,) percentile ranks against the model's normal clips
-    uncertainty: np.ndarray  # (N,)
     ood_distance: np.ndarray  # (N,) cosine distance to the normal centroid
-    frame_errors: np.ndarray  # (N, T) raw per-frame scores
-    seconds: float
-    calls: int  # clips the model ran on
-    device: str = ""  # where it ran ("" when no clip was scored)
-    batch: int = 0  # clips per model call (0 when no clip was scored)
 
     @classmethod
     def empty(cls, clip_len: int) -> PassOutput:
         z = np.zeros(0)
-        return cls(z, z, z, z, np.zeros((0, clip_len), np.float32), 0.0, 0)
+        return cls(z, z, np.zeros((0, clip_len), np.float32), 0.0, 0, calibrated=z, ood_distance=z)
 
     def take(self, rows: np.ndarray) -> PassOutput:
         """The clips at positions `rows`, in that order (seconds shared out by clip count)."""
         rows = np.asarray(rows, dtype=np.int64)
         share = self.seconds * len(rows) / max(self.calls, 1)
-        return PassOutput(self.raw[rows], self.calibrated[rows], self.uncertainty[rows], self.ood_distance[rows],
-                          self.frame_errors[rows], share, len(rows), self.device, self.batch)
+        return PassOutput(self.raw[rows], self.uncertainty[rows], self.frame_errors[rows], share, len(rows), self.device,
+                          self.batch, calibrated=self.calibrated[rows], ood_distance=self.ood_distance[rows])
 
     @classmethod
     def concat(cls, parts: list[PassOutput], clip_len: int) -> PassOutput:
@@ -79,11 +78,10 @@ class PassOutput:
         if not parts:
             return cls.empty(clip_len)
         ran = [p for p in parts if p.calls]
-        return cls(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("raw", "calibrated", "uncertainty", "ood_distance", "frame_errors")),
-            seconds=sum(p.seconds for p in parts), calls=sum(p.calls for p in parts),
-            device=ran[0].device if ran else "", batch=max((p.batch for p in ran), default=0),
-        )
+        arrays = {f: np.concatenate([getattr(p, f) for p in parts])
+                  for f in ("raw", "uncertainty", "frame_errors", "calibrated", "ood_distance")}
+        return cls(**arrays, seconds=sum(p.seconds for p in parts), calls=sum(p.calls for p in parts),
+                   device=ran[0].device if ran else "", batch=max((p.batch for p in ran), default=0))
 
 
 def score_clips(

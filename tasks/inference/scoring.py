@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 from vad.storage import ClipStore, check_run_id
-from vad.tasks.inference.compute import Compute
+from vad.tasks.inference.compute import Compute, pick_device
 from vad.tasks.inference.passes import PassOutput, VideoPass, first_pass, second_pass
 from vad.tasks.inference.routing import (
     BatchBudget,
@@ -41,6 +41,42 @@ from vad.errors import ParameterError, PipelineError
 
 FrameMode = Literal["clip", "frame"]
 FRAME_MODES: tuple[str, ...] = ("clip", "frame")
+
+
+def check_frame_mode(mode: str) -> str:
+    if mode not in FRAME_MODES:
+        raise ParameterError(f"frame mode must be one of {', '.join(FRAME_MODES)}, got {mode!r}")
+    return mode
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How a run scores: the budget, the router, how frame scores are made and where the passes
+    run. The parameter object of the `score` flow and part of `backfill`'s: the CLI builds it from
+    its options, a deployment nests the same fields (prefect.yaml), and it is checked once, here,
+    when built. Everything in it is recorded in the run's run.json."""
+
+    budget: Budget = BatchBudget(0.2)
+    router: RouterConfig = RouterConfig()
+    frame_mode: FrameMode = "clip"
+    compute: Compute = Compute()
+
+    def __post_init__(self) -> None:
+        check_frame_mode(self.frame_mode)
+
+
+def score_inputs(root: str, dataset: str, run_id: str, small: str | None, large: str | None,
+                 compute: Compute = Compute()) -> tuple[str, Checkpoint, Checkpoint]:
+    """What a scoring run of `dataset` reads and where it writes, checked: the run id, the store's
+    URL and the checkpoint pair (the paths given, else the dataset's own), and that `compute`'s
+    device is on this machine. The score flow starts with this; the CLI calls it before starting
+    Prefect, to fail in a second."""
+    check_run_id(run_id)
+    pick_device(compute.device)
+    url = workspace_store_url(root, dataset)
+    ClipStore.open(url)
+    small_ck, large_ck = load_pair(root, dataset, small, large)
+    return url, small_ck, large_ck
 
 
 def aggregate_frames(n_frames: int, starts: np.ndarray, clip_len: int, values: np.ndarray) -> np.ndarray:
@@ -246,8 +282,7 @@ def score_videos(
     """Score the store's videos (the test split by default): pass 1 over every clip, the router over
     all clips together, pass 2 on the escalated ones, then clip and frame tables. The one
     orchestration of scoring; `mapper` says how the per-video passes run (a plain loop by default)."""
-    if frame_mode not in FRAME_MODES:
-        raise ParameterError(f"frame mode must be one of {', '.join(FRAME_MODES)}, got {frame_mode!r}")
+    check_frame_mode(frame_mode)
     check_pair(small, large)
     mapper = mapper or VideoMap()
     t0 = time.perf_counter()

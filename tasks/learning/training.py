@@ -429,13 +429,26 @@ class TrainingPlan:
     split: Split
     teacher: ScoreTeacher | None = None  # the distillation teacher, loaded on the CPU
 
+    def describe(self, config: TrainConfig) -> str:
+        """One line: what is trained on what."""
+        s = self.spec
+        return (f"training {config.arch} ({config.role}) on {self.store.dataset}: {len(self.split.train_videos)} training "
+                f"videos ({len(self.split.train)} clips), {len(self.split.val_videos)} held out ({len(self.split.val)} clips); "
+                f"input {s.clip_len}x{s.height}x{s.width}x{s.channels}")
+
+
+def check_target(out: str | Path, *, overwrite: bool = False) -> Path:
+    """The checkpoint path, refused when a checkpoint is there and `overwrite` is off."""
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise ParameterError(f"checkpoint {out} already exists; pass overwrite (--force) to replace it")
+    return out
+
 
 def plan_training(store_url: str, out: str | Path, config: TrainConfig, *, overwrite: bool = False) -> TrainingPlan:
     """Everything that can be checked before training starts: the store, its training videos, the
     model's input geometry and the held-out split. Raises a `PipelineError` naming the problem."""
-    out = Path(out).expanduser()
-    if out.exists() and not overwrite:
-        raise ParameterError(f"checkpoint {out} already exists; pass overwrite (--force) to replace it")
+    out = check_target(out, overwrite=overwrite)
     store = ClipStore.open(store_url)
     videos = list(store.videos(split="train"))
     if not videos:
@@ -487,6 +500,7 @@ def train_model(
     say = log or (lambda _msg: None)
     out = Path(out).expanduser()
     plan = plan_training(store_url, out, config, overwrite=overwrite)
+    say(plan.describe(config))
     store, videos, spec, model_cfg, split = plan.store, plan.videos, plan.spec, plan.model_config, plan.split
     cls = model_class(config.arch)
     if cls.fitted:

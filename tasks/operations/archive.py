@@ -45,10 +45,9 @@ from vad.storage import (
     write_manifest,
     write_table,
 )
-from vad.tasks.inference.compute import Compute
-from vad.tasks.inference.routing import Budget, RouterConfig, budget_record
-from vad.tasks.inference.scoring import FrameMode, ScoreResult, score_videos
-from vad.tasks.learning.checkpoint import Checkpoint, cached_checkpoint
+from vad.tasks.inference.routing import budget_record
+from vad.tasks.inference.scoring import ScoreResult, ScoreSettings, score_videos
+from vad.tasks.learning.checkpoint import Checkpoint, cached_checkpoint, load_pair
 from vad.tasks.records import package_versions
 from vad.tasks.sources.datasets._base import (  # noqa: F401 - video_id_for: the archive's id rule
     VIDEO_EXTENSIONS,
@@ -97,13 +96,33 @@ def resolve_range(
     if lookback_days is not None:
         if since is not None:
             raise ParameterError("give since or lookback_days, not both")
-        if lookback_days < 0:
-            raise ParameterError(f"lookback_days must be 0 or more, got {lookback_days}")
+        if not 0 <= lookback_days <= 36500:
+            raise ParameterError(f"lookback_days must be between 0 and 36500, got {lookback_days}")
         today = today or datetime.now(timezone.utc).date()
         since, until = today - timedelta(days=lookback_days), until or today
     if since is not None and until is not None and since > until:
         raise ParameterError(f"since ({since}) is after until ({until})")
     return since, until
+
+
+def check_date_from(date_from: str) -> str:
+    if date_from not in ("auto", "path", "mtime"):
+        raise ParameterError(f"date_from must be auto, path or mtime, got {date_from!r}")
+    return date_from
+
+
+def backfill_inputs(
+    root: str, dataset: str, run_id: str, since: date | None, until: date | None, lookback_days: int | None,
+    small: str | None, large: str | None,
+) -> tuple[date | None, date | None, Checkpoint, Checkpoint]:
+    """What a backfill reads, checked: the names, the date range (`resolve_range`) and the dataset's
+    checkpoint pair (or the paths given). The backfill flow starts with this; the CLI calls it before
+    starting Prefect, to fail in a second."""
+    check_dataset_name(dataset)
+    check_run_id(run_id)
+    first, last = resolve_range(since, until, lookback_days)
+    small_ck, large_ck = load_pair(root, dataset, small, large)
+    return first, last, small_ck, large_ck
 
 
 def _modified(info: dict[str, Any]) -> datetime | None:
@@ -138,8 +157,7 @@ def list_archive(
     """
     import fsspec
 
-    if date_from not in ("auto", "path", "mtime"):
-        raise ParameterError(f"date_from must be auto, path or mtime, got {date_from!r}")
+    check_date_from(date_from)
     try:
         fs, base = fsspec.core.url_to_fs(location, **(storage_options or {}))
     except (ValueError, ImportError) as exc:
@@ -184,23 +202,21 @@ class ArchiveSettings:
 
     small: str  # checkpoint paths
     large: str
-    budget: Budget
-    router: RouterConfig
-    frame_mode: FrameMode
-    device: str = "auto"
+    scoring: ScoreSettings = ScoreSettings()
 
     def params(self) -> dict[str, Any]:
         return {
             "small": {"path": self.small, "sha": file_digest(self.small)},
             "large": {"path": self.large, "sha": file_digest(self.large)},
-            "budget": budget_record(self.budget),
-            "router": {"margin": self.router.margin, "ood_quantile": self.router.ood_quantile,
-                       "instability_quantile": self.router.instability_quantile, "signals": list(self.router.signals)},
-            "frame_mode": self.frame_mode,
+            "budget": budget_record(self.scoring.budget),
+            "router": {"margin": self.scoring.router.margin, "ood_quantile": self.scoring.router.ood_quantile,
+                       "instability_quantile": self.scoring.router.instability_quantile,
+                       "signals": list(self.scoring.router.signals)},
+            "frame_mode": self.scoring.frame_mode,
         }
 
     def key(self, params: dict[str, Any] | None = None) -> str:
-        """A digest of the models' bytes and the routing parameters (not the paths or the device);
+        """A digest of the models' bytes and the routing parameters (not the paths or the compute);
         pass `params()` when already at hand, to read the checkpoints once."""
         p = params or self.params()
         core = {**p, "small": p["small"]["sha"], "large": p["large"]["sha"]}
@@ -266,6 +282,32 @@ def drop_empty_store(url: str) -> bool:
 
 
 RUN_LOCK_WAIT_S = 12 * 3600.0  # a run waits this long for another process holding the same run
+
+
+@dataclass(frozen=True)
+class BackfillSettings:
+    """How a backfill goes through an archive: the `backfill` flow's parameter object (the nightly
+    and backfill deployments nest the same fields in prefect.yaml), checked once when built.
+
+    `scoring`: what each video is scored with (the budget applies within each video); `date_from`:
+    how a video's date is read; `batch_size`: videos submitted together; `rescore`: score videos
+    again even when already scored with these models; `keep_frames`: keep the decoded frames in the
+    run's store; `lock_timeout_s`: how long to wait for another process holding the run (0: fail at once).
+    """
+
+    scoring: ScoreSettings = ScoreSettings()
+    date_from: DateFrom = "auto"
+    batch_size: int = 8
+    rescore: bool = False
+    keep_frames: bool = False
+    lock_timeout_s: float = RUN_LOCK_WAIT_S
+
+    def __post_init__(self) -> None:
+        check_date_from(self.date_from)
+        if not 1 <= self.batch_size <= 10000:
+            raise ParameterError(f"batch_size must be between 1 and 10000, got {self.batch_size}")
+        if not self.lock_timeout_s >= 0:
+            raise ParameterError(f"lock_timeout_s must be 0 or more seconds, got {self.lock_timeout_s}")
 
 
 @contextlib.contextmanager
@@ -336,8 +378,9 @@ def score_archive_video(
         source = VideoSource(video.video_id, "test", path, "file")
         ingest_video(url, source, ingest_preprocess(small), dataset=dataset, source_uri=video.uri)
     try:
-        result = score_videos(url, small, large, settings.budget, videos=[video.video_id], split=None,
-                              router=settings.router, frame_mode=settings.frame_mode, compute=Compute(settings.device))
+        scoring = settings.scoring
+        result = score_videos(url, small, large, scoring.budget, videos=[video.video_id], split=None,
+                              router=scoring.router, frame_mode=scoring.frame_mode, compute=scoring.compute)
         stored = ClipStore.open(url).video(video.video_id)
         write_table(root, "clips", dataset, run_id, result.clips, part=video.video_id)
         write_table(root, "frames", dataset, run_id, result.frames, part=video.video_id)

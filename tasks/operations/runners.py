@@ -14,34 +14,55 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from vad.tasks.inference.compute import available_cores
 
 from vad.errors import ParameterError, PipelineError
+
+if TYPE_CHECKING:
+    from prefect.task_runners import TaskRunner
 
 Runner = Literal["threads", "dask"]
 RUNNERS = ("threads", "dask")
 
 
-def task_runner(runner: str = "threads", *, dask_address: str | None = None, workers: int | None = None) -> TaskRunner:
-    """The task runner for `runner`; `dask_address` (tcp://host:8786) implies Dask on that scheduler.
+@dataclass(frozen=True)
+class RunnerSpec:
+    """Where a flow's tasks run, the part of every flow's parameters that says how, not what: `kind`
+    "threads" (in the flow's process) or "dask" (a local cluster); `dask_address` (tcp://host:8786)
+    means Dask on that scheduler. `workers`: threads for "threads" (default: the cores), worker
+    processes for a local Dask cluster (default 2). Checked when built."""
 
-    `workers`: threads for "threads" (default: the cores), worker processes for a local Dask
-    cluster (default 2). A local cluster's workers share the cores for their torch threads.
-    """
-    check_runner(runner, dask_address=dask_address, workers=workers)
-    if dask_address:
+    kind: Runner = "threads"
+    dask_address: str | None = None
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in RUNNERS:
+            raise ParameterError(f"task runner must be one of {', '.join(RUNNERS)}, got {self.kind!r}")
+        if self.workers is not None and not 1 <= self.workers <= 256:
+            raise ParameterError(f"workers must be between 1 and 256, got {self.workers}")
+        if self.dask_address and not self.dask_address.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
+            raise ParameterError(f"Dask scheduler address must look like tcp://HOST:PORT, got {self.dask_address!r}")
+
+
+def task_runner(spec: RunnerSpec = RunnerSpec()) -> TaskRunner:
+    """The Prefect task runner `spec` describes. A local cluster's workers share the cores for
+    their torch threads."""
+    from prefect.task_runners import ThreadPoolTaskRunner  # Prefect reads its settings at import (the CLI sets them first)
+
+    if spec.dask_address:
         from prefect_dask import DaskTaskRunner
 
-        return DaskTaskRunner(address=dask_address)
-    if runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=workers or available_cores())
+        return DaskTaskRunner(address=spec.dask_address)
+    if spec.kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=spec.workers or available_cores())
     from prefect_dask import DaskTaskRunner
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the scheduler runs in this process
-    n = workers or 2
+    n = spec.workers or 2
     env = {"VAD_TORCH_THREADS": str(max(1, available_cores() // n)), "PREFECT_API_URL": current_api_url()}
     for name in ("VAD_ROOT", "DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_LOGGING_LEVEL"):
         if name in os.environ:
@@ -50,16 +71,6 @@ def task_runner(runner: str = "threads", *, dask_address: str | None = None, wor
         "n_workers": n, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
         "silence_logs": logging.WARNING, "env": env,
     })
-
-
-def check_runner(runner: str, *, dask_address: str | None = None, workers: int | None = None) -> None:
-    """Refuse an unknown runner, a malformed scheduler address or a worker count out of range."""
-    if runner not in RUNNERS:
-        raise ParameterError(f"task runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
-    if workers is not None and not 1 <= workers <= 256:
-        raise ParameterError(f"workers must be between 1 and 256, got {workers}")
-    if dask_address and not dask_address.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
-        raise ParameterError(f"Dask scheduler address must look like tcp://HOST:PORT, got {dask_address!r}")
 
 
 def current_api_url() -> str:

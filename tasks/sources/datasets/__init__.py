@@ -67,8 +67,10 @@ def survey(source: str | Path, fmt: str = "auto") -> Listing:
     listing = adapter.survey(root) if hasattr(adapter, "survey") else Listing(adapter.list_videos(root))
     if not listing.videos and not listing.failures:
         raise DatasetLayoutError(f"{root}: no videos found (format {name!r})")
-    dupes = [vid for vid, n in Counter(v.video_id for v in listing.videos).items() if n > 1]
+    # Compared without case: a store must survive a case-insensitive file system (see `unique_ids`).
+    uses = Counter(v.video_id.casefold() for v in listing.videos)
+    dupes = sorted({v.video_id for v in listing.videos if uses[v.video_id.casefold()] > 1})
     if dupes:
-        raise DatasetLayoutError(f"{root}: video ids are not unique: {sorted(dupes)[:5]}")
+        raise DatasetLayoutError(f"{root}: video ids are not unique (ignoring case): {dupes[:5]}")
     listing.videos.sort(key=lambda v: (v.split != "train", v.video_id))
     return listing

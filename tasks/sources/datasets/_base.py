@@ -170,10 +170,11 @@ def frame_files(folder: Path) -> tuple[str, ...]:
     """The image files of a frame folder in natural order, as absolute paths (all one extension)."""
     # Dot-files are skipped: copies unpacked on a Mac carry a `._000.tif` resource fork beside
     # every frame, with an image extension but no image inside.
-    files = [
-        p for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    ]
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise DatasetLayoutError(f"{folder}: cannot read this frame folder ({exc.strerror})") from exc
+    files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
     suffixes = {p.suffix.lower() for p in files}
     if len(suffixes) > 1:
         raise DatasetLayoutError(f"{folder}: frame folder mixes image types {sorted(suffixes)}")

@@ -3,7 +3,8 @@
 Layout: training videos `<root>/training/videos/<id>.avi` (e.g. `01_001`), test frame folders
 `<root>/testing/frames/<id>/*.jpg` (e.g. `01_0014`), and per-frame 0/1 labels
 `test_frame_mask/<id>.npy` under `testing/` or at the root. Test videos without a mask get unknown
-labels; a mask for a video that does not exist is an error.
+labels; a mask for a video that does not exist is an error. Ids are the names by `video_id_for`
+(the official ones unchanged; a renamed copy with a space in its name still ingests).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from vad.tasks.sources.datasets._base import (
     frames_source,
     natural_key,
     require_dir,
+    video_id_for,
 )
 
 from vad.errors import DatasetLayoutError
@@ -34,13 +36,13 @@ def list_videos(root: Path) -> list[VideoSource]:
     train_dir = require_dir(root / "training" / "videos", "ShanghaiTech training videos folder")
     test_dir = require_dir(root / "testing" / "frames", "ShanghaiTech test frames folder")
     videos = [
-        VideoSource(p.stem, "train", str(p), "file")
+        VideoSource(video_id_for(p.name), "train", str(p), "file")
         for p in _visible(train_dir)
         if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
     ]
     test = {p.name: p for p in _visible(test_dir) if p.is_dir()}
     labels = _mask_labels(root, test)
-    videos += [frames_source(vid, "test", folder, labels=labels.get(vid)) for vid, folder in test.items()]
+    videos += [frames_source(video_id_for(name), "test", folder, labels=labels.get(name)) for name, folder in test.items()]
     return videos
 
 

@@ -24,13 +24,13 @@ _INTEGER = re.compile(r"-?\d+")
 
 
 def detect(root: Path) -> bool:
-    """True when a temporal annotation file is under `root`."""
+    """True when a temporal annotation file is under `root` (a folder it cannot read is passed over)."""
     return bool(_annotation_files(root))
 
 
 def list_videos(root: Path) -> list[VideoSource]:
     """Annotated test videos with their anomalous frame ranges, and the unlisted normal videos for training."""
-    found = _annotation_files(root)
+    found = _annotation_files(root, strict=True)
     if len(found) != 1:
         raise DatasetLayoutError(
             f"{root}: expected one Temporal_Anomaly_Annotation*.txt file, found {[str(p) for p in found] or 'none'}"
@@ -51,24 +51,29 @@ def list_videos(root: Path) -> list[VideoSource]:
     return videos
 
 
-def _walk(root: Path) -> list[Path]:
-    """Every file under `root` in a stable order, skipping hidden files and folders."""
+def _walk(root: Path, *, strict: bool = False) -> list[Path]:
+    """Every file under `root` in a stable order, skipping hidden files and folders. With `strict`,
+    a folder that cannot be read is an error naming it, not videos silently left out."""
+
+    def unreadable(exc: OSError) -> None:
+        raise DatasetLayoutError(f"{exc.filename}: cannot read this folder ({exc.strerror})") from exc
+
     out: list[Path] = []
-    for folder, dirs, names in os.walk(root):
+    for folder, dirs, names in os.walk(root, onerror=unreadable if strict else None):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         out += [Path(folder, n) for n in sorted(names) if not n.startswith(".")]
     return out
 
 
-def _annotation_files(root: Path) -> list[Path]:
-    return [p for p in _walk(root) if _ANNOTATION in p.name.lower() and p.suffix.lower() == ".txt"]
+def _annotation_files(root: Path, *, strict: bool = False) -> list[Path]:
+    return [p for p in _walk(root, strict=strict) if _ANNOTATION in p.name.lower() and p.suffix.lower() == ".txt"]
 
 
 def _video_files(root: Path) -> dict[str, Path]:
     """Video files by name. The official release holds 1,950 mp4 files for 1,900 videos (its README:
     "50 duplicated"), so same-name copies of equal size count as one; differing ones are an error."""
     files: dict[str, Path] = {}
-    for path in _walk(root):
+    for path in _walk(root, strict=True):
         if path.suffix.lower() not in VIDEO_EXTENSIONS:
             continue
         first = files.setdefault(path.name, path)

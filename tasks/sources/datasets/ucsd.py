@@ -48,8 +48,8 @@ def list_videos(root: Path) -> list[VideoSource]:
         train, test = _numbered(root / "Train", _TRAIN), _numbered(root / "Test", _TEST)
         labels = _official_labels(root / "Test", test)
     elif _is_common(root):
-        train = {f"Train{int(p.name):03d}": p for p in _numbered(root / "training" / "frames", _NUMBER).values()}
-        test = {f"Test{int(p.name):03d}": p for p in _numbered(root / "testing" / "frames", _NUMBER).values()}
+        train = _renumbered(root / "training" / "frames", "Train")
+        test = _renumbered(root / "testing" / "frames", "Test")
         labels = _common_labels(root, test)
     else:
         raise DatasetLayoutError(
@@ -82,6 +82,18 @@ def _numbered(folder: Path, pattern: re.Pattern[str]) -> dict[str, Path]:
     """Subfolders whose whole name matches `pattern`, by name, in natural order."""
     found = [p for p in folder.iterdir() if p.is_dir() and pattern.fullmatch(p.name)]
     return {p.name: p for p in sorted(found, key=lambda p: natural_key(p.name))}
+
+
+def _renumbered(folder: Path, prefix: str) -> dict[str, Path]:
+    """The common layout's `NN` folders under their official ids (`01` -> `Train001`); two folders
+    of one number (`1` and `01`) are an error, not one video silently left out."""
+    out: dict[str, Path] = {}
+    for path in _numbered(folder, _NUMBER).values():
+        vid = f"{prefix}{int(path.name):03d}"
+        if vid in out:
+            raise DatasetLayoutError(f"{path}: makes video id {vid!r}, as {out[vid]} does")
+        out[vid] = path
+    return out
 
 
 def _label_file(folder: Path, pattern: re.Pattern[str]) -> Path | None:
