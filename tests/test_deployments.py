@@ -53,11 +53,18 @@ def test_nested_deployment_parameters_build_the_flows_parameter_objects(name):
 def test_a_deployment_parameter_out_of_range_fails_the_run_before_any_work():
     from prefect.exceptions import ParameterTypeError
     from vad.flows.score import score_flow
+    from vad.tasks.inference.routing import TokenBucket
 
     for bad in ({"budget": {"fraction": 1.5}}, {"router": {"margin": 2}}, {"frame_mode": "pixel"},
                 {"compute": {"precision": "fp8"}}, {"router": {"marginn": 0.1}}):
         with pytest.raises(ParameterTypeError):
             score_flow.validate_parameters({"dataset": "cam", "settings": bad})
+    # a budget's fields say which kind it is, and the refusal is about that kind alone
+    with pytest.raises(ParameterTypeError) as err:
+        score_flow.validate_parameters({"dataset": "cam", "settings": {"budget": {"fraction": 1.5}}})
+    assert "budget must be a fraction in [0, 1], got 1.5" in str(err.value) and "capacity" not in str(err.value)
+    bucket = score_flow.validate_parameters({"dataset": "cam", "settings": {"budget": {"capacity": 3, "refill": 0.5}}})
+    assert bucket["settings"].budget == TokenBucket(3, 0.5)
 
 
 def _strings(node):

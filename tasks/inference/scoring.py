@@ -16,10 +16,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Discriminator, Tag
 from tqdm import tqdm
 from vad.storage import ClipStore, check_run_id
 from vad.tasks.inference.compute import Compute, pick_device
@@ -30,6 +31,7 @@ from vad.tasks.inference.routing import (
     RouterConfig,
     Routing,
     Signals,
+    TokenBucket,
     compute_signals,
     route,
 )
@@ -49,6 +51,19 @@ def check_frame_mode(mode: str) -> str:
     return mode
 
 
+def _budget_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "bucket" if {"capacity", "refill"} & set(value) else "batch"
+    return "bucket" if isinstance(value, TokenBucket) else "batch"
+
+
+# A budget in a deployment's parameters: `{fraction: F}` or `{capacity: C, refill: R}`, told apart by
+# their fields, so that a refusal names the one meant (not both kinds).
+BudgetParameter = Annotated[
+    Annotated[BatchBudget, Tag("batch")] | Annotated[TokenBucket, Tag("bucket")], Discriminator(_budget_kind)
+]
+
+
 @dataclass(frozen=True)
 class ScoreSettings:
     """How a run scores: the budget, the router, how frame scores are made and where the passes
@@ -56,7 +71,7 @@ class ScoreSettings:
     its options, a deployment nests the same fields (prefect.yaml), and it is checked once, here,
     when built. Everything in it is recorded in the run's run.json."""
 
-    budget: Budget = BatchBudget(0.2)
+    budget: BudgetParameter = BatchBudget(0.2)
     router: RouterConfig = RouterConfig()
     frame_mode: FrameMode = "clip"
     compute: Compute = Compute()
