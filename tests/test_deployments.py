@@ -50,6 +50,24 @@ def test_nested_deployment_parameters_build_the_flows_parameter_objects(name):
         assert scoring.budget == BatchBudget(0.2) and scoring.router == RouterConfig()
 
 
+@pytest.mark.parametrize("name", ["nightly", "backfill", "score", "train", "ingest", "pipeline"])
+def test_deployment_parameters_pass_the_schema_the_server_checks(name):
+    """`prefect deploy` sends the flow's parameter schema with the deployment's parameters, and the
+    server refuses the deployment unless they validate against it (JSON schema, not pydantic)."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import validate
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployment = next(d for d in spec["deployments"] if d["name"] == name)
+    path, func = deployment["entrypoint"].split(":")
+    flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), func)
+    schema = parameter_schema(flow).model_dump_for_openapi()
+    assert validate(deployment.get("parameters", {}), schema, raise_on_error=False, ignore_required=True) == []
+    for budget in ({"fraction": 0.1}, {"capacity": 3, "refill": 0.2}):  # both kinds, as `-p` would give them
+        if name == "score":
+            assert validate({"dataset": "cam", "settings": {"budget": budget}}, schema, raise_on_error=False) == []
+
+
 def test_a_deployment_parameter_out_of_range_fails_the_run_before_any_work():
     from prefect.exceptions import ParameterTypeError
     from vad.flows.score import score_flow
@@ -64,7 +82,10 @@ def test_a_deployment_parameter_out_of_range_fails_the_run_before_any_work():
         score_flow.validate_parameters({"dataset": "cam", "settings": {"budget": {"fraction": 1.5}}})
     assert "budget must be a fraction in [0, 1], got 1.5" in str(err.value) and "capacity" not in str(err.value)
     bucket = score_flow.validate_parameters({"dataset": "cam", "settings": {"budget": {"capacity": 3, "refill": 0.5}}})
-    assert bucket["settings"].budget == TokenBucket(3, 0.5)
+    assert bucket["settings"].budget == TokenBucket(3, 0.5) and isinstance(bucket["settings"].budget.capacity, float)
+    for bad in ({"capacity": 3}, {"fraction": "a lot"}, {"fraction": 0.1, "refil": 1}):
+        with pytest.raises(ParameterTypeError, match="a budget is"):
+            score_flow.validate_parameters({"dataset": "cam", "settings": {"budget": bad}})
 
 
 def _strings(node):

@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Discriminator, Tag
+from pydantic import BeforeValidator
 from tqdm import tqdm
 from vad.storage import ClipStore, check_run_id
 from vad.tasks.inference.compute import Compute, pick_device
@@ -51,17 +51,27 @@ def check_frame_mode(mode: str) -> str:
     return mode
 
 
-def _budget_kind(value: object) -> str:
-    if isinstance(value, dict):
-        return "bucket" if {"capacity", "refill"} & set(value) else "batch"
-    return "bucket" if isinstance(value, TokenBucket) else "batch"
+def budget_from_fields(value: object) -> object:
+    """A budget from a deployment's parameters: `{fraction: F}` is a batch budget, `{capacity: C,
+    refill: R}` a token bucket, told apart by their fields so that a refusal is about the kind meant
+    (pydantic's plain union would report both). Budgets already built pass through."""
+    if not isinstance(value, dict):
+        return value
+    kind = TokenBucket if {"capacity", "refill"} & set(value) else BatchBudget
+    wanted = {"capacity", "refill"} if kind is TokenBucket else {"fraction"}
+    try:
+        if set(value) != wanted:
+            raise TypeError
+        fields = {k: float(v) for k, v in value.items()}  # floats, as from the CLI: the same run key
+    except (TypeError, ValueError):
+        raise ParameterError(f"a budget is {{fraction: F}} or {{capacity: C, refill: R}} (numbers), got {value}") from None
+    return kind(**fields)
 
 
-# A budget in a deployment's parameters: `{fraction: F}` or `{capacity: C, refill: R}`, told apart by
-# their fields, so that a refusal names the one meant (not both kinds).
-BudgetParameter = Annotated[
-    Annotated[BatchBudget, Tag("batch")] | Annotated[TokenBucket, Tag("bucket")], Discriminator(_budget_kind)
-]
+# Before pydantic's own checks, which leave the JSON schema the server checks a deployment against
+# as it is (a discriminated union's `oneOf` would refuse `{fraction: 0.2}`, which that schema lets
+# both kinds accept).
+BudgetParameter = Annotated[Budget, BeforeValidator(budget_from_fields)]
 
 
 @dataclass(frozen=True)
