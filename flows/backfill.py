@@ -14,9 +14,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Annotated
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 from vad.flows.ingest import retry_transient
 from vad.tasks.operations.archive import (
     ArchiveSettings,
@@ -108,7 +110,7 @@ def backfill_flow(
     dataset: str,
     since: date | None = None,
     until: date | None = None,
-    lookback_days: int | None = None,
+    lookback_days: Annotated[int, Field(ge=0, le=36500)] | None = None,
     root: str | None = None,
     small: str | None = None,
     large: str | None = None,
@@ -123,7 +125,8 @@ def backfill_flow(
     the run. A video's frames are dropped once its rows are written, unless `settings.keep_frames`."""
     t0 = time.perf_counter()
     root = root or default_root()
-    since, until, small_ck, large_ck = backfill_inputs(root, dataset, run_id, since, until, lookback_days, small, large)
+    since, until, small_ck, large_ck = backfill_inputs(root, dataset, run_id, since, until, lookback_days, small, large,
+                                                       settings.scoring.compute, here=runner.dask_address is None)
     scoring = ArchiveSettings(small_ck.path, large_ck.path, settings.scoring)
     params = scoring.params()
     key = scoring.key(params)
@@ -146,7 +149,7 @@ def backfill_flow(
         write_archive_manifest(
             root, dataset, run_id, archive=archive, since=since, until=until, date_from=settings.date_from, key=key,
             params=params, keep_frames=settings.keep_frames, store=store, listed=len(videos), scored=summary.scored,
-            skipped=summary.skipped, failed=summary.failures, seconds=summary.seconds,
+            skipped=summary.skipped, failed=summary.failures, seconds=summary.seconds, compute=settings.scoring.compute,
         )
     return summary
 

@@ -281,7 +281,7 @@ def score(
                                batch, precision, compile)
     spec = _runner(runner, dask_address, workers)
     _prefect_defaults(base)  # before anything imports Prefect, whose logging reads them at import
-    score_inputs(base, dataset, run_id or "now", small, large, settings.compute)
+    score_inputs(base, dataset, run_id or "now", small, large, settings.compute, here=spec.dask_address is None)
     typer.echo(f"scoring {dataset} with {settings.budget.describe()}")
     from vad.flows.score import score_flow
 
@@ -335,7 +335,8 @@ def backfill(
     )
     spec = _runner(runner, dask_address, workers)
     _prefect_defaults(base)  # before anything imports Prefect, whose logging reads them at import
-    backfill_inputs(base, dataset, run_id, first, last, lookback_days, small, large)
+    backfill_inputs(base, dataset, run_id, first, last, lookback_days, small, large, settings.scoring.compute,
+                    here=spec.dask_address is None)
     from vad.flows.backfill import backfill_flow
 
     with _interruptible("interrupted; videos already scored are kept: run the same command to go on"):

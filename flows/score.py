@@ -92,7 +92,7 @@ def score_flow(
     t0 = datetime.now(timezone.utc)
     root = root or default_root()
     run = run_id or t0.strftime("%Y%m%dT%H%M%SZ")
-    url, small_ck, large_ck = score_inputs(root, dataset, run, small, large, settings.compute)
+    url, small_ck, large_ck = score_inputs(root, dataset, run, small, large, settings.compute, here=runner.dask_address is None)
     stages = score_stages_flow.with_options(task_runner=task_runner(runner))
     result = stages(url, small_ck.path, large_ck.path, video_list(url, None, "test"), settings, progress=progress)
     result.seconds["total"] = (datetime.now(timezone.utc) - t0).total_seconds()

@@ -19,7 +19,7 @@ def train_task(store: str, out: str, config: TrainConfig, progress: bool, resume
 def train_flow(
     dataset: str,
     root: str | None = None,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig | None = None,
     out: str | None = None,
     force: bool = False,
     resume: bool = True,
@@ -28,10 +28,13 @@ def train_flow(
     """Train `config.arch` (default: the role's) on `<root>/stores/<dataset>.zarr` and write a
     calibrated checkpoint (default `<root>/checkpoints/<dataset>/<role>-<arch>.pt`).
 
-    `config` (`TrainConfig`, checked when built) holds every training choice and is recorded in the
+    `config` (`TrainConfig`, checked when built; None: the defaults) holds every training choice and is recorded in the
     checkpoint; a deployment gives its fields nested (prefect.yaml), e.g. `config.model` for the
     architecture's own settings ({"channels": [16, 32, 64, 128], "step": 4} for `predictor`).
     `force` replaces an existing checkpoint; `resume` continues from a saved training state."""
     root = root or default_root()
+    # None rather than `TrainConfig()`: a default built here would show in the deployment's schema
+    # with the small model's architecture filled in, which a run giving only `role` would then keep
+    config = config or TrainConfig()
     target = out or checkpoint_path(root, dataset, config.role, str(config.arch))
     return train_task(store_url(root, dataset), target, config, progress, resume, force)

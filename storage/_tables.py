@@ -129,8 +129,12 @@ def atomic_folder(path: str | Path, *, purpose: str, timeout: float = 600.0) -> 
                 shutil.rmtree(aside)
             else:
                 aside.rename(path)
-        for left in path.parent.glob(f".{path.name}.*.tmp"):
-            shutil.rmtree(left, ignore_errors=True)
+        # exactly this folder's temporary names (mkdtemp's random part has no dot): `.v1.<x>.tmp` is
+        # not `.v1.1.<x>.tmp`, which another builder, of folder `v1.1`, may be writing now
+        mine = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]+\.tmp")
+        for left in path.parent.iterdir():
+            if mine.fullmatch(left.name):
+                shutil.rmtree(left, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
             yield tmp

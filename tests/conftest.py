@@ -15,7 +15,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # each worker gets its share instead (`available_cores` reads VAD_TORCH_THREADS). Two workers with
 # two torch threads each on 2 cores made a 9 s training test take 36 s.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").isdigit():
-    _share = str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    _share = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
     os.environ.setdefault("VAD_TORCH_THREADS", _share)
     os.environ.setdefault("OMP_NUM_THREADS", _share)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -121,9 +122,12 @@ def vad_main(capsys):
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        finally:  # only what changed, so other threads never see an empty environment
+            for key in set(os.environ) - set(saved):
+                del os.environ[key]
+            for key, value in saved.items():
+                if os.environ.get(key) != value:
+                    os.environ[key] = value
         out, err = capsys.readouterr()
         return code, out, err
 

@@ -24,6 +24,8 @@ from vad.storage import (
     run_lock,
     write_manifest,
 )
+from vad.tasks.inference.compute import Compute
+from vad.tasks.inference.scoring import ScoreSettings
 from vad.tasks.operations.archive import BackfillSettings, archive_store_url
 from vad.tasks.operations.runners import RunnerSpec, current_api_url
 
@@ -63,8 +65,14 @@ def test_backfill_scores_a_range_once_and_records_the_bad_video(camera_workspace
     assert sorted(videos.video) == ["2026-11-21_cam-1", "2026-11-22_cam-2"]
     assert read_table(root, "failures", dataset="cam").video.tolist() == ["2026-11-21_broken"]
     parts = {p: p.stat().st_mtime_ns for t in ("clips", "frames", "videos") for p in (Path(root) / "scores" / t).rglob("*.parquet")}
-    second = backfill_flow(archive=str(bad), dataset="cam", root=root, since=date(2026, 11, 21), until=date(2026, 11, 22))
+    # a pass with other compute settings does no model work either (they are not part of the key);
+    # run.json says what its latest pass computed with
+    cpu = BackfillSettings(scoring=ScoreSettings(compute=Compute(device="cpu", batch=4, precision="float32")))
+    second = backfill_flow(archive=str(bad), dataset="cam", root=root, since=date(2026, 11, 21), until=date(2026, 11, 22),
+                           settings=cpu)
     assert (second.scored, second.skipped) == (0, 2)  # no model work
+    assert read_manifest(root, "cam", "archive")["compute"] == {"device": "cpu", "batch": 4, "precision": "float32",
+                                                                 "compile": False}
     assert {p: p.stat().st_mtime_ns for p in parts} == parts  # no score rewritten (the bad video is tried again)
     shutil.copy(bad / "2026-11-21" / "cam-1.mp4", bad / "2026-11-21" / "broken.mp4")  # the file is replaced by a good one
     third = backfill_flow(archive=str(bad), dataset="cam", root=root, since=date(2026, 11, 21), until=date(2026, 11, 22))
@@ -75,7 +83,7 @@ def test_backfill_scores_a_range_once_and_records_the_bad_video(camera_workspace
 def test_flow_parameters_are_validated_before_any_work():
     for bad in ({"settings": {"scoring": {"budget": {"fraction": 1.5}}}}, {"settings": {"batch_size": 0}},
                 {"settings": {"date_from": "ctime"}}, {"since": "yesterday"}, {"runner": {"kind": "ray"}},
-                {"runner": {"workers": 0}}):
+                {"runner": {"workers": 0}}, {"lookback_days": -1}, {"settings": {"scoring": {"compute": {"device": "tpu"}}}}):
         with pytest.raises(ParameterTypeError):
             backfill_flow.validate_parameters({"archive": "/a", "dataset": "cam", **bad})
 

@@ -66,6 +66,18 @@ def test_deployment_parameters_pass_the_schema_the_server_checks(name):
     for budget in ({"fraction": 0.1}, {"capacity": 3, "refill": 0.2}):  # both kinds, as `-p` would give them
         if name == "score":
             assert validate({"dataset": "cam", "settings": {"budget": budget}}, schema, raise_on_error=False) == []
+    # out of range: refused by the server when the run is created, not by a worker hours later
+    scoring = {"nightly": "settings.scoring", "backfill": "settings.scoring", "score": "settings"}.get(name)
+    bad = [{"runner": {"workers": 0}}, {"runner": {"dask_address": "10.0.0.5:8786"}}] if "runner" in schema["properties"] else []
+    if scoring:
+        for inner in ({"budget": {"fraction": 1.5}}, {"budget": {"capacity": -1, "refill": 0}}, {"router": {"margin": 2}},
+                      {"router": {"signals": ["bogus"]}}, {"compute": {"device": "tpu"}}, {"compute": {"batch": 0}}):
+            bad.append({"settings": {"scoring": inner}} if scoring == "settings.scoring" else {"settings": inner})
+    if name in ("nightly", "backfill"):
+        bad += [{"settings": {"batch_size": 0}}, {"settings": {"lock_timeout_s": -1}}, {"lookback_days": -1}]
+    required = {k: v for k, v in _REQUIRED.items() if k in schema.get("required", [])}
+    for params in bad:  # a run's parameters, checked as the server checks them when the run is created
+        assert validate({**required, **params}, schema, raise_on_error=False), (name, params)
 
 
 def test_a_deployment_parameter_out_of_range_fails_the_run_before_any_work():

@@ -58,7 +58,8 @@ def test_cli_reports_bad_parameters_in_one_line(tmp_path, tiny_dataset, vad_main
 @pytest.mark.parametrize(
     ("args", "needle"),
     [(["--since", "2026-13-01"], "--since must be a date"), (["--since", "2026-02-01", "--until", "2026-01-01"], "after"),
-     (["--runner", "ray"], "task runner"), (["--budget", "2"], "budget"), (["--run-id", "a/b"], "run id")],
+     (["--runner", "ray"], "task runner"), (["--budget", "2"], "budget"), (["--run-id", "a/b"], "run id"),
+     (["--device", "cuda:7"], "CUDA device"), (["--device", "tpu"], "device must be auto, cpu, cuda or cuda:N")],
 )
 def test_backfill_cli_reports_bad_parameters_in_one_line(tmp_path, vad_main, args, needle):
     code, _, err = vad_main("backfill", str(tmp_path), "--dataset", "cam", "--root", str(tmp_path), *args)

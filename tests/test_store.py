@@ -95,3 +95,14 @@ def test_atomic_folder_replaces_a_folder_whole_and_recovers_what_a_crash_left(tm
         assert (target / "a.txt").read_text() == "1"  # put back before the new build starts
         (tmp / "c.txt").write_text("3")
     assert [p.name for p in target.iterdir()] == ["c.txt"] and [p.name for p in tmp_path.iterdir()] == ["rep"]
+
+
+def test_atomic_folder_leaves_the_temporary_folders_of_other_names_alone(tmp_path):
+    from vad.storage import atomic_folder
+
+    other = tmp_path / ".v1.1.ab12cd34.tmp"  # being built now, as folder "v1.1"
+    other.mkdir()
+    (tmp_path / ".v1.zz99yy88.tmp").mkdir()  # left by a dead builder of "v1"
+    with atomic_folder(tmp_path / "v1", purpose="test") as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".v1.1.ab12cd34.tmp", "v1"]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import torch
+from pydantic import Field
 from vad.tasks.learning.model_input import prepare_clips
 
 from vad.errors import ParameterError, PipelineError
@@ -23,19 +25,26 @@ if TYPE_CHECKING:
     from vad.tasks.learning.checkpoint import Checkpoint
 
 Precision = Literal["auto", "float32", "bfloat16"]
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
-def available_cores() -> int:
-    """CPU cores this process may use: `$VAD_TORCH_THREADS` when set (a local Dask cluster sets it
-    to share the cores among its worker processes), else the affinity mask (which containers and
-    taskset narrow)."""
-    if os.environ.get("VAD_TORCH_THREADS", "").isdigit() and int(os.environ["VAD_TORCH_THREADS"]) > 0:
-        return int(os.environ["VAD_TORCH_THREADS"])
+def machine_cores() -> int:
+    """CPU cores of this machine that this process may run on: the affinity mask (which containers
+    and taskset narrow), else the core count (not on Linux)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
+    except AttributeError:
         return max(1, os.cpu_count() or 1)
+
+
+def available_cores() -> int:
+    """CPU cores this process may use for torch: `$VAD_TORCH_THREADS` when set (a local Dask cluster
+    sets it to share the cores among its worker processes, the test suite among its workers), else
+    `machine_cores`."""
+    if os.environ.get("VAD_TORCH_THREADS", "").isdigit() and int(os.environ["VAD_TORCH_THREADS"]) > 0:
+        return int(os.environ["VAD_TORCH_THREADS"])
+    return machine_cores()
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -72,12 +81,14 @@ class Compute:
     (a one-off compile of 3-20 s per model, device and batch shape; docs/operations.md says when it pays).
     """
 
-    device: str = "auto"
-    batch: int | None = None
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "auto"
+    batch: Annotated[int, Field(ge=1)] | None = None
     precision: Precision = "auto"
     compile: bool = False
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(DEVICE_PATTERN, self.device):  # whether this machine has it: `pick_device`
+            raise ParameterError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.batch is not None and self.batch < 1:

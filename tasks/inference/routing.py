@@ -22,22 +22,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
+from pydantic import Field
 from vad.tasks.learning.calibration import Calibration, window_variances
 
 from vad.errors import ParameterError
 
-SIGNALS = ("gray_zone", "ood", "unstable", "scene_cut")
+Signal = Literal["gray_zone", "ood", "unstable", "scene_cut"]
+SIGNALS: tuple[str, ...] = get_args(Signal)
+
+
+# The limits below are also in the annotations (`Field`), so that the JSON schema of a flow's
+# parameters carries them and a Prefect server refuses a deployment run out of range when it is
+# created, not when a worker starts it; `__post_init__` checks objects built directly.
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
 
 
 @dataclass(frozen=True)
 class RouterConfig:
-    margin: float = 0.05
-    ood_quantile: float = 0.99
-    instability_quantile: float = 0.99
-    signals: tuple[str, ...] = SIGNALS  # which signals may escalate
+    margin: Fraction = 0.05
+    ood_quantile: OpenFraction = 0.99
+    instability_quantile: OpenFraction = 0.99
+    signals: tuple[Signal, ...] = SIGNALS  # which signals may escalate
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.margin <= 1.0:
@@ -62,8 +72,8 @@ def router_config(margin: float = 0.05, ood_quantile: float = 0.99, instability_
 
 @dataclass(frozen=True)
 class TokenBucket:
-    capacity: float
-    refill: float  # tokens added after each clip
+    capacity: NonNegative
+    refill: NonNegative  # tokens added after each clip
 
     def __post_init__(self) -> None:
         if self.capacity < 0 or self.refill < 0 or not math.isfinite(self.capacity + self.refill):
@@ -75,7 +85,7 @@ class TokenBucket:
 
 @dataclass(frozen=True)
 class BatchBudget:
-    fraction: float
+    fraction: Fraction
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction <= 1.0:

@@ -91,13 +91,14 @@ class ScoreSettings:
 
 
 def score_inputs(root: str, dataset: str, run_id: str, small: str | None, large: str | None,
-                 compute: Compute = Compute()) -> tuple[str, Checkpoint, Checkpoint]:
+                 compute: Compute = Compute(), *, here: bool = True) -> tuple[str, Checkpoint, Checkpoint]:
     """What a scoring run of `dataset` reads and where it writes, checked: the run id, the store's
-    URL and the checkpoint pair (the paths given, else the dataset's own), and that `compute`'s
-    device is on this machine. The score flow starts with this; the CLI calls it before starting
-    Prefect, to fail in a second."""
+    URL and the checkpoint pair (the paths given, else the dataset's own), and, when the passes run
+    `here` (not on a Dask cluster elsewhere), that `compute`'s device is on this machine. The score
+    flow starts with this; the CLI calls it before starting Prefect, to fail in a second."""
     check_run_id(run_id)
-    pick_device(compute.device)
+    if here:
+        pick_device(compute.device)
     url = workspace_store_url(root, dataset)
     ClipStore.open(url)
     small_ck, large_ck = load_pair(root, dataset, small, large)

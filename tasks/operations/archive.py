@@ -28,13 +28,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 from vad.storage import (
     ClipStore,
     check_run_id,
@@ -45,6 +46,7 @@ from vad.storage import (
     write_manifest,
     write_table,
 )
+from vad.tasks.inference.compute import Compute, pick_device
 from vad.tasks.inference.routing import budget_record
 from vad.tasks.inference.scoring import ScoreResult, ScoreSettings, score_videos
 from vad.tasks.learning.checkpoint import Checkpoint, cached_checkpoint, load_pair
@@ -113,13 +115,16 @@ def check_date_from(date_from: str) -> str:
 
 def backfill_inputs(
     root: str, dataset: str, run_id: str, since: date | None, until: date | None, lookback_days: int | None,
-    small: str | None, large: str | None,
+    small: str | None, large: str | None, compute: Compute = Compute(), *, here: bool = True,
 ) -> tuple[date | None, date | None, Checkpoint, Checkpoint]:
-    """What a backfill reads, checked: the names, the date range (`resolve_range`) and the dataset's
-    checkpoint pair (or the paths given). The backfill flow starts with this; the CLI calls it before
-    starting Prefect, to fail in a second."""
+    """What a backfill reads, checked: the names, the date range (`resolve_range`), the dataset's
+    checkpoint pair (or the paths given) and, when the videos are scored `here` (not on a Dask
+    cluster elsewhere), that `compute`'s device is on this machine. The backfill flow starts with
+    this; the CLI calls it before starting Prefect, to fail in a second."""
     check_dataset_name(dataset)
     check_run_id(run_id)
+    if here:
+        pick_device(compute.device)
     first, last = resolve_range(since, until, lookback_days)
     small_ck, large_ck = load_pair(root, dataset, small, large)
     return first, last, small_ck, large_ck
@@ -297,10 +302,10 @@ class BackfillSettings:
 
     scoring: ScoreSettings = ScoreSettings()
     date_from: DateFrom = "auto"
-    batch_size: int = 8
+    batch_size: Annotated[int, Field(ge=1, le=10000)] = 8  # limits in the schema too (see routing.py)
     rescore: bool = False
     keep_frames: bool = False
-    lock_timeout_s: float = RUN_LOCK_WAIT_S
+    lock_timeout_s: Annotated[float, Field(ge=0.0)] = RUN_LOCK_WAIT_S
 
     def __post_init__(self) -> None:
         check_date_from(self.date_from)
@@ -428,14 +433,15 @@ def record_outcome(root: str, dataset: str, run_id: str, video: ArchiveVideo, ou
 def write_archive_manifest(
     root: str, dataset: str, run_id: str, *, archive: str, since: date | None, until: date | None, date_from: str,
     key: str, params: dict[str, Any], keep_frames: bool, store: str | None, listed: int, scored: int, skipped: int,
-    failed: dict[str, str], seconds: float,
+    failed: dict[str, str], seconds: float, compute: Compute = Compute(),
 ) -> None:
-    """An archive run's run.json, written when the run ends (under its lock): what it scores with, and
-    what its latest pass over the archive did."""
+    """An archive run's run.json, written when the run ends (under its lock): what it scores with
+    (the compute settings of its latest pass too, which are not part of the key), and what its
+    latest pass over the archive did."""
     now = datetime.now(timezone.utc).isoformat()
     write_manifest(root, dataset, run_id, {
         "run": run_id, "dataset": dataset, "kind": "archive", "archive": archive, "since": since, "until": until,
-        "date_from": date_from, "key": key, **params, "keep_frames": keep_frames, "store": store if keep_frames else None,
+        "date_from": date_from, "key": key, **params, "compute": asdict(compute), "keep_frames": keep_frames, "store": store if keep_frames else None,
         "versions": package_versions(), "updated_at": now,
         "last": {"videos": listed, "scored": scored, "skipped": skipped, "failed": failed, "seconds": seconds,
                  "finished_at": now},

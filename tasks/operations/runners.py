@@ -15,9 +15,11 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from vad.tasks.inference.compute import available_cores
+from pydantic import Field
+
+from vad.tasks.inference.compute import available_cores, machine_cores
 
 from vad.errors import ParameterError, PipelineError
 
@@ -36,8 +38,8 @@ class RunnerSpec:
     processes for a local Dask cluster (default 2). Checked when built."""
 
     kind: Runner = "threads"
-    dask_address: str | None = None
-    workers: int | None = None
+    dask_address: Annotated[str, Field(pattern=r"^(tcp|tls|ucx|inproc)://")] | None = None
+    workers: Annotated[int, Field(ge=1, le=256)] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in RUNNERS:
@@ -58,7 +60,7 @@ def task_runner(spec: RunnerSpec = RunnerSpec()) -> TaskRunner:
 
         return DaskTaskRunner(address=spec.dask_address)
     if spec.kind == "threads":
-        return ThreadPoolTaskRunner(max_workers=spec.workers or available_cores())
+        return ThreadPoolTaskRunner(max_workers=spec.workers or machine_cores())
     from prefect_dask import DaskTaskRunner
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # the scheduler runs in this process
