@@ -67,6 +67,11 @@ def server(tmp_path):
         log.close()
 
 
+def _api(env, path: str) -> dict:
+    with urllib.request.urlopen(env["PREFECT_API_URL"] + path, timeout=30) as r:
+        return json.loads(r.read())
+
+
 def _prefect(env, *args, timeout=120) -> str:
     result = subprocess.run([*PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
@@ -82,10 +87,13 @@ def test_backfill_deployment_runs_on_a_worker_and_a_second_run_does_no_model_wor
     _prefect(env, "--no-prompt", "deploy", "--name", "backfill")
     _prefect(env, "--no-prompt", "deploy", "--name", "nightly", "--param", f"archive={archive}", "--param", "dataset=cam",
              "--param", f"root={root}")
-    nightly = _prefect(env, "deployment", "inspect", "backfill/nightly")
-    assert "0 2 * * *" in nightly and archive in nightly  # the schedule exists, with the deploy-time parameters
-    assert "'work_queue_name': 'archive'" in nightly and "'work_queue_name': 'archive'" in _prefect(env, "deployment", "inspect", "backfill/backfill")
-    assert "concurrency_limit=1" in _prefect(env, "work-queue", "inspect", "archive", "--pool", "vad-process")  # one run at a time
+    # read back through the API (what `prefect deployment inspect` prints, without a process each)
+    nightly = _api(env, "/deployments/name/backfill/nightly")
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]  # the schedule exists,
+    assert nightly["parameters"]["archive"] == archive  # with the deploy-time parameters
+    assert nightly["parameters"]["settings"]["scoring"]["budget"] == {"fraction": 0.2}  # and prefect.yaml's nested ones
+    assert nightly["work_queue_name"] == _api(env, "/deployments/name/backfill/backfill")["work_queue_name"] == "archive"
+    assert _api(env, "/work_pools/vad-process/queues/archive")["concurrency_limit"] == 1  # one run at a time
 
     worker_log = open(tmp_path / "worker.log", "w")
     worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "vad-process"], env=env, cwd=REPO,
