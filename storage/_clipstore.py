@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import zarr
 from vad.storage._clips import Clip, clip_windows
-from vad.storage._locks import FileLock, acquire
+from vad.storage._locks import GROUP_LOCK_WAIT_S, FileLock, acquire
 from zarr.codecs import ZstdCodec
 
 from vad.errors import IncompleteVideoError, ParameterError, StoreNotFoundError
@@ -39,12 +39,11 @@ ATTRS = "vad"
 # in about a third of their raw size at several times the speed of higher levels; Blosc's byte
 # shuffle does nothing for uint8, and LZ4, though faster, leaves files over 50% larger.
 FRAMES_CODEC = ZstdCodec(level=1)
-GROUP_LOCK_WAIT_S = 3600.0  # how long a writer waits for another process writing the same video group
 
 
-def _open_group(url: str, mode: str, storage_options: Mapping[str, Any] | None) -> zarr.Group:
+def _open_group(url: str, mode: str, storage_options: Mapping[str, Any] | None, **kwargs: Any) -> zarr.Group:
     opts = dict(storage_options) if storage_options and "://" in url else None
-    return zarr.open_group(url, mode=mode, storage_options=opts)  # type: ignore[arg-type]
+    return zarr.open_group(url, mode=mode, storage_options=opts, **kwargs)  # type: ignore[arg-type]
 
 
 class ClipStore:
@@ -70,22 +69,28 @@ class ClipStore:
         cls, url: str, *, dataset: str, overwrite: bool = False, storage_options: Mapping[str, Any] | None = None
     ) -> ClipStore:
         """Create an empty store for `dataset`; an existing one is an error unless `overwrite`."""
+        # The attributes go into the group's one metadata document, written atomically: no reader
+        # ever finds the group without them (and so takes it for a foreign Zarr group).
+        attrs = {ATTRS: {"store_version": STORE_VERSION, "dataset": dataset}}
         try:
-            group = _open_group(str(url), "w" if overwrite else "w-", storage_options)
+            group = _open_group(str(url), "w" if overwrite else "w-", storage_options, attributes=attrs)
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
             raise ParameterError(f"{url}: a store already exists (pass overwrite=True to replace it)") from exc
-        group.attrs[ATTRS] = {"store_version": STORE_VERSION, "dataset": dataset}
         return cls(group, str(url))
 
     @classmethod
     def open_or_create(
         cls, url: str, *, dataset: str, storage_options: Mapping[str, Any] | None = None
     ) -> ClipStore:
-        """Open the store for writing, creating it first when absent; the dataset name must agree."""
+        """Open the store for writing, creating it first when absent; the dataset name must agree.
+        Safe when several processes create one new store at once: who finds it made opens it."""
         try:
             store = cls.open(url, writable=True, storage_options=storage_options)
         except StoreNotFoundError:
-            return cls.create(url, dataset=dataset, storage_options=storage_options)
+            try:
+                return cls.create(url, dataset=dataset, storage_options=storage_options)
+            except ParameterError:  # another process created it since: open theirs
+                store = cls.open(url, writable=True, storage_options=storage_options)
         if store.dataset != dataset:
             raise ParameterError(f"{url}: this store holds dataset {store.dataset!r}, not {dataset!r}")
         return store
@@ -140,6 +145,22 @@ class ClipStore:
         lock = self.lock_video(video_id, timeout=lock_timeout)
         try:
             self._delete_group(video_id)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def update_video(self, video_id: str, *, labels: np.ndarray, attrs: Mapping[str, Any],
+                     lock_timeout: float = GROUP_LOCK_WAIT_S) -> None:
+        """Rewrite a complete video's labels and some of its attributes in place (its frames stay),
+        under the group's lock: what a re-ingest does when only labels or split changed."""
+        lock = self.lock_video(video_id, timeout=lock_timeout)
+        try:
+            group = self._group[video_id]
+            stored = group["labels"]
+            if labels.shape != stored.shape:
+                raise ParameterError(f"video {video_id!r}: {labels.shape[0]} labels for {stored.shape[0]} frames")
+            stored[:] = labels.astype(np.int8)
+            group.attrs[ATTRS] = {**dict(group.attrs[ATTRS]), **attrs}
         finally:
             if lock is not None:
                 lock.release()

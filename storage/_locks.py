@@ -4,9 +4,11 @@ A lock is a file created atomically (`O_CREAT | O_EXCL`) holding who took it: pi
 time, what for, and a random token. Its holder refreshes the file's modification time every
 `REFRESH_S` seconds from a background thread and removes it on release (and at interpreter exit).
 A lock is **stale**, and taken over by the next process that wants it, when
-- its holder ran on this host and that process is gone (or is another process that reused the pid), or
-- it was not refreshed for `STALE_AFTER_S` seconds (a holder on another host that crashed, or a
-  file left half-written by a crash right after its creation).
+- its holder ran on this host and that process is gone (or is another process that reused the pid);
+  a live holder on this host keeps its lock however long since it was refreshed (a suspended
+  machine, a stalled disk), or
+- its holder cannot be checked (another host, or a file left half-written by a crash right after
+  its creation) and it was not refreshed for `STALE_AFTER_S` seconds.
 Takeover happens under a second, short-lived lock file (`<lock>.break`) and re-reads the lock under
 it, so two processes that both found a lock stale never remove a lock that a third just took.
 
@@ -33,7 +35,13 @@ from typing import Any
 from vad.errors import LockHeldError
 
 REFRESH_S = 30.0  # a holder touches its lock files this often
-STALE_AFTER_S = 600.0  # a lock not refreshed for 10 minutes is stale, whoever holds it
+STALE_AFTER_S = 600.0  # a lock of a holder that cannot be checked (another host) is stale when not refreshed for this long
+# How long a writer waits for another process holding the same lock, by what the lock guards; the
+# one definition of each (callers take them from `vad.storage`):
+SCORE_RUN_LOCK_WAIT_S = 600.0  # a scoring run (`vad score`) writes its tables in seconds
+ARCHIVE_RUN_LOCK_WAIT_S = 12 * 3600.0  # an archive run (nightly, backfill) can take hours
+GROUP_LOCK_WAIT_S = 3600.0  # another process ingesting or deleting the same video group
+FOLDER_LOCK_WAIT_S = 600.0  # another process building the same folder (`atomic_folder`: a report)
 _BREAK_STALE_S = 60.0  # a takeover takes milliseconds; a `.break` file older than this was left by a crash
 HOST = socket.gethostname()
 
@@ -129,14 +137,12 @@ def is_stale(path: Path, holder: dict[str, Any] | None, *, stale_after: float = 
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return False  # released meanwhile: the next create takes it
-    if age > stale_after:
-        return True
-    if holder is None or holder.get("host") != HOST:
-        return False  # being written, or held on another host: only its age tells
-    try:
-        return not process_alive(int(holder["pid"]), started_before=float(holder["started"]))
-    except (KeyError, TypeError, ValueError):
-        return False
+    if holder is not None and holder.get("host") == HOST:  # a holder here is checked first, whatever the age
+        try:
+            return not process_alive(int(holder["pid"]), started_before=float(holder["started"]))
+        except (KeyError, TypeError, ValueError):
+            pass  # a name without a usable pid: only its age tells
+    return age > stale_after  # being written, or held on another host: only its age tells
 
 
 def _create(path: Path, info: dict[str, Any]) -> bool:

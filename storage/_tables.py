@@ -13,14 +13,13 @@ video whose latest attempt failed (removed when it succeeds).
 
 Clip and frame rows live in separate trees so that `pd.read_parquet(<root>/scores/clips,
 filters=[("dataset", "==", "ped2")])` reads one schema. `dataset` and `run` come from the partition
-folders (pandas gives them as categoricals), not from columns inside the files. Each file is
+folders, not from columns inside the files; `read_table` reads them as strings (`PARTITIONING`), so
+a run id like `2024` or `0042` reads back as written. Plain pandas infers their type (categoricals;
+integers where every id of the tree is a number): pass `partitioning=PARTITIONING`. Each file is
 written under a dot-prefixed temporary name (readers skip those) and renamed into place; a run's
 `run.json` is written last, so a run with a manifest has both tables.
 
-A temporary name carries its writer's pid and host (`.part-0.parquet.<pid>@<host>.<random>.tmp`).
-A write clears only stale temporary files of its target: those whose writer, on this host, is gone,
-and any older than `STALE_TMP_S` (1 hour; writing one file takes seconds). Several processes may
-therefore write one file at once: each renames a whole file into place, and the last one stays.
+Temporary names and who clears them: `storage._files` (`atomic_write`).
 `run_lock` takes a run's lock file (`storage._locks`), which archive runs hold while they write.
 """
 
@@ -28,24 +27,23 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from vad.storage._locks import HOST, FileLock, acquire, process_alive
+from vad.storage._files import atomic_write
+from vad.storage._locks import FileLock, acquire
 
 from vad.errors import NotFoundError, ParameterError
 
-TABLES = ("clips", "frames", "videos", "failures")
-STALE_TMP_S = 3600.0  # a temporary table file older than this was left by a crash
+TABLES = ("clips", "frames", "events", "videos", "failures")
+# the partition folders' names, read as strings: inferred, `run=2024` would be an integer (and a
+# filter on "2024" an error) whenever no other id of the tree has a letter
+PARTITIONING = pads.partitioning(pa.schema([("dataset", pa.string()), ("run", pa.string())]), flavor="hive")
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -67,91 +65,6 @@ def run_dir(root: str | Path, table: str, dataset: str, run_id: str) -> Path:
     if table not in (*TABLES, "runs"):
         raise ParameterError(f"unknown table {table!r}; one of {', '.join(TABLES)}")
     return Path(root) / "scores" / table / f"dataset={check_dataset_name(dataset)}" / f"run={check_run_id(run_id)}"
-
-
-def _stale_tmp(tmp: Path, target: Path, now: float) -> bool:
-    """Whether `tmp`, a temporary file of `target`, was left by a writer that is gone (see the module docstring)."""
-    try:
-        mtime = tmp.stat().st_mtime
-    except FileNotFoundError:
-        return False
-    if now - mtime > STALE_TMP_S:
-        return True
-    writer = tmp.name[len(target.name) + 2 : -len(".tmp")].rsplit(".", 1)[0]  # "<pid>@<host>"
-    pid, _, host = writer.partition("@")
-    if host != HOST or not pid.isdigit():
-        return False  # another machine's, or a name from before pids were recorded: only its age tells
-    return not process_alive(int(pid), started_before=mtime)
-
-
-def atomic_write(path: str | Path, write: Any) -> Path:
-    """Write a file through `write(tmp_path)` under a temporary name beside `path`, fsync it, then
-    rename it into place: readers never see half a file. Temporary files left by dead writers are
-    cleared first, never one a live process is writing. Tables, manifests and checkpoints use it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a process killed mid-write (SIGKILL, power loss) leaves its temporary file: clear those, and
-    # never one that another live process is writing now
-    now = time.time()
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        if _stale_tmp(tmp, path, now):
-            tmp.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}@{HOST}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-@contextlib.contextmanager
-def atomic_folder(path: str | Path, *, purpose: str, timeout: float = 600.0) -> Iterator[Path]:
-    """Build a folder in the yielded temporary folder beside `path`; when the block ends without an
-    error, the new folder takes `path`'s place whole, by two renames (the old one aside, the new one
-    in). Readers see the old folder or the new one, never a half-built one (between the two renames,
-    an instant, none); a failure anywhere, the swap included, leaves the old folder as it was.
-
-    Builders of one folder take turns through a lock beside it (`.<name>.lock`, waited for up to
-    `timeout` seconds), so what they leave behind is theirs to clear: the holder removes temporary
-    folders of builders that died and puts back an old folder a crash left set aside. Reports use it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with acquire(path.parent / f".{path.name}.lock", purpose=purpose, timeout=timeout):
-        aside = path.parent / f".{path.name}.old"
-        if aside.exists():  # a builder died between its two renames: the old folder comes back
-            if path.exists():
-                shutil.rmtree(aside)
-            else:
-                aside.rename(path)
-        # exactly this folder's temporary names (mkdtemp's random part has no dot): `.v1.<x>.tmp` is
-        # not `.v1.1.<x>.tmp`, which another builder, of folder `v1.1`, may be writing now
-        mine = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]+\.tmp")
-        for left in path.parent.iterdir():
-            if mine.fullmatch(left.name):
-                shutil.rmtree(left, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
-            yield tmp
-            had_old = path.exists()
-            if had_old:
-                path.rename(aside)
-            try:
-                tmp.rename(path)
-            except BaseException:
-                if had_old:
-                    aside.rename(path)
-                raise
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if had_old:
-            shutil.rmtree(aside, ignore_errors=True)
 
 
 def part_path(root: str | Path, table: str, dataset: str, run_id: str, part: str = "0") -> Path:
@@ -216,7 +129,7 @@ def read_table(root: str | Path, table: str, *, dataset: str | None = None, run_
     if not base.exists():
         raise NotFoundError(f"no score tables under {base}; run `vad score` first")
     filters = [(k, "==", v) for k, v in (("dataset", dataset), ("run", run_id)) if v is not None]
-    return pd.read_parquet(base, filters=filters or None)
+    return pd.read_parquet(base, filters=filters or None, partitioning=PARTITIONING)
 
 
 def read_manifest(root: str | Path, dataset: str, run_id: str) -> dict[str, Any]:

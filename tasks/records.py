@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from vad.storage import delete_manifest, run_lock, write_manifest, write_table
+from vad.storage import SCORE_RUN_LOCK_WAIT_S, delete_manifest, run_lock, write_manifest, write_table
+from vad.tasks.evaluation.events import EventSettings, run_events
 from vad.tasks.inference.compute import Compute
 from vad.tasks.inference.routing import Budget, RouterConfig, budget_record
 from vad.tasks.learning.checkpoint import Checkpoint
@@ -17,9 +18,6 @@ from vad.tasks.workspace import store_url as workspace_store_url
 
 if TYPE_CHECKING:
     from vad.tasks.inference.scoring import FrameMode, ScoreResult
-
-# a scoring run writes its tables in seconds: another writer of the same run id waits at most this long
-RUN_LOCK_WAIT_S = 600.0
 
 
 def package_versions(names: tuple[str, ...] = ("video-anomaly-router", "torch", "zarr", "numpy")) -> dict[str, str]:
@@ -61,6 +59,7 @@ class ScoreSummary:
     large_calls: int
     seconds: dict[str, float]
     paths: dict[str, str]
+    events: int = 0
 
     @property
     def escalation_rate(self) -> float:
@@ -71,19 +70,24 @@ class ScoreSummary:
         return {
             "dataset": self.dataset, "run": self.run_id, "clips": self.clips, "frames": self.frames,
             "escalated": self.escalated, "escalation_rate": self.escalation_rate, "large_calls": self.large_calls,
-            **{f"{k}_s": v for k, v in self.seconds.items()},
+            "events": self.events, **{f"{k}_s": v for k, v in self.seconds.items()},
         }
 
     def text(self) -> str:
         per_k = 1000 * self.seconds["total"] / max(self.frames, 1)
         lines = [
             f"score {self.dataset} (run {self.run_id}): {self.clips:,} clips, {self.frames:,} frames; escalated "
-            f"{self.escalated:,} ({self.escalation_rate:.1%}); large-model calls {self.large_calls:,}",
+            f"{self.escalated:,} ({self.escalation_rate:.1%}); large-model calls {self.large_calls:,}; events {self.events:,}",
             f"time: {self.seconds['total']:.1f} s ({per_k:.2f} s per 1,000 frames); model time summed over videos, "
             f"which may run at once: pass 1 {self.seconds['pass1']:.1f} s, pass 2 {self.seconds['pass2']:.1f} s",
         ]
         lines += [f"{name}: {path}" for name, path in self.paths.items()]
         return "\n".join(lines)
+
+
+def event_record(events: EventSettings, threshold: float) -> dict[str, Any]:
+    """The event settings as run.json records them, with the threshold (calibrated units) they used."""
+    return {"min_event_s": events.min_event_s, "merge_gap_s": events.merge_gap_s, "threshold": threshold}
 
 
 def compute_record(compute: Compute, result: ScoreResult) -> dict[str, Any]:
@@ -99,24 +103,32 @@ def compute_record(compute: Compute, result: ScoreResult) -> dict[str, Any]:
 def write_run(
     root: str, dataset: str, run_id: str, result: ScoreResult, small: Checkpoint, large: Checkpoint | None,
     budget: Budget, *, router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip",
-    compute: Compute = Compute(),
+    compute: Compute = Compute(), events: EventSettings = EventSettings(),
 ) -> ScoreSummary:
-    """Write a run's clip and frame tables, then its run.json, under the run's lock (another process
-    writing the same run id waits). An earlier run.json of the id goes first and the new one is
+    """Write a run's clip, frame and event tables, then its run.json, under the run's lock (another
+    process writing the same run id waits). Events are frames above the small checkpoint's threshold
+    in calibrated units (its calibration quantile; `tasks.evaluation.events`). An earlier run.json of the id goes first and the new one is
     written last, so a run rewritten halfway by a crash is never read as complete."""
-    with run_lock(root, dataset, run_id, purpose=f"score run {run_id}", timeout=RUN_LOCK_WAIT_S):
+    threshold = float(small.calibration.quantile)
+    found, footage = run_events(workspace_store_url(root, dataset), result.frames, result.clips, threshold, events)
+    with run_lock(root, dataset, run_id, purpose=f"score run {run_id}", timeout=SCORE_RUN_LOCK_WAIT_S):
         delete_manifest(root, dataset, run_id)
         clips_path = write_table(root, "clips", dataset, run_id, result.clips)
         frames_path = write_table(root, "frames", dataset, run_id, result.frames)
+        events_path = write_table(root, "events", dataset, run_id, found)
         manifest = {
             "run": run_id, "dataset": dataset, "store": workspace_store_url(root, dataset),
             "created_at": datetime.now(timezone.utc).isoformat(),
             **run_manifest(result, small, large, budget, router, frame_mode), "compute": compute_record(compute, result),
-            "versions": package_versions(), "tables": {"clips": str(clips_path), "frames": str(frames_path)},
+            "events": {**event_record(events, threshold), "count": len(found), "footage_s": sum(footage.values()),
+                       "video_s": footage},
+            "versions": package_versions(),
+            "tables": {"clips": str(clips_path), "frames": str(frames_path), "events": str(events_path)},
         }
         run_path = write_manifest(root, dataset, run_id, manifest)
     return ScoreSummary(
         dataset=dataset, run_id=run_id, clips=len(result.clips), frames=result.n_frames,
         escalated=int(result.routing.escalated.sum()), large_calls=result.large.calls, seconds=result.seconds,
-        paths={"clips": str(clips_path), "frames": str(frames_path), "run": str(run_path)},
+        events=len(found), paths={"clips": str(clips_path), "frames": str(frames_path), "events": str(events_path),
+                                  "run": str(run_path)},
     )

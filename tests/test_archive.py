@@ -190,3 +190,24 @@ def test_keep_frames_keeps_them_in_the_archive_runs_own_store(camera_workspace, 
     stored = ClipStore.open(archive_store_url(root, "cam", "r")).video(video.video_id)
     assert stored.n_frames == 40 and stored.attrs["source_uri"] == video.uri
     assert not (Path(root) / "stores").exists()  # no benchmark store was made either
+
+
+def test_a_backfill_pass_without_prefect_plans_holds_the_run_and_records_it(camera_workspace, tmp_path):
+    """The backfill flow's steps are plain functions: plan, hold the run, record it (no video scored here)."""
+    from vad.storage import read_manifest, run_dir, write_manifest
+    from vad.tasks.operations.archive import BackfillSettings, archive_run, archive_store_url, finish_backfill, plan_backfill
+
+    root, archive, _ = camera_workspace
+    root = str(shutil.copytree(root, tmp_path / "ws"))
+    plan = plan_backfill(archive, "cam", root=root, run_id="r", since=date(2026, 11, 21),
+                         settings=BackfillSettings(batch_size=1))
+    assert [[v.relative for v in b] for b in plan.batches] == [["2026-11-21/cam-1.mp4"], ["2026-11-22/cam-2.mp4"]]
+    write_manifest(root, "cam", "r", {"run": "r", "last": {"scored": 9}})  # an earlier pass
+    lock = run_dir(root, "runs", "cam", "r") / "run.lock"
+    with archive_run(plan) as store:
+        assert store == archive_store_url(root, "cam", "r") and Path(store).is_dir() and lock.exists()
+        assert not (lock.parent / "run.json").exists()  # a pass in progress is never read as complete
+        summary = finish_backfill(plan, store, [], {"2026-11-21_cam-1": "broken"})
+    assert summary.all_failed and not lock.exists() and not Path(store).exists()  # no frames kept: no store left
+    assert read_manifest(root, "cam", "r")["last"] | {"seconds": 0, "finished_at": ""} == {
+        "videos": 2, "scored": 0, "skipped": 0, "failed": {"2026-11-21_cam-1": "broken"}, "seconds": 0, "finished_at": ""}

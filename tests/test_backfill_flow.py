@@ -80,6 +80,27 @@ def test_backfill_scores_a_range_once_and_records_the_bad_video(camera_workspace
     assert not list((Path(root) / "scores" / "failures").rglob("*.parquet"))  # its failure row went with it
 
 
+def test_a_backfill_where_every_video_failed_ends_failed_and_the_cli_still_prints_it(camera_workspace, tmp_path, prefect_server):
+    root, _ = _workspace(camera_workspace, tmp_path)
+    bad = tmp_path / "all-bad"
+    (bad / "2026-11-21").mkdir(parents=True)
+    (bad / "2026-11-21" / "broken.mp4").write_bytes(b"not a video")
+    state = backfill_flow(archive=str(bad), dataset="cam", root=root, return_state=True)
+    assert state.is_failed() and state.message == "1 of 1 videos failed"  # as `ingest` ends when every video failed
+    summary = state.result(raise_on_failure=False)
+    assert (summary.scored, summary.skipped, list(summary.failures)) == (0, 0, ["2026-11-21_broken"])
+    assert read_manifest(root, "cam", "archive")["last"]["failed"] == summary.failures  # the run is still recorded
+    assert read_table(root, "failures", dataset="cam").video.tolist() == ["2026-11-21_broken"]
+    cmd, env = _cli(root, str(bad), current_api_url())
+    result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "scored 0, skipped 0 (already scored with these models), failed 1" in result.stdout
+    assert "FAILED 2026-11-21_broken:" in result.stdout and "broken.mp4" in result.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert backfill_flow(archive=str(empty), dataset="cam", root=root, return_state=True).is_completed()  # nothing tried
+
+
 def test_flow_parameters_are_validated_before_any_work():
     for bad in ({"settings": {"scoring": {"budget": {"fraction": 1.5}}}}, {"settings": {"batch_size": 0}},
                 {"settings": {"date_from": "ctime"}}, {"since": "yesterday"}, {"runner": {"kind": "ray"}},

@@ -2,6 +2,7 @@
 and lock files (one per run, one per video group) that exclude a second writer, wait for it or
 name it, and are taken over when their holder died. Every test uses real processes, not threads."""
 
+import json
 import os
 import signal
 import socket
@@ -16,7 +17,8 @@ import pandas as pd
 import pytest
 from vad.storage import ClipStore, LockHeldError, acquire_lock, read_part, run_lock
 from vad.storage._locks import is_stale
-from vad.storage._tables import STALE_TMP_S, part_path, write_table
+from vad.storage._files import STALE_TMP_S
+from vad.storage._tables import part_path, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +66,7 @@ def test_two_processes_writing_one_table_file_both_finish_and_the_file_is_whole(
     assert not [p.name for p in part_path(tmp_path, "clips", "d", "r", "same").parent.iterdir() if p.name.startswith(".")]
 
 
-def test_a_write_clears_only_stale_temporary_files_of_its_target(tmp_path):
+def test_a_write_clears_only_stale_temporary_files_of_its_target(tmp_path, monkeypatch):
     target = part_path(tmp_path, "clips", "d", "r", "0")
     target.parent.mkdir(parents=True)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -83,6 +85,9 @@ def test_a_write_clears_only_stale_temporary_files_of_its_target(tmp_path):
         write_table(tmp_path, "clips", "d", "r", pd.DataFrame({"x": [1]}))
         assert live.exists() and remote.exists()
         assert not crashed.exists() and not old.exists()
+        monkeypatch.setattr("vad.storage._files.STALE_TMP_S", 0.0)  # every file "old": a live writer's still stays
+        write_table(tmp_path, "clips", "d", "r", pd.DataFrame({"x": [2]}))
+        assert live.exists() and not remote.exists()
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -143,6 +148,19 @@ def test_locks_of_other_hosts_are_stale_only_when_no_longer_refreshed(tmp_path):
     assert is_stale(lock, {"host": "other-host", "pid": 1})
     with acquire_lock(lock, purpose="x", timeout=0):
         pass
+
+
+def test_a_lock_of_a_live_local_holder_is_never_stale_however_old(tmp_path):
+    lock = tmp_path / "x.lock"  # held by this process, not refreshed for an hour (a suspended machine, a stalled disk)
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": "2026-01-01T00:00:00+00:00",
+            "started": time.time(), "purpose": "a long stall", "token": "t"}
+    lock.write_text(json.dumps(info))
+    past = time.time() - 3600
+    os.utime(lock, (past, past))
+    assert not is_stale(lock, info)
+    with pytest.raises(LockHeldError, match="a long stall"):
+        acquire_lock(lock, purpose="x", timeout=0)
+    assert json.loads(lock.read_text())["token"] == "t"  # not taken over
 
 
 def test_a_lock_whose_pid_was_reused_by_a_newer_process_is_stale(tmp_path):

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal
@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 from vad.storage import (
+    ARCHIVE_RUN_LOCK_WAIT_S,
     ClipStore,
     check_run_id,
     delete_manifest,
@@ -46,6 +47,7 @@ from vad.storage import (
     write_manifest,
     write_table,
 )
+from vad.tasks.evaluation.events import find_events, store_timing
 from vad.tasks.inference.compute import Compute, pick_device
 from vad.tasks.inference.routing import budget_record
 from vad.tasks.inference.scoring import ScoreResult, ScoreSettings, score_videos
@@ -218,6 +220,7 @@ class ArchiveSettings:
                        "instability_quantile": self.scoring.router.instability_quantile,
                        "signals": list(self.scoring.router.signals)},
             "frame_mode": self.scoring.frame_mode,
+            "events": {"min_event_s": self.scoring.events.min_event_s, "merge_gap_s": self.scoring.events.merge_gap_s},
         }
 
     def key(self, params: dict[str, Any] | None = None) -> str:
@@ -238,12 +241,15 @@ def file_digest(path: str) -> str:
 
 def ingest_preprocess(checkpoint: Checkpoint) -> Preprocess:
     """Store archive footage the way the model's training footage was stored: same frame size,
-    channels and frame rate, so a camera that changed resolution or rate is converted, not refused."""
+    channels and frame rate, so a camera that changed resolution or rate is converted; one whose
+    aspect ratio changed is refused, never stretched (the aspect of the training footage's original
+    size, or of its stored frames for a checkpoint that does not record it)."""
     h, w, c = checkpoint.source["frame_size"]
     prep = checkpoint.source.get("preprocess") or {}
     fps = checkpoint.source.get("fps")
+    aspect = checkpoint.source.get("original_size") or (h, w)
     return Preprocess(size=(int(h), int(w)), gray=int(c) == 1, fps=float(fps) if fps else None,
-                      chunk_frames=int(prep.get("chunk_frames") or 16))
+                      chunk_frames=int(prep.get("chunk_frames") or 16), aspect_of=(int(aspect[0]), int(aspect[1])))
 
 
 @dataclass(frozen=True)
@@ -286,9 +292,6 @@ def drop_empty_store(url: str) -> bool:
     return True
 
 
-RUN_LOCK_WAIT_S = 12 * 3600.0  # a run waits this long for another process holding the same run
-
-
 @dataclass(frozen=True)
 class BackfillSettings:
     """How a backfill goes through an archive: the `backfill` flow's parameter object (the nightly
@@ -305,7 +308,7 @@ class BackfillSettings:
     batch_size: Annotated[int, Field(ge=1, le=10000)] = 8  # limits in the schema too (see routing.py)
     rescore: bool = False
     keep_frames: bool = False
-    lock_timeout_s: Annotated[float, Field(ge=0.0)] = RUN_LOCK_WAIT_S
+    lock_timeout_s: Annotated[float, Field(ge=0.0)] = ARCHIVE_RUN_LOCK_WAIT_S
 
     def __post_init__(self) -> None:
         check_date_from(self.date_from)
@@ -315,23 +318,63 @@ class BackfillSettings:
             raise ParameterError(f"lock_timeout_s must be 0 or more seconds, got {self.lock_timeout_s}")
 
 
+@dataclass(frozen=True)
+class BackfillPlan:
+    """One backfill pass, read and checked before any video is touched (`plan_backfill`): where,
+    what it scores with (`scoring`, its `params` and their `key`) and the videos in range."""
+
+    root: str
+    dataset: str
+    run_id: str
+    archive: str
+    since: date | None
+    until: date | None
+    settings: BackfillSettings
+    scoring: ArchiveSettings
+    params: dict[str, Any]
+    key: str
+    videos: list[ArchiveVideo]
+    started: float  # time.perf_counter() when planned
+
+    @property
+    def batches(self) -> list[list[ArchiveVideo]]:
+        """The videos in submission batches of `settings.batch_size`."""
+        size = self.settings.batch_size
+        return [self.videos[i : i + size] for i in range(0, len(self.videos), size)]
+
+
+def plan_backfill(
+    archive: str, dataset: str, *, root: str, run_id: str = "archive", since: date | None = None, until: date | None = None,
+    lookback_days: int | None = None, small: str | None = None, large: str | None = None,
+    settings: BackfillSettings = BackfillSettings(), here: bool = True,
+) -> BackfillPlan:
+    """A backfill's inputs checked (`backfill_inputs`), the checkpoints' key and the videos of
+    `archive` dated in range; the backfill flow starts with it."""
+    t0 = time.perf_counter()
+    since, until, small_ck, large_ck = backfill_inputs(root, dataset, run_id, since, until, lookback_days, small, large,
+                                                       settings.scoring.compute, here=here)
+    scoring = ArchiveSettings(small_ck.path, large_ck.path, settings.scoring)
+    params = scoring.params()
+    videos = list_archive(archive, since=since, until=until, date_from=settings.date_from)
+    return BackfillPlan(root, dataset, run_id, archive, since, until, settings, scoring, params, scoring.key(params), videos, t0)
+
+
 @contextlib.contextmanager
-def archive_run(
-    root: str, dataset: str, run_id: str, *, purpose: str, keep_frames: bool = False, timeout: float = RUN_LOCK_WAIT_S,
-    on_wait: Callable[[str], None] | None = None,
-) -> Iterator[str]:
-    """Hold run `run_id` of `dataset` for this process and yield its store's URL: take the run's lock
-    (waiting up to `timeout` seconds for another run of the same id: a nightly and a backfill never
-    interleave), remove its old run.json (a run cut short is then never read as complete), and create
-    its store. On the way out, the store goes if it holds no frames; then the lock is released."""
+def archive_run(plan: BackfillPlan, *, on_wait: Callable[[str], None] | None = None) -> Iterator[str]:
+    """Hold the plan's run for this process and yield its store's URL: take the run's lock (waiting
+    up to `settings.lock_timeout_s` seconds for another run of the same id: a nightly and a backfill
+    never interleave), remove its old run.json (a run cut short is then never read as complete),
+    and create its store. On the way out, the store goes if it holds no frames; then the lock is released."""
+    root, dataset, run_id = plan.root, plan.dataset, plan.run_id
     url = archive_store_url(root, dataset, run_id)
-    with run_lock(root, dataset, run_id, purpose=purpose, timeout=timeout, on_wait=on_wait):
+    purpose = f"score archive run {run_id!r} of {dataset!r} from {plan.archive}"
+    with run_lock(root, dataset, run_id, purpose=purpose, timeout=plan.settings.lock_timeout_s, on_wait=on_wait):
         delete_manifest(root, dataset, run_id)
         ClipStore.open_or_create(url, dataset=dataset)  # once, before the per-video writers
         try:
             yield url
         finally:
-            if not keep_frames:
+            if not plan.settings.keep_frames:
                 drop_empty_store(url)
 
 
@@ -389,6 +432,9 @@ def score_archive_video(
         stored = ClipStore.open(url).video(video.video_id)
         write_table(root, "clips", dataset, run_id, result.clips, part=video.video_id)
         write_table(root, "frames", dataset, run_id, result.frames, part=video.video_id)
+        events = find_events(result.frames, small.calibration.quantile, store_timing(stored.attrs), clips=result.clips,
+                             min_event_s=scoring.events.min_event_s, merge_gap_s=scoring.events.merge_gap_s)
+        write_table(root, "events", dataset, run_id, events, part=video.video_id)
         _write_video_row(root, dataset, run_id, video, result, stored.attrs, t0, key=key, params=params)
     finally:
         if not keep_frames:
@@ -446,3 +492,60 @@ def write_archive_manifest(
         "last": {"videos": listed, "scored": scored, "skipped": skipped, "failed": failed, "seconds": seconds,
                  "finished_at": now},
     })
+
+
+@dataclass
+class BackfillSummary:
+    """What one backfill pass did: the backfill flow's result (and the CLI's printout, `text`)."""
+
+    archive: str
+    dataset: str
+    run_id: str
+    since: date | None
+    until: date | None
+    outcomes: list[VideoOutcome] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # video id -> one-line reason
+    seconds: float = 0.0
+    root: str = ""
+    frames_kept_in: str = ""  # the run's store, when its frames are kept
+
+    @property
+    def scored(self) -> int:
+        return sum(o.status == "scored" for o in self.outcomes)
+
+    @property
+    def skipped(self) -> int:
+        return sum(o.status == "skipped" for o in self.outcomes)
+
+    @property
+    def all_failed(self) -> bool:
+        """Every video attempted failed (and there was one): the flow run ends Failed, as `ingest` does."""
+        return bool(self.failures) and not self.outcomes
+
+    def text(self) -> str:
+        span = f"{self.since or 'the start'} to {self.until or 'today'}"
+        n = len(self.outcomes) + len(self.failures)
+        frames = sum(o.frames for o in self.outcomes)
+        lines = [
+            f"backfill {self.dataset} (run {self.run_id}) from {self.archive}, {span}: {n} videos; scored {self.scored}, "
+            f"skipped {self.skipped} (already scored with these models), failed {len(self.failures)}; "
+            f"{frames:,} frames scored in {self.seconds:.1f} s",
+            f"tables: {self.root.rstrip('/')}/scores/{{clips,frames,events,videos,failures}}/dataset={self.dataset}/run={self.run_id}/",
+        ]
+        if self.frames_kept_in:
+            lines.append(f"frames kept in {self.frames_kept_in}")
+        lines += [f"FAILED {video}: {why}" for video, why in self.failures.items()]
+        return "\n".join(lines)
+
+
+def finish_backfill(plan: BackfillPlan, store: str, outcomes: list[VideoOutcome], failures: dict[str, str]) -> BackfillSummary:
+    """The pass's summary, and its run.json written (under the run's lock, held by `archive_run`)."""
+    summary = BackfillSummary(plan.archive, plan.dataset, plan.run_id, plan.since, plan.until, outcomes, failures,
+                              time.perf_counter() - plan.started, plan.root, store if plan.settings.keep_frames else "")
+    write_archive_manifest(
+        plan.root, plan.dataset, plan.run_id, archive=plan.archive, since=plan.since, until=plan.until,
+        date_from=plan.settings.date_from, key=plan.key, params=plan.params, keep_frames=plan.settings.keep_frames,
+        store=store, listed=len(plan.videos), scored=summary.scored, skipped=summary.skipped, failed=failures,
+        seconds=summary.seconds, compute=plan.settings.scoring.compute,
+    )
+    return summary
