@@ -19,10 +19,11 @@ from vad.tasks.sources.ingest import (
     Preprocess,
     describe_failure,
     ingest_video,
+    require_training_footage,
 )
 from vad.tasks.workspace import default_root, discard_empty_store, store_url
 
-from vad.errors import FFmpegError, PipelineError
+from vad.errors import DatasetLayoutError, FFmpegError, PipelineError
 
 Format = Literal["auto", "ucsd", "avenue", "shanghaitech", "ucf-crime", "folder"]
 
@@ -73,11 +74,19 @@ class IngestSummary:
     results: list[IngestResult] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # video id (or path, if it has none) -> one-line reason
     seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)  # one line per video whose id had to change
+    warnings: list[str] = field(default_factory=list)  # one line per id that had to change, per label or split update
 
     @property
     def frames(self) -> int:
         return sum(r.frames for r in self.results if r.status == "ingested")
+
+    @property
+    def ingested(self) -> int:
+        return sum(r.status == "ingested" for r in self.results)
+
+    @property
+    def updated(self) -> int:
+        return sum(r.status == "updated" for r in self.results)
 
     @property
     def skipped(self) -> int:
@@ -109,24 +118,37 @@ def ingest_flow(
     prep: Preprocess = Preprocess(),
     force: bool = False,
     runner: RunnerSpec = RunnerSpec(),
+    require_train: bool = False,
 ) -> State:
     """Ingest every video of the dataset at `source` into `<root>/stores/<dataset>.zarr`, one task per
     video on the chosen task runner. `prep` (`Preprocess`, checked when built) says how frames are
-    stored: size, gray or RGB, frame rate, frames per chunk.
+    stored: size, gray or RGB, frame rate, frames per chunk. `require_train` (a run that trains next)
+    refuses, before decoding anything, a dataset with no training footage here or in the store.
 
     Videos that fail, when listed or when decoded, are reported in the summary and the others
-    complete; the run ends Failed (carrying the summary) when any video failed.
+    complete; the run ends Failed (carrying the summary) when any video failed. A video whose
+    labels or split changed is updated in place, with a line in the summary's warnings.
     """
     t0 = time.perf_counter()
     found = survey(source, format)
     videos = found.videos
     url = store_url(root or default_root(), dataset)
+    try:
+        require_training_footage(videos, source, store_url=url)
+        untrainable = None
+    except DatasetLayoutError as exc:
+        if require_train:
+            raise
+        untrainable = str(exc)  # fine for footage to score with an existing model: a warning
     ClipStore.open_or_create(url, dataset=dataset)  # once, before the per-video writers start
     stage = ingest_videos_flow.with_options(task_runner=task_runner(runner))
     summary = stage(url, videos, prep, dataset, force)
     if not summary.results:
         discard_empty_store(url)  # every video failed: no empty store left behind
-    summary.failures, summary.warnings = {**found.failures, **summary.failures}, found.warnings
+    summary.failures = {**found.failures, **summary.failures}
+    summary.warnings = [*found.warnings, *(r.note for r in summary.results if r.note)]
+    if untrainable and summary.results:
+        summary.warnings.append(untrainable)
     summary.seconds = time.perf_counter() - t0
     n = len(videos) + len(found.failures)
     if summary.failures:

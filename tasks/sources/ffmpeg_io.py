@@ -62,6 +62,11 @@ TIME_LIMIT_FACTOR = 10.0
 # camera stream's, so the estimate errs long.
 MIN_BYTES_PER_S = 32_000
 KILL_WAIT_S = 5.0  # how long a killed FFmpeg gets to exit before we stop waiting for it
+# A decode that printed messages but exited 0 is still a decode failure when it gave fewer frames
+# than the source should have, less this slack (a container duration rounded up, a last frame
+# dropped): a truncated file loses far more. Its messages are kept (at most this many lines).
+MISSING_FRAMES_SLACK = 0.02
+MAX_WARNINGS = 5
 
 
 def ffmpeg_exe() -> str:
@@ -166,37 +171,49 @@ def probe(path: str | Path, *, image_sequence: bool = False, timeout: float = PR
 
 def read_frames(
     uri: str, spec: DecodeSpec, *, batch_frames: int, frame_files: tuple[str, ...] | None = None,
-    stall_timeout: float = STALL_TIMEOUT_S, time_limit: float | None = None,
+    stall_timeout: float = STALL_TIMEOUT_S, time_limit: float | None = None, expected_frames: int | None = None,
 ) -> FrameReader:
     """Decode `uri` (a video file, or the ordered `frame_files` of a frame folder) in batches.
 
     Iterating yields arrays of shape (n, H, W, C) uint8 with n == batch_frames except for the last
     one, so memory stays at a few batches whatever the video's length; afterwards the reader's
-    `times` holds the frames' timestamps (None when this FFmpeg cannot report them). A reader thread
-    keeps FFmpeg decoding the next batches while the caller stores this one. Raises `FFmpegError`
-    (naming the file and quoting FFmpeg) when FFmpeg fails, reports a decoding error (a truncated or
-    corrupt file still decodes partly, so any error FFmpeg prints counts), yields no frame at all,
-    or runs out of time: no byte for `stall_timeout` s, or more than `time_limit` s in all (default:
-    `decode_time_limit` of the input's size); those two are transient, worth a retry.
+    `times` holds the frames' timestamps (None when this FFmpeg cannot report them) and `warnings`
+    what FFmpeg printed on a decode that succeeded. A reader thread keeps FFmpeg decoding the next
+    batches while the caller stores this one; use the reader as a context manager (or `close()` it)
+    so FFmpeg is stopped at once when the caller raises. Raises `FFmpegError` (naming the file and
+    quoting FFmpeg) when FFmpeg fails (a non-zero exit), yields no frame at all, or runs out of
+    time: no byte for `stall_timeout` s, or more than `time_limit` s in all (default:
+    `decode_time_limit` of the input's size); those two are transient, worth a retry. A decode that
+    exits 0 but printed messages (a truncated or corrupt file still decodes partly) fails too when
+    it gave fewer than `expected_frames` (less `MISSING_FRAMES_SLACK`) or that count is unknown;
+    else the messages were warnings, such as the muxer's "non monotonically increasing dts".
     """
     if time_limit is None:
         sizes = [_size(p) for p in (frame_files or (uri,))]
         time_limit = decode_time_limit(duration=None, size=sum(sizes))
-    return FrameReader(uri, spec, batch_frames, frame_files, stall_timeout, time_limit)
+    return FrameReader(uri, spec, batch_frames, frame_files, stall_timeout, time_limit, expected_frames)
 
 
 class FrameReader:
-    """The batches of one decode (see `read_frames`); `close()` stops FFmpeg early."""
+    """The batches of one decode (see `read_frames`); `close()` (or leaving a `with` block) stops
+    FFmpeg early and waits for it to exit."""
 
     def __init__(
         self, uri: str, spec: DecodeSpec, batch_frames: int, frame_files: tuple[str, ...] | None,
-        stall_timeout: float, time_limit: float,
+        stall_timeout: float, time_limit: float, expected_frames: int | None = None,
     ) -> None:
-        self.uri, self.spec, self.times = uri, spec, None
+        self.uri, self.spec, self.times, self.expected_frames = uri, spec, None, expected_frames
+        self.warnings: list[str] = []
         self._batches = self._decode(batch_frames, frame_files, _Clock(stall_timeout, time_limit))
 
     def __iter__(self) -> FrameReader:
         return self
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __next__(self) -> np.ndarray:
         return next(self._batches)
@@ -249,10 +266,16 @@ class FrameReader:
                 raise FFmpegError(uri, f"FFmpeg was killed by signal {-returncode}", cmd=cmd, stderr=stderr, transient=True)
             if returncode != 0:
                 raise FFmpegError(uri, f"FFmpeg failed (exit code {returncode})", cmd=cmd, stderr=stderr)
-            if stderr.strip():
-                raise FFmpegError(uri, "FFmpeg reported decoding errors (truncated or corrupt file?)", cmd=cmd, stderr=stderr)
             if n_frames == 0:
                 raise FFmpegError(uri, "no frames could be decoded (empty or not a video)", cmd=cmd, stderr=stderr)
+            if stderr.strip():
+                expected = self.expected_frames
+                if expected is None or n_frames < expected - max(2, MISSING_FRAMES_SLACK * expected):
+                    got = f" ({n_frames} of about {expected} frames)" if expected is not None else ""
+                    raise FFmpegError(uri, f"FFmpeg reported decoding errors{got} (truncated or corrupt file?)",
+                                      cmd=cmd, stderr=stderr)
+                lines = [line.strip()[:200] for line in stderr.splitlines() if line.strip()]
+                self.warnings = list(dict.fromkeys(lines))[:MAX_WARNINGS]
             self.times = _read_stats(stats, n_frames) if stats else None
 
 

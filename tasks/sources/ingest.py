@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 from vad.storage import ClipStore
-from vad.tasks.sources.datasets import VideoSource
+from vad.tasks.sources.datasets import FOLDER_LAYOUT, VideoSource
 from vad.tasks.sources.ffmpeg_io import (
     DecodeSpec,
     FrameTimes,
@@ -23,7 +23,7 @@ from vad.tasks.sources.ffmpeg_io import (
     read_frames,
 )
 
-from vad.errors import FFmpegError, NotFoundError, ParameterError, PipelineError
+from vad.errors import DatasetLayoutError, FFmpegError, NotFoundError, ParameterError, PipelineError
 
 # Sources taller than this are scaled down to it (keeping the aspect ratio) unless a size is given:
 # full-resolution frames would make stores of an hour of 1080p footage hundreds of GB.
@@ -34,6 +34,9 @@ IMAGE_SEQUENCE_FPS = 25  # the rate FFmpeg's image2 reads a frame folder at
 # Frame times are stored as runs of equal steps; a stream whose frame interval changes more often
 # than this (jittery variable-rate footage) keeps only its start time, so attributes stay small.
 MAX_TIME_RUNS = 1000
+# A source may differ this much (relatively) in aspect ratio from `Preprocess.aspect_of` and still be
+# scaled to `size`: sizes made even, or a 1080p camera stored at 480x852, move it by well under 1%.
+ASPECT_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -41,13 +44,16 @@ class Preprocess:
     """How frames are stored: size (H, W) or None for the source's own, gray or RGB, frame rate.
 
     `chunk_frames` is the number of frames per stored chunk; keep it the clip length the models
-    read so a clip touches one or two chunks.
+    read so a clip touches one or two chunks. `aspect_of`, an (H, W) such as the original size of a
+    model's training footage, makes a source of another aspect ratio an error instead of stretching
+    it to `size`; it checks the source and is not part of how frames are stored (`to_attrs`).
     """
 
     size: tuple[int, int] | None = None
     gray: bool = False
     fps: float | None = None
     chunk_frames: int = 16
+    aspect_of: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 8 or max(self.size) > 8192):
@@ -58,11 +64,26 @@ class Preprocess:
             raise ParameterError(f"fps must be in (0, 240], got {self.fps}")
         if not 1 <= self.chunk_frames <= 1024:
             raise ParameterError(f"chunk_frames must be in [1, 1024], got {self.chunk_frames}")
+        if self.aspect_of is not None and (len(self.aspect_of) != 2 or min(self.aspect_of) < 1):
+            raise ParameterError(f"aspect_of must be a (height, width), got {self.aspect_of}")
 
     def to_attrs(self) -> dict[str, Any]:
         out = asdict(self)
         out["size"] = list(self.size) if self.size else None
+        del out["aspect_of"]
         return out
+
+    def check_aspect(self, source: VideoSource, height: int, width: int) -> None:
+        """Refuse a `height` x `width` source that `size` would stretch (see `aspect_of`)."""
+        if self.aspect_of is None or self.size is None:
+            return
+        ref_h, ref_w = self.aspect_of
+        if abs((width / height) / (ref_w / ref_h) - 1) > ASPECT_TOLERANCE:
+            raise ParameterError(
+                f"{source.uri}: video {source.video_id!r} is {height}x{width}, but the model's footage was "
+                f"{ref_h}x{ref_w} (stored at {self.size[0]}x{self.size[1]}); another aspect ratio, refused "
+                "rather than stretch it (train a model on this camera, or crop its footage)"
+            )
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """The stored (H, W) for a source of `height` x `width`."""
@@ -86,9 +107,10 @@ def parse_size(text: str) -> tuple[int, int]:
 class IngestResult:
     video_id: str
     split: str
-    status: Literal["ingested", "skipped"]
+    status: Literal["ingested", "updated", "skipped"]  # updated: labels or split rewritten, frames kept
     frames: int
     seconds: float
+    note: str | None = None  # one line for the summary when labels or split changed
 
 
 def batch_frames(chunk_frames: int, frame_bytes: int, target_bytes: int = 32 << 20) -> int:
@@ -132,10 +154,12 @@ def ingest_video(
     """Decode `source` into its group of the store at `store_url`, unless it is already there.
 
     An unchanged source (same content hash, preprocessing and frame-rate mode, group complete) is
-    skipped; a changed source or an unfinished group is redone, and so is a group from before the
+    not decoded again: when its labels or split changed (an edited labels.csv, a file moved from
+    train/ to test/) they are rewritten in place ("updated", with a note), else it is skipped. A
+    changed source or an unfinished group is redone, and so is a group from before the
     frame-rate mode was recorded (its frames may have been padded to a constant rate). On any
-    error the half-written group is removed and the error names the source. `source_uri` is recorded instead of `source.uri` (a remote file decoded
-    from a local copy).
+    error the half-written group is removed and the error names the source. `source_uri` is
+    recorded instead of `source.uri` (a remote file decoded from a local copy).
     """
     t0 = time.perf_counter()
     store = ClipStore.open_or_create(store_url, dataset=dataset, storage_options=storage_options)
@@ -147,7 +171,9 @@ def ingest_video(
         and old.get("source_hash") == source_hash and old.get("preprocess") == prep.to_attrs()
         and old.get("frame_rate_mode") == mode  # absent: written at a constant rate, maybe with padded frames
     ):
-        return IngestResult(source.video_id, source.split, "skipped", int(old["frame_count"]), time.perf_counter() - t0)
+        note = refresh_labels(store, source, source_uri or source.uri)
+        status = "updated" if note else "skipped"
+        return IngestResult(source.video_id, source.split, status, int(old["frame_count"]), time.perf_counter() - t0, note)
     if prep.fps is not None and (source.labels is not None or source.label_ranges is not None):
         raise ParameterError(
             f"{source.uri}: changing the frame rate would misalign the frame labels of video "
@@ -156,9 +182,13 @@ def ingest_video(
 
     frames = source.frame_files if source.kind == "frames" else None
     info = probe(frames[0] if frames else source.uri, image_sequence=frames is not None)
+    prep.check_aspect(source, info.height, info.width)
     height, width = prep.output_size(info.height, info.width)
     spec = DecodeSpec(height, width, 1 if prep.gray else 3, prep.fps)
     duration = len(frames) / IMAGE_SEQUENCE_FPS if frames else info.duration
+    rate = prep.fps or info.fps
+    # What a whole decode gives: FFmpeg's messages are warnings only when no frame is missing.
+    expected = len(frames) if frames else (round(duration * rate) if duration and rate else None)
     attrs = {
         "video_id": source.video_id,
         "split": source.split,
@@ -185,24 +215,61 @@ def ingest_video(
     )
     try:
         prev_hist: np.ndarray | None = None
-        batches = read_frames(
+        # A `with` block: when the writer raises, FFmpeg is stopped here, not whenever the
+        # generator is collected (a traceback keeps it alive, FFmpeg blocked on a full pipe).
+        with read_frames(
             source.uri, spec, batch_frames=batch_frames(prep.chunk_frames, spec.frame_bytes), frame_files=frames,
-            time_limit=decode_time_limit(duration=duration, size=source_size(source)),
-        )
-        for batch in batches:
-            cuts, prev_hist = scene_cut_flags(batch, prev_hist)
-            writer.append(batch, cuts)
+            time_limit=decode_time_limit(duration=duration, size=source_size(source)), expected_frames=expected,
+        ) as batches:
+            for batch in batches:
+                cuts, prev_hist = scene_cut_flags(batch, prev_hist)
+                writer.append(batch, cuts)
         labels = source.frame_labels(writer.n_frames)
         writer.finish(labels, {
             **timing_attrs(batches.times, info.start),
-            "labels_known": bool((labels >= 0).all()),
-            "anomalous_frames": int((labels == 1).sum()),
+            **label_attrs(labels),
+            "ffmpeg_warnings": batches.warnings,
             "ingested_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
     except BaseException:
         writer.abort()
         raise
     return IngestResult(source.video_id, source.split, "ingested", writer.n_frames, time.perf_counter() - t0)
+
+
+def label_attrs(labels: np.ndarray) -> dict[str, Any]:
+    return {"labels_known": bool((labels >= 0).all()), "anomalous_frames": int((labels == 1).sum())}
+
+
+def refresh_labels(store: ClipStore, source: VideoSource, uri: str) -> str | None:
+    """Bring a complete video group's labels, split and source path up to date with `source` in
+    place (its frames stay); a one-line note when labels or split changed, else None."""
+    stored = store.video(source.video_id)
+    labels = source.frame_labels(stored.n_frames)
+    changed = []
+    if stored.split != source.split:
+        changed.append(f"split {stored.split} -> {source.split}")
+    if not np.array_equal(stored.labels, labels):
+        changed.append(f"labels of {int((stored.labels != labels).sum())} frames")
+    attrs = {"split": source.split, "source_uri": uri, "source_relpath": source.relative, **label_attrs(labels)}
+    if changed or any(stored.attrs.get(k) != v for k, v in attrs.items()):
+        store.update_video(source.video_id, labels=labels, attrs=attrs)
+    if not changed:
+        return None
+    return f"video {source.video_id!r}: {', '.join(changed)} changed since it was ingested; updated in place (frames kept)"
+
+
+def require_training_footage(videos: list[VideoSource], source: str, *, store_url: str) -> None:
+    """Refuse, in one line that says the expected layout, a dataset with no training (normal) video
+    listed at `source` nor stored in the store at `store_url`: a model cannot be trained on it."""
+    if any(v.split == "train" for v in videos):
+        return
+    try:
+        if ClipStore.open(store_url).video_ids(split="train"):
+            return
+    except NotFoundError:
+        pass
+    raise DatasetLayoutError(f"{source}: no training footage; {FOLDER_LAYOUT}")
 
 
 def source_size(source: VideoSource) -> int:

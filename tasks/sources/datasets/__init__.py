@@ -14,6 +14,7 @@ from types import ModuleType
 
 from vad.tasks.sources.datasets import avenue, folder, shanghaitech, ucf_crime, ucsd
 from vad.tasks.sources.datasets._base import (
+    FOLDER_LAYOUT,
     Listing,
     VideoSource,
     read_labels_csv,
@@ -34,7 +35,7 @@ ADAPTERS: dict[str, ModuleType] = {
 FORMATS = ("auto", *ADAPTERS)
 
 __all__ = [
-    "ADAPTERS", "FORMATS", "Listing", "VideoSource", "detect_format", "discover", "read_labels_csv", "survey", "video_id_for",
+    "ADAPTERS", "FOLDER_LAYOUT", "FORMATS", "Listing", "VideoSource", "detect_format", "discover", "read_labels_csv", "survey", "video_id_for",
 ]
 
 

@@ -29,6 +29,9 @@ _NO_DECOMPOSITION = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o"
 # copied to a case-insensitive file system must keep working.
 RESERVED_IDS = frozenset({"zarr.json"})
 MAX_ID_LENGTH = 120  # well under the 255-byte file-name limit, with room for a suffix
+# What a user's own camera folder should look like (said when a folder has no training footage).
+FOLDER_LAYOUT = ("expected a folder with train/ holding normal footage, test/ holding the footage to check, "
+                 "and optionally labels.csv with columns video,frame,label")
 
 
 def video_id_for(relative: str | PurePath) -> str:

@@ -6,7 +6,8 @@ or folder name when no other video's name gives the same id, else from its relat
 (`night/cam 1.mp4` -> `night_cam-1`); paths that still share an id get a suffix (`unique_ids`). `labels.csv`
 (video,frame,label, 0-based) at the root labels test videos by id or by relative path
 (`night/cam 1.mp4`). A video that cannot be used (an id the store reserves, a frame folder mixing
-image types, a folder that cannot be read) is listed as a failure and the others go on.
+image types, a folder that cannot be read) is listed as a failure and the others go on. What a
+folder without training footage is told: `FOLDER_LAYOUT` (see `ingest.require_training_footage`).
 """
 
 from __future__ import annotations
