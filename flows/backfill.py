@@ -4,8 +4,9 @@ batches, one task per video; videos already scored with the same models and para
 The nightly deployment runs this flow over a watch folder (every video not scored yet, or the last
 few days with `lookback_days`). A run holds its run id's lock while it works (a second run of the
 same dataset and run id waits up to `settings.lock_timeout_s`) and decodes into a store of its own,
-never the dataset's (`vad.tasks.operations.archive.archive_run`). A run where every video failed
-ends Failed, as `ingest` does; its summary is the state's data either way.
+never the dataset's (`vad.tasks.operations.archive.archive_run`). A run where a video failed
+ends Failed (the other videos' rows are written), as `ingest` does and as the CLI exits 1; its
+summary is the state's data either way.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def backfill_flow(
     `small`/`large`). `settings` (`BackfillSettings`, checked when built) says how: the scoring
     settings, the batch size, whether frames are kept, how long to wait for another process holding
     the run. A video's frames are dropped once its rows are written, unless `settings.keep_frames`.
-    Ends Failed (carrying the `BackfillSummary`) when every video it tried failed."""
+    Ends Failed (carrying the `BackfillSummary`) when a video it tried failed."""
     plan = plan_backfill(archive, dataset, root=root or default_root(), run_id=run_id, since=since, until=until,
                          lookback_days=lookback_days, small=small, large=large, settings=settings,
                          here=runner.dask_address is None)
@@ -90,7 +91,7 @@ def backfill_flow(
         summary = finish_backfill(plan, store, outcomes, failures)  # run.json, written last
     get_run_logger().info(summary.text())
     n = len(outcomes) + len(failures)
-    if summary.all_failed:
+    if summary.any_failed:
         return Failed(message=f"{len(failures)} of {n} videos failed", data=summary)
     return Completed(message=f"{n} videos; scored {summary.scored}, skipped {summary.skipped}, failed {len(failures)}",
                      data=summary)

@@ -58,7 +58,10 @@ def test_backfill_scores_a_range_once_and_records_the_bad_video(camera_workspace
     bad = Path(archive).parent / "with-bad"
     shutil.copytree(archive, bad)
     (bad / "2026-11-21" / "broken.mp4").write_bytes(b"not a video")
-    first = backfill_flow(archive=str(bad), dataset="cam", root=root, since=date(2026, 11, 21), until=date(2026, 11, 22))
+    state = backfill_flow(archive=str(bad), dataset="cam", root=root, since=date(2026, 11, 21), until=date(2026, 11, 22),
+                          return_state=True)
+    assert state.is_failed() and state.message == "1 of 3 videos failed"  # one rule with ingest: a failed video fails the run
+    first = state.result(raise_on_failure=False)
     assert (first.scored, first.skipped, list(first.failures)) == (2, 0, ["2026-11-21_broken"])
     assert "broken.mp4" in first.failures["2026-11-21_broken"]
     videos = read_table(root, "videos", dataset="cam")
@@ -69,7 +72,7 @@ def test_backfill_scores_a_range_once_and_records_the_bad_video(camera_workspace
     # run.json says what its latest pass computed with
     cpu = BackfillSettings(scoring=ScoreSettings(compute=Compute(device="cpu", batch=4, precision="float32")))
     second = backfill_flow(archive=str(bad), dataset="cam", root=root, since=date(2026, 11, 21), until=date(2026, 11, 22),
-                           settings=cpu)
+                           settings=cpu, return_state=True).result(raise_on_failure=False)
     assert (second.scored, second.skipped) == (0, 2)  # no model work
     assert read_manifest(root, "cam", "archive")["compute"] == {"device": "cpu", "batch": 4, "precision": "float32",
                                                                  "compile": False}
@@ -86,7 +89,7 @@ def test_a_backfill_where_every_video_failed_ends_failed_and_the_cli_still_print
     (bad / "2026-11-21").mkdir(parents=True)
     (bad / "2026-11-21" / "broken.mp4").write_bytes(b"not a video")
     state = backfill_flow(archive=str(bad), dataset="cam", root=root, return_state=True)
-    assert state.is_failed() and state.message == "1 of 1 videos failed"  # as `ingest` ends when every video failed
+    assert state.is_failed() and state.message == "1 of 1 videos failed"  # as `ingest` ends when a video failed
     summary = state.result(raise_on_failure=False)
     assert (summary.scored, summary.skipped, list(summary.failures)) == (0, 0, ["2026-11-21_broken"])
     assert read_manifest(root, "cam", "archive")["last"]["failed"] == summary.failures  # the run is still recorded

@@ -518,9 +518,9 @@ class BackfillSummary:
         return sum(o.status == "skipped" for o in self.outcomes)
 
     @property
-    def all_failed(self) -> bool:
-        """Every video attempted failed (and there was one): the flow run ends Failed, as `ingest` does."""
-        return bool(self.failures) and not self.outcomes
+    def any_failed(self) -> bool:
+        """A video failed: the flow run ends Failed (the others are written), as `ingest` does and the CLI exits 1."""
+        return bool(self.failures)
 
     def text(self) -> str:
         span = f"{self.since or 'the start'} to {self.until or 'today'}"
