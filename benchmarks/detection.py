@@ -89,7 +89,7 @@ def quality(url: str, small_path: Path, large_path: Path, budgets: list[float], 
     for mode in FRAME_MODES:
         for label, budget in [("small only", 0.0), *[(f"routed @ {b:g}", b) for b in budgets], ("large only", 1.0)]:
             result = score_videos(url, small, large, BatchBudget(budget), frame_mode=mode, mapper=ReplayMap(every.passes, large_all))
-            frames = result.frames.assign(score=result.frames["score"])
+            frames = result.frames
             rows.append(metrics_row(frames, split=split, frame_mode=mode, scores=label, budget=budget,
                                     escalation=float(result.routing.escalated.mean())))
             finals[(mode, label)] = frames

@@ -22,8 +22,8 @@ from vad.tasks.operations.archive import (
     local_copy,
     resolve_range,
     score_archive_video,
-    video_id_for,
 )
+from vad.tasks.sources.datasets._base import video_id_for  # the archive's ids follow the datasets' rule
 
 from vad.errors import FFmpegError, NotFoundError, ParameterError
 

@@ -20,6 +20,7 @@ from vad.tasks.evaluation.validation import (
 )
 from vad.tasks.sources.datasets import discover
 from vad.tasks.sources.ingest import Preprocess, ingest_video
+from vad.tasks.sources.luma import luma
 
 from vad.errors import ParameterError
 
@@ -208,3 +209,14 @@ def test_an_out_dir_that_is_not_empty_is_refused_and_left_alone(stores, tmp_path
     empty = tmp_path / "empty"
     empty.mkdir()
     assert make_validation_set(stores[1], empty, held_out=1, per_video=1).held_out  # an empty folder is fine
+
+
+def test_luma_is_bt601_and_opencvs_rgb2gray_byte_for_byte():
+    pure = np.zeros((1, 3, 3), np.uint8)
+    pure[0, [0, 1, 2], [0, 1, 2]] = 255  # red, green, blue
+    assert luma(pure).tolist() == [[76, 150, 29]]  # 0.299, 0.587, 0.114 x 255, rounded
+    levels = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(luma(np.repeat(levels[:, None], 3, axis=-1)), levels)  # gray stays gray
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 48, 64, 3), dtype=np.uint8)
+    assert np.array_equal(luma(rgb), np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb]))
+    assert luma(rgb[..., :1]).shape == (4, 48, 64)  # one channel: as stored

@@ -16,11 +16,9 @@ import torch.nn.functional as F
 from vad.storage import ClipStore, clip_windows
 from vad.tasks.inference.memory import release_freed_memory
 from vad.tasks.learning.optical_flow import flow_clips
+from vad.tasks.sources.luma import LUMA as _LUMA  # ITU-R BT.601, as FFmpeg's gray conversion
 
 from vad.errors import ParameterError
-
-# ITU-R BT.601 luma, the weights FFmpeg's gray conversion uses
-_LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True)

@@ -53,12 +53,11 @@ from vad.tasks.inference.routing import budget_record
 from vad.tasks.inference.scoring import ScoreResult, ScoreSettings, score_videos
 from vad.tasks.learning.checkpoint import Checkpoint, cached_checkpoint, load_pair
 from vad.tasks.records import package_versions
-from vad.tasks.sources.datasets._base import (  # noqa: F401 - video_id_for: the archive's id rule
+from vad.tasks.sources.datasets._base import (
     VIDEO_EXTENSIONS,
     VideoSource,
     try_video_id,
     unique_ids,
-    video_id_for,
 )
 from vad.tasks.sources.ingest import Preprocess, describe_failure, ingest_video
 from vad.tasks.workspace import check_dataset_name
