@@ -99,7 +99,8 @@ def make_checkpoint(store_url: str, arch: str, seed: int, folder: Path, clip_len
     ckpt = Checkpoint(
         arch=arch, role=role or model.role, model_config=model.config.to_dict(), state_dict=model.state_dict(),
         input=InputSpec(clip_len, stride, 32, 32, 1), source=source_spec(video), dataset="synthetic", fingerprint="0" * 32,
-        calibration=Calibration.fit(scores=raw, embeddings=rng.normal(size=(40, dim)), video_ids=["a"] * 20 + ["b"] * 20),
+        calibration=Calibration.fit(scores=raw, embeddings=rng.normal(size=(40, dim)), video_ids=["a"] * 20 + ["b"] * 20,
+                                    frame_scores=rng.uniform(0.0, 0.08, (40, clip_len))),
     )
     path = save_checkpoint(ckpt, Path(folder) / f"{ckpt.role}-{arch}.pt")
     ckpt.path = str(path)

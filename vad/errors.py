@@ -71,6 +71,10 @@ class CheckpointMismatchError(PipelineError):
         super().__init__(f"checkpoint {checkpoint} does not fit video {video!r}: {problem}")
 
 
+class NonFiniteScoreError(PipelineError):
+    """A model's pass over a video gave NaN or infinite scores (broken weights or frames)."""
+
+
 class FFmpegError(PipelineError):
     """FFmpeg failed on an input; carries the command and FFmpeg's own message.
 

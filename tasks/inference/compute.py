@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import torch
 from pydantic import Field
+from vad.models import model_class
 from vad.tasks.learning.model_input import prepare_clips
 
 from vad.errors import ParameterError, PipelineError
@@ -165,10 +166,17 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def is_cpu_bound(arch: str) -> bool:
+    """Whether the architecture does its work on the CPU whatever the device (`ClipModel.cpu_bound`:
+    OpenCV's flow and regions in `objects`): its passes neither take a GPU's turn nor measure a batch."""
+    return bool(getattr(model_class(arch), "cpu_bound", False))
+
+
 def choose_batch(checkpoint: Checkpoint, device: torch.device, *, precision: Precision = "auto") -> int:
-    """Clips per batch when none is given: `CPU_BATCH` on a CPU; on CUDA the fastest of
+    """Clips per batch when none is given: `CPU_BATCH` on a CPU and for a CPU-bound model (timing it
+    on noise would measure one frame-sized foreground object); on CUDA the fastest of
     `BATCH_CANDIDATES` (`measure_batch`), measured once per checkpoint, device and precision."""
-    if device.type != "cuda":
+    if device.type != "cuda" or is_cpu_bound(checkpoint.arch):
         return CPU_BATCH
     # measured on the model uncompiled: compiling once per candidate size would take minutes;
     # under the device's lock, so that no pass runs on the GPU meanwhile
@@ -185,12 +193,12 @@ def _device_lock(device: torch.device) -> threading.RLock:
         return _DEVICE_LOCKS.setdefault(str(device), threading.RLock())
 
 
-def pass_lock(device: torch.device, compile: bool) -> Any:
+def pass_lock(device: torch.device, compile: bool, *, cpu_bound: bool = False) -> Any:
     """What a pass holds while it scores: compiled passes take turns (torch.compile is not safe
     from two threads at once), and so do passes on one GPU (each sized its batch for the GPU alone);
-    CPU passes on threads share the cores freely."""
+    CPU passes on threads, and passes of a CPU-bound model (`is_cpu_bound`), share the cores freely."""
     if compile:
         return _COMPILED_PASS
-    return _device_lock(device) if device.type == "cuda" else contextlib.nullcontext()
+    return _device_lock(device) if device.type == "cuda" and not cpu_bound else contextlib.nullcontext()
 
 

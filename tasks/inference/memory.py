@@ -16,8 +16,9 @@ import ctypes.util
 import functools
 import itertools
 import os
+import sys
 
-_counter = itertools.count(1)
+_counters: dict[tuple[str, int], itertools.count] = {}  # one per call site
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,9 +33,15 @@ def _malloc_trim():  # noqa: ANN202
 
 
 def release_freed_memory(every: int = 1) -> bool:
-    """Call `malloc_trim(0)` on every `every`-th call (counted across the process); True if it ran."""
+    """Call `malloc_trim(0)` on every `every`-th call from the same call site (each caller counts its
+    own calls, so callers with different periods keep them); True if it ran."""
     trim = _malloc_trim()
-    if trim is None or next(_counter) % max(1, every):
+    if trim is None:
+        return False
+    caller = sys._getframe(1)
+    site = (caller.f_code.co_filename, caller.f_lineno)
+    counter = _counters.get(site) or _counters.setdefault(site, itertools.count(1))
+    if next(counter) % max(1, every):
         return False
     trim(0)
     return True

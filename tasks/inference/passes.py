@@ -18,6 +18,7 @@ from vad.tasks.inference.compute import (
     Compute,
     available_cores,
     choose_batch,
+    is_cpu_bound,
     pass_lock,
     pick_device,
     scoring_precision,
@@ -26,6 +27,8 @@ from vad.tasks.inference.memory import release_freed_memory
 from vad.tasks.learning.calibration import cosine_distances
 from vad.tasks.learning.checkpoint import Checkpoint
 from vad.tasks.learning.model_input import ClipBatches, clip_index, prepare_clips
+
+from vad.errors import NonFiniteScoreError
 
 
 @dataclass
@@ -97,7 +100,9 @@ def score_clips(
     are enough clips to pay for its start-up (a few seconds). They are converted on the compute
     device. The model is the checkpoint's scoring model (`Checkpoint.scoring_model`), built once per
     device; with `compile` a short last batch is padded to the next power of two, so few shapes are
-    compiled. Passes on one GPU, and compiled passes anywhere, take turns (`pass_lock`).
+    compiled. Passes on one GPU, and compiled passes anywhere, take turns (`pass_lock`), except
+    those of a model whose work is on the CPU (`is_cpu_bound`). A NaN or infinite score fails the
+    video here (`check_finite`).
     """
     spec = checkpoint.input
     if not index:
@@ -107,6 +112,7 @@ def score_clips(
     torch.set_num_threads(available_cores())
     model = checkpoint.scoring_model(dev, compile=compile)
     batch = compute.batch or choose_batch(checkpoint, dev, precision=precision)
+    cpu_bound = is_cpu_bound(checkpoint.arch)
     if workers is None:
         # On a CPU, reading in the scoring process costs as much as a reader process and holds
         # ~370 MB less (a 10-minute 720p pass: 49.1 s without, 48.4 s with); on CUDA a reader
@@ -128,7 +134,7 @@ def score_clips(
     emb: np.ndarray | None = None
     done = 0
     t0 = time.perf_counter()
-    with pass_lock(dev, compile), torch.inference_mode(), scoring_precision(dev, precision):
+    with pass_lock(dev, compile, cpu_bound=cpu_bound), torch.inference_mode(), scoring_precision(dev, precision):
         for clips in loader:
             m = len(clips)
             if compile and m < batch:
@@ -143,10 +149,26 @@ def score_clips(
             emb[k], frames[k] = s.embedding[:m].float().cpu().numpy(), s.frames[:m].float().cpu().numpy()
             done += m
             release_freed_memory(every=16)
+    check_finite(checkpoint, index, raw, frames, emb)
     return RawScores(
         raw=raw, uncertainty=unc, embedding=emb, frame_errors=frames, seconds=time.perf_counter() - t0, calls=n,
         device=str(dev), batch=batch,
     )
+
+
+def check_finite(checkpoint: Checkpoint, index: list[tuple[str, int]], raw: np.ndarray, frames: np.ndarray,
+                 embedding: np.ndarray) -> None:
+    """Fail at the pass, naming the video, when a clip's score, frame scores or embedding is NaN or
+    infinite: otherwise it travels through calibration and routing and breaks only the report."""
+    bad = ~(np.isfinite(raw) & np.isfinite(frames).all(axis=1) & np.isfinite(embedding).all(axis=1))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        vid, start = index[first]
+        count = int(bad[[v == vid for v, _ in index]].sum())
+        raise NonFiniteScoreError(
+            f"checkpoint {checkpoint.path or checkpoint.arch} gave NaN or infinite scores on video {vid!r} "
+            f"({count} clip(s), the first at frame {start}): its weights or this video's frames are broken"
+        )
 
 
 def run_pass(

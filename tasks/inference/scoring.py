@@ -5,7 +5,8 @@ Frame scores (`frame_mode`):
 - `"clip"` (default): each frame gets the mean of the final calibrated scores of the clips that
   cover it;
 - `"frame"`: each frame gets the mean, over the clips that cover it, of that clip's own per-frame
-  error for the frame, calibrated by the model that scored the clip.
+  error for the frame, ranked by the model that scored the clip against its held-out clips'
+  per-frame errors (`Calibration.calibrate_frames`).
 Frames after the last clip's end (when (N - T) is not a multiple of the stride) take the value of
 the last clip that reaches furthest, so every frame has a score.
 """
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from vad.storage import ClipStore, check_run_id
 from vad.tasks.inference.compute import Compute, pick_device
 from vad.tasks.inference.passes import PassOutput, VideoPass, first_pass, second_pass
+from vad.tasks.evaluation.events import EventSettings
 from vad.tasks.inference.routing import (
     BatchBudget,
     Budget,
@@ -39,7 +41,7 @@ from vad.tasks.learning.checkpoint import Checkpoint, check_pair, load_pair
 from vad.tasks.records import ScoreSummary, write_run
 from vad.tasks.workspace import store_url as workspace_store_url
 
-from vad.errors import ParameterError, PipelineError
+from vad.errors import CheckpointError, ParameterError, PipelineError
 
 FrameMode = Literal["clip", "frame"]
 FRAME_MODES: tuple[str, ...] = ("clip", "frame")
@@ -76,8 +78,8 @@ BudgetParameter = Annotated[Budget, BeforeValidator(budget_from_fields)]
 
 @dataclass(frozen=True)
 class ScoreSettings:
-    """How a run scores: the budget, the router, how frame scores are made and where the passes
-    run. The parameter object of the `score` flow and part of `backfill`'s: the CLI builds it from
+    """How a run scores: the budget, the router, how frame scores are made, where the passes
+    run and how frame scores become events. The parameter object of the `score` flow and part of `backfill`'s: the CLI builds it from
     its options, a deployment nests the same fields (prefect.yaml), and it is checked once, here,
     when built. Everything in it is recorded in the run's run.json."""
 
@@ -85,6 +87,7 @@ class ScoreSettings:
     router: RouterConfig = RouterConfig()
     frame_mode: FrameMode = "clip"
     compute: Compute = Compute()
+    events: EventSettings = EventSettings()  # how frame scores become the run's events table
 
     def __post_init__(self) -> None:
         check_frame_mode(self.frame_mode)
@@ -93,15 +96,18 @@ class ScoreSettings:
 def score_inputs(root: str, dataset: str, run_id: str, small: str | None, large: str | None,
                  compute: Compute = Compute(), *, here: bool = True) -> tuple[str, Checkpoint, Checkpoint]:
     """What a scoring run of `dataset` reads and where it writes, checked: the run id, the store's
-    URL and the checkpoint pair (the paths given, else the dataset's own), and, when the passes run
+    URL, the checkpoint pair (the paths given, else the dataset's own: `check_pair`) and that both read
+    the store's frames (`Checkpoint.check_store`), and, when the passes run
     `here` (not on a Dask cluster elsewhere), that `compute`'s device is on this machine. The score
     flow starts with this; the CLI calls it before starting Prefect, to fail in a second."""
     check_run_id(run_id)
     if here:
         pick_device(compute.device)
     url = workspace_store_url(root, dataset)
-    ClipStore.open(url)
+    store = ClipStore.open(url)
     small_ck, large_ck = load_pair(root, dataset, small, large)
+    for ck in (small_ck, large_ck):
+        ck.check_store(store)  # a store of frames the models cannot read: one line, before any pass
     return url, small_ck, large_ck
 
 
@@ -180,6 +186,22 @@ def plan_routes(
     return RoutePlan(signals, routing, video_of, time.perf_counter() - t0)
 
 
+def video_frame_scores(
+    n_frames: int, starts: np.ndarray, clip_len: int, escalated: np.ndarray, small: np.ndarray, final: np.ndarray,
+    small_frames: np.ndarray | None = None, final_frames: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """One video's frame columns from its clips: `small_score` and `score` from the small-model and
+    final clip scores (N,), or, given them, from the (N, T) per-frame scores (frame mode "frame"),
+    and `escalated` (a frame inside an escalated clip). What `assemble` and every replay of a run
+    (`tasks.evaluation.pareto`) make frames with."""
+    cover = (small, final) if small_frames is None else (small_frames, final_frames)
+    return {
+        "small_score": aggregate_frames(n_frames, starts, clip_len, cover[0]),
+        "score": aggregate_frames(n_frames, starts, clip_len, cover[1]),
+        "escalated": aggregate_frames(n_frames, starts, clip_len, np.asarray(escalated, float)) > 0,
+    }
+
+
 def assemble(
     passes: list[VideoPass], plan: RoutePlan, second: dict[str, PassOutput], small: Checkpoint,
     large: Checkpoint | None, *, frame_mode: FrameMode = "clip",
@@ -210,27 +232,26 @@ def assemble(
         "difficulty": routing.difficulty, "escalated": routing.escalated, "budget_held": routing.held,
         "reasons": routing.reasons, "large_raw": large_raw, "large_score": large_score, "score": final,
     })
-    # calibrated per-frame errors of the model that scored each clip (for frame_mode="frame")
-    small_frames_cal = small.calibration.calibrate(p1.frame_errors)
-    chosen_frames_cal = small_frames_cal.copy()
-    if len(chosen):
-        chosen_frames_cal[chosen] = large.calibration.calibrate(p2.frame_errors)  # type: ignore[union-attr]
+    # per-frame errors of the model that scored each clip, ranked against that model's held-out
+    # per-frame errors (for frame_mode="frame"; a clip-level calibration would misplace their tails)
+    if frame_mode == "frame":
+        small_frames_cal = small.calibration.calibrate_frames(p1.frame_errors)
+        chosen_frames_cal = small_frames_cal.copy()
+        if len(chosen):
+            chosen_frames_cal[chosen] = large.calibration.calibrate_frames(p2.frame_errors)  # type: ignore[union-attr]
+        # kept with the clips, so that a replay of the run (the report's budget sweep) has them
+        clips["small_frame_scores"] = list(small_frames_cal)
+        clips["large_frame_scores"] = [r if e else None for r, e in zip(chosen_frames_cal, routing.escalated)]
     frame_tables = []
     for p in passes:
         rows = np.flatnonzero(video_of == p.video)
-        n = p.n_frames
-        if frame_mode == "clip":
-            small_f = aggregate_frames(n, starts[rows], t, p1.calibrated[rows])
-            final_f = aggregate_frames(n, starts[rows], t, final[rows])
-        else:
-            small_f = aggregate_frames(n, starts[rows], t, small_frames_cal[rows])
-            final_f = aggregate_frames(n, starts[rows], t, chosen_frames_cal[rows])
-        escalated_f = aggregate_frames(n, starts[rows], t, routing.escalated[rows].astype(float)) > 0
+        per_frame = (small_frames_cal[rows], chosen_frames_cal[rows]) if frame_mode == "frame" else (None, None)
         labels = p.labels.astype("float64")
         labels[labels < 0] = np.nan
         frame_tables.append(pd.DataFrame({
-            "video": p.video, "frame": np.arange(n, dtype=np.int32), "label": pd.array(labels, dtype="Int8"),
-            "small_score": small_f, "score": final_f, "escalated": escalated_f,
+            "video": p.video, "frame": np.arange(p.n_frames, dtype=np.int32), "label": pd.array(labels, dtype="Int8"),
+            **video_frame_scores(p.n_frames, starts[rows], t, routing.escalated[rows], p1.calibrated[rows], final[rows],
+                                 *per_frame),
         }))
     frames = pd.concat(frame_tables, ignore_index=True)
     seconds = {"pass1": p1.seconds, "routing": plan.seconds, "pass2": p2.seconds, "frames": time.perf_counter() - t0}
@@ -310,6 +331,11 @@ def score_videos(
     orchestration of scoring; `mapper` says how the per-video passes run (a plain loop by default)."""
     check_frame_mode(frame_mode)
     check_pair(small, large)
+    if frame_mode == "frame":  # refused before the passes, not after them
+        for ck in (small, large):
+            if ck is not None and ck.calibration.frames is None:
+                raise CheckpointError(f"checkpoint {ck.path or ck.arch} has no frame-level calibration (it predates it); "
+                                      "retrain it to score with frame mode 'frame'")
     mapper = mapper or VideoMap()
     t0 = time.perf_counter()
     ids = video_list(store_url, videos, split)
@@ -329,13 +355,13 @@ def score_videos(
 def score_dataset(
     root: str, dataset: str, *, small_path: str | None = None, large_path: str | None = None, budget: Budget,
     run_id: str, router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip", split: str | None = "test",
-    compute: Compute = Compute(), progress: bool = False,
+    compute: Compute = Compute(), progress: bool = False, events: EventSettings = EventSettings(),
 ) -> ScoreSummary:
-    """Score a dataset's store with both passes and write the run's clip and frame tables and run.json."""
+    """Score a dataset's store with both passes and write the run's clip, frame and event tables and run.json."""
     check_run_id(run_id)
     small, large = load_pair(root, dataset, small_path, large_path)
     url = workspace_store_url(root, dataset)
     result = score_videos(url, small, large, budget, split=split, router=router, frame_mode=frame_mode,
                           compute=compute, mapper=VideoMap(progress=progress))
     return write_run(root, dataset, run_id, result, small, large, budget, router=router, frame_mode=frame_mode,
-                     compute=compute)
+                     compute=compute, events=events)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vad.errors import ParameterError
+from vad.errors import CheckpointError, ParameterError
 
 
 def _sorted_1d(values: Any, what: str) -> np.ndarray:
@@ -108,7 +108,10 @@ class Calibration:
     - `scores`: raw clip scores (their percentile ranks are the calibrated scores);
     - `quantile`: the threshold in percentile space (0.95 by default); `threshold` is the raw score;
     - `centroid` and `ood`: the mean embedding and the cosine distances to it;
-    - `instability` and `window`: variances of `window` consecutive calibrated clip scores.
+    - `instability` and `window`: variances of `window` consecutive calibrated clip scores;
+    - `frames`: raw per-frame scores of the same clips, which `calibrate_frames` ranks against (a
+      frame's score has heavier tails than a clip's, the mean of its frames); None in checkpoints
+      written before it was fitted.
     """
 
     scores: EmpiricalRank
@@ -117,12 +120,15 @@ class Calibration:
     ood: EmpiricalRank
     instability: EmpiricalRank
     window: int
+    frames: EmpiricalRank | None = None
 
     @classmethod
     def fit(
         cls, *, scores: Any, embeddings: Any, video_ids: Any, quantile: float = 0.95, window: int = 4,
+        frame_scores: Any = None,
     ) -> Calibration:
-        """Fit from clip scores, embeddings (N, D) and the video of each clip, clips in stream order."""
+        """Fit from clip scores, embeddings (N, D) and the video of each clip, clips in stream order,
+        and, when given, the clips' per-frame scores (N, T)."""
         if not 0.0 < quantile < 1.0:
             raise ParameterError(f"calibration quantile must be in (0, 1), got {quantile}")
         raw = np.asarray(scores, dtype=np.float64).ravel()
@@ -144,6 +150,7 @@ class Calibration:
             scores=rank, quantile=quantile, centroid=centroid,
             ood=EmpiricalRank.fit(cosine_distances(emb, centroid), "cosine distance"),
             instability=EmpiricalRank.fit(pooled, "window variance"), window=window,
+            frames=None if frame_scores is None else EmpiricalRank.fit(frame_scores, "frame score"),
         )
 
     @property
@@ -155,6 +162,14 @@ class Calibration:
         """Raw scores -> percentile ranks in (0, 1); compare with `quantile`."""
         return self.scores.rank(raw)
 
+    def calibrate_frames(self, raw: Any) -> np.ndarray:
+        """Raw per-frame scores -> percentile ranks against the held-out clips' per-frame scores."""
+        if self.frames is None:
+            raise CheckpointError(
+                "this checkpoint has no frame-level calibration (it predates it): retrain it to score with frame mode 'frame'"
+            )
+        return self.frames.rank(raw)
+
     def to_state(self) -> dict[str, Any]:
         """Tensors and numbers only, so `torch.load(weights_only=True)` reads it back."""
         return {
@@ -165,6 +180,7 @@ class Calibration:
             "ood_distances": torch.from_numpy(self.ood.sorted_values.copy()),
             "instability_variances": torch.from_numpy(self.instability.sorted_values.copy()),
             "window": self.window,
+            **({} if self.frames is None else {"frame_scores": torch.from_numpy(self.frames.sorted_values.copy())}),
         }
 
     @classmethod
@@ -173,4 +189,5 @@ class Calibration:
             scores=EmpiricalRank(state["scores"].numpy()), quantile=float(state["quantile"]),
             centroid=state["centroid"].numpy(), ood=EmpiricalRank(state["ood_distances"].numpy()),
             instability=EmpiricalRank(state["instability_variances"].numpy()), window=int(state["window"]),
+            frames=EmpiricalRank(state["frame_scores"].numpy()) if "frame_scores" in state else None,
         )

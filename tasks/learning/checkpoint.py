@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from vad.models import ClipModel, make_config, model_class
 from vad.models._inference import for_inference
-from vad.storage import Video, atomic_write
+from vad.storage import ClipStore, Video, atomic_write
 from vad.tasks.learning.calibration import Calibration
 from vad.tasks.learning.model_input import InputSpec
 from vad.tasks.workspace import check_dataset_name
@@ -48,6 +48,7 @@ def source_spec(video: Video) -> dict[str, Any]:
         "frame_size": [int(x) for x in video.frames.shape[1:]],
         "fps": video.attrs.get("fps"),
         "preprocess": video.attrs.get("preprocess"),
+        "original_size": video.attrs.get("original_size"),  # the source's (H, W): archive footage must share its aspect
     }
 
 
@@ -118,6 +119,13 @@ class Checkpoint:
         if video.n_frames < self.input.clip_len:
             raise CheckpointMismatchError(name, video.id, f"it has {video.n_frames} frames, fewer than one clip ({self.input.clip_len})")
 
+    def check_store(self, store: ClipStore) -> None:
+        """`check_video`'s frame size, channels and frame rate for every complete video of `store`,
+        up front: a store the model cannot read is refused in one line before any video is scored."""
+        for video in store.videos():
+            if video.n_frames >= self.input.clip_len:  # a video too short is refused (per video) when scored
+                self.check_video(video)
+
     def to_dict(self) -> dict[str, Any]:
         if self.calibration is None:
             raise CheckpointError(f"{self.path or self.arch}: a checkpoint is saved only once it is calibrated")
@@ -184,27 +192,42 @@ def cached_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def check_pair(small: Checkpoint, large: Checkpoint | None) -> None:
-    """Both models must cut a video into the same clips, since the large one re-scores the small one's clips."""
+    """Both models must read the same stored frames (size, channels, frame rate) and cut a video into
+    the same clips, since the large one re-scores the small one's clips: refused up front, in one line."""
     if large is None:
         return
     a, b = small.input, large.input
+    differ = []
     if (a.clip_len, a.stride) != (b.clip_len, b.stride):
-        raise ParameterError(
-            f"the small and large checkpoints cut clips differently ({a.clip_len} frames every {a.stride} vs "
-            f"{b.clip_len} every {b.stride}); train them with the same --clip-len and --stride"
-        )
+        differ.append(f"they cut clips differently ({a.clip_len} frames every {a.stride} vs {b.clip_len} every {b.stride}; "
+                      "train them with the same --clip-len and --stride)")
+    size_a, size_b = list(small.source["frame_size"]), list(large.source["frame_size"])
+    if size_a != size_b:
+        differ.append(f"they were trained on {_size(size_a)} vs {_size(size_b)} frames")
+    fps_a, fps_b = small.source.get("fps"), large.source.get("fps")
+    if fps_a and fps_b and abs(float(fps_a) - float(fps_b)) > 1e-3:
+        differ.append(f"they were trained at {float(fps_a):g} vs {float(fps_b):g} fps")
+    if differ:
+        names = f"{small.path or small.arch} and {large.path or large.arch}"
+        raise ParameterError(f"the small and large checkpoints do not fit together ({names}): {'; '.join(differ)}")
 
 
 def find_checkpoint(root: str, dataset: str, role: str) -> str:
-    """The one `<role>-*.pt` in `<root>/checkpoints/<dataset>/` (none or several is an error)."""
+    """The one `<role>-*.pt` in `<root>/checkpoints/<dataset>/`; among several, the default
+    architecture's `<role>-<DEFAULT_ARCH[role]>.pt` (what `vad train --model <role>` writes); none, or
+    several without that one, is an error."""
+    from vad.models import DEFAULT_ARCH
+
     folder = Path(root) / "checkpoints" / check_dataset_name(dataset)
     found = sorted(folder.glob(f"{role}-*.pt"))
     if not found:
         raise NotFoundError(f"no {role} checkpoint in {folder}; train one with `vad train --dataset {dataset} --model {role}` or pass --{role} PATH")
-    if len(found) > 1:
+    default = folder / f"{role}-{DEFAULT_ARCH.get(role)}.pt"
+    if len(found) > 1 and default not in found:
         names = ", ".join(p.name for p in found)
-        raise ParameterError(f"several {role} checkpoints in {folder} ({names}); choose one with --{role} PATH")
-    return str(found[0])
+        raise ParameterError(f"several {role} checkpoints in {folder} ({names}) and none is the default {default.name}; "
+                             f"choose one with --{role} PATH")
+    return str(default if len(found) > 1 else found[0])
 
 
 def load_pair(root: str, dataset: str, small_path: str | None = None, large_path: str | None = None) -> tuple[Checkpoint, Checkpoint]:

@@ -1,0 +1,71 @@
+"""The held-out split of the training videos: whole videos held out for validation and calibration
+(clips of one video are nearly copies of each other, so a random clip split would validate on the
+training data); a dataset of a single training video is split in time instead, its last
+`val_fraction` of frames held out.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from vad.storage import Video, clip_windows
+
+from vad.errors import PipelineError
+
+if TYPE_CHECKING:
+    from vad.tasks.learning.train_config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training and held-out clips as (video id, start frame), the videos of each in order, and
+    how many leading frames of each training video the training part holds (all of them, except
+    for a lone video split in time). Held-out clips are at the scoring stride, in stream order:
+    calibration scores them."""
+
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    train_videos: list[str]
+    val_videos: list[str]
+    train_frames: dict[str, int]  # video -> frames [0, n) that are training footage
+
+    def fit_index(self, clip_len: int) -> list[tuple[str, int]]:
+        """Every training frame once, in video order: clips side by side (stride = clip length)."""
+        return [(vid, s) for vid in self.train_videos for s, _ in clip_windows(self.train_frames[vid], clip_len, clip_len)]
+
+
+def split_clips(videos: list[Video], config: TrainConfig) -> Split:
+    """Hold out whole videos (seeded choice), or the tail of a lone video; see the module docstring."""
+    ids = sorted(v.id for v in videos)
+    by_id = {v.id: v for v in videos}
+    t = config.clip_len
+
+    def windows(vid: str, stride: int, lo: int = 0, hi: int | None = None) -> list[tuple[str, int]]:
+        n = (hi if hi is not None else by_id[vid].n_frames) - lo
+        return [(vid, lo + s) for s, _ in clip_windows(n, t, stride)]
+
+    if len(ids) >= 2:
+        rng = random.Random(config.seed)
+        n_val = min(len(ids) - 1, max(1, round(config.val_fraction * len(ids))))
+        val_ids = sorted(rng.sample(ids, n_val))
+        train_ids = [v for v in ids if v not in val_ids]
+        train = [c for v in train_ids for c in windows(v, config.effective_train_stride)]
+        val = [c for v in val_ids for c in windows(v, config.stride)]
+        train_frames = {v: by_id[v].n_frames for v in train_ids}
+    else:
+        vid = ids[0]
+        n = by_id[vid].n_frames
+        cut = int(n * (1 - config.val_fraction))
+        train_ids, val_ids = [vid], [vid]
+        train = windows(vid, config.effective_train_stride, 0, cut)
+        val = windows(vid, config.stride, cut, n)
+        train_frames = {vid: cut}
+    if not train:
+        raise PipelineError(f"no training clip of {t} frames fits in the training videos {train_ids}")
+    if not val:
+        raise PipelineError(
+            f"no held-out clip of {t} frames fits in {val_ids}; add training videos or lower --clip-len"
+        )
+    return Split(train, val, train_ids, val_ids, train_frames)
