@@ -7,18 +7,22 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from vad.flows.ingest import ingest_flow
+from tqdm import tqdm
+from vad.flows.ingest import IngestSummary, ingest_flow
 from vad.flows.score import score_flow
 from vad.flows.train import train_flow
+from vad.storage import ClipStore
 from vad.tasks.evaluation.artifacts import publish_report
+from vad.tasks.evaluation.events import EventSettings
 from vad.tasks.evaluation.metrics import Protocol
-from vad.tasks.evaluation.report import RunRef, build_report
+from vad.tasks.evaluation.report import RunRef, build_report, read_headline
+from vad.tasks.inference.compute import Compute
 from vad.tasks.inference.routing import BatchBudget
-from vad.tasks.inference.scoring import ScoreSettings
+from vad.tasks.inference.scoring import FrameMode, ScoreSettings
 from vad.tasks.learning.checkpoint import find_checkpoint
 from vad.tasks.learning.training import TrainConfig
 from vad.tasks.sources.ingest import Preprocess, parse_size
-from vad.tasks.workspace import default_root
+from vad.tasks.workspace import default_root, store_url
 
 from vad.errors import NotFoundError
 
@@ -31,8 +35,12 @@ class PipelineSummary:
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report_task(root: str, refs: list[RunRef], name: str, protocol: Protocol) -> str:
-    return str(build_report(root, refs, name=name, protocol=protocol))
+def report_task(root: str, refs: list[RunRef], name: str, protocol: Protocol) -> tuple[str, object]:
+    """Build the report, publish it as artifacts; its folder and headline table."""
+    folder = build_report(root, refs, name=name, protocol=protocol)
+    headline = read_headline(folder)
+    publish_report(folder, headline)
+    return str(folder), headline
 
 
 def _has_checkpoint(root: str, dataset: str, role: str) -> bool:
@@ -41,6 +49,41 @@ def _has_checkpoint(root: str, dataset: str, role: str) -> bool:
         return True
     except NotFoundError:
         return False
+
+
+def _say(on: bool, text: str) -> None:
+    """One stage's lines on stdout when the run shows progress (between progress bars, not through them)."""
+    if on:
+        tqdm.write(text)
+
+
+def _store_text(url: str) -> str:
+    """What a clip store holds: videos by split, frames, frame size, channels and frame rate."""
+    videos = list(ClipStore.open(url).videos())
+    train = sum(v.split == "train" for v in videos)
+    sizes = "/".join(sorted({f"{v.frames.shape[1]}x{v.frames.shape[2]}" for v in videos}))
+    channels = "/".join(sorted({"gray" if v.frames.shape[3] == 1 else "RGB" for v in videos}))
+    fps = "/".join(sorted({f"{float(v.attrs.get('fps') or 0):g}" for v in videos}))
+    return (f"store {url}: {len(videos)} videos ({train} train, {len(videos) - train} test), "
+            f"{sum(v.n_frames for v in videos):,} frames at {sizes} {channels}, {fps} fps")
+
+
+def _ingest_text(summary: IngestSummary) -> str:
+    n = len(summary.results) + len(summary.failures)
+    return (f"ingest {summary.dataset}: {n} videos; ingested {summary.ingested}, skipped {summary.skipped} (unchanged), "
+            f"failed {len(summary.failures)}; {summary.frames:,} frames in {summary.seconds:.1f} s")
+
+
+def _reused(root: str, dataset: str, role: str) -> str | None:
+    """The line for the `role` checkpoint a run uses as it is (and why), or None when there is none to use."""
+    try:
+        path = Path(find_checkpoint(root, dataset, role))
+    except NotFoundError:
+        return None
+    n = len(list(path.parent.glob(f"{role}-*.pt")))
+    why = f"the default architecture's, of {n} {role} checkpoints there" if n > 1 else \
+        f"the one {role}-*.pt there; delete it to train again"
+    return f"{role} model: using {path} ({why})"
 
 
 @flow(name="pipeline")
@@ -59,14 +102,19 @@ def pipeline_flow(
     report_name: str = "latest",
     smooth_sigma: float = 0.0,
     minmax: bool = False,
+    min_event_s: float = 0.5,
+    merge_gap_s: float = 1.0,
+    frame_mode: FrameMode = "clip",
+    compute: Compute = Compute(),
     progress: bool = False,
 ) -> PipelineSummary:
     """For each dataset: ingest its source (when given), train the small and large models unless a
     checkpoint is already in `<root>/checkpoints/<dataset>/`, score every clip with both models
     (the run the Pareto sweep simulates budgets from) and at `budget`, then write one report.
-    `smooth_sigma` and `minmax` switch on the non-standard protocol variants (labelled in the report)."""
-    import pandas as pd
-
+    `smooth_sigma` and `minmax` switch on the non-standard protocol variants (labelled in the report);
+    `min_event_s` and `merge_gap_s` say how frame scores become events (`EventSettings`); `frame_mode` and
+    `compute` (device, batch, precision) are those of both score runs. With `progress`, each stage says
+    what it did on stdout."""
     root = root or default_root()
     # every setting is checked before any work
     protocol = Protocol(smooth_sigma=smooth_sigma, minmax=minmax)
@@ -76,26 +124,33 @@ def pipeline_flow(
                           max_minutes=max_minutes)
         for role, arch, epochs in (("small", small_arch, small_epochs), ("large", large_arch, large_epochs))
     }
-    every, routed_settings = ScoreSettings(BatchBudget(1.0)), ScoreSettings(BatchBudget(budget))
+    events = EventSettings(min_event_s, merge_gap_s)
+    every, routed_settings = (ScoreSettings(BatchBudget(b), frame_mode=frame_mode, compute=compute, events=events)
+                              for b in (1.0, budget))
     failures: dict[str, str] = {}
     refs = []
     for i, dataset in enumerate(datasets):
         if sources:
             # frames are stored at the source's size (model input is resized on the fly), gray when asked
             state = ingest_flow(source=sources[i], dataset=dataset, root=root, prep=Preprocess(gray=bool(gray)),
-                                return_state=True)
+                                require_train=not all(_has_checkpoint(root, dataset, r) for r in training), return_state=True)
             summary = state.result(raise_on_failure=False)
             if isinstance(summary, BaseException):
                 raise summary
             failures.update({f"{dataset}/{v}": why for v, why in summary.failures.items()})
+            _say(progress, _ingest_text(summary))
+        _say(progress, _store_text(store_url(root, dataset)))
         for role, config in training.items():
-            if not _has_checkpoint(root, dataset, role):
-                train_flow(dataset=dataset, root=root, config=config, progress=progress)
-        score_flow(dataset=dataset, root=root, run_id=f"{report_name}-all", settings=every, progress=progress)
+            reused = _reused(root, dataset, role)
+            _say(progress, reused or f"{role} model: no {role}-*.pt in {root}/checkpoints/{dataset}/; training {config.arch}")
+            if not reused:
+                _say(progress, train_flow(dataset=dataset, root=root, config=config, progress=progress).summary())
+        _say(progress, f"score {dataset}: every clip with both models (run {report_name}-all, for the cost-quality sweep)")
+        _say(progress, score_flow(dataset=dataset, root=root, run_id=f"{report_name}-all", settings=every, progress=progress).text())
         routed = f"{report_name}-budget-{budget:g}"
-        score_flow(dataset=dataset, root=root, run_id=routed, settings=routed_settings, progress=progress)
+        _say(progress, f"score {dataset}: routed at budget {budget:g} (run {routed})")
+        _say(progress, score_flow(dataset=dataset, root=root, run_id=routed, settings=routed_settings, progress=progress).text())
         refs.append(RunRef(dataset, routed, sweep_run_id=f"{report_name}-all"))
-    folder = report_task(root, refs, report_name, protocol)
-    headline = pd.read_parquet(Path(folder) / "metrics.parquet")
-    publish_report(folder, headline)
+    _say(progress, f"report {report_name}: metrics, cost-quality curve and plots of {len(refs)} dataset(s)")
+    folder, headline = report_task(root, refs, report_name, protocol)
     return PipelineSummary(report=folder, headline=headline, failures=failures)

@@ -64,6 +64,18 @@ class TaskMap(VideoMap):
         return out
 
 
+@task(name="write-run", cache_policy=NO_CACHE)
+def write_run_task(root: str, dataset: str, run_id: str, result: ScoreResult, small: str, large: str,
+                   settings: ScoreSettings, started: datetime) -> ScoreSummary:
+    """The run's tables (clips, frames, events) and run.json, then its summary as Prefect artifacts."""
+    result.seconds["total"] = (datetime.now(timezone.utc) - started).total_seconds()
+    summary = write_run(root, dataset, run_id, result, cached_checkpoint(small), cached_checkpoint(large), settings.budget,
+                        router=settings.router, frame_mode=settings.frame_mode, compute=settings.compute,
+                        events=settings.events)
+    publish_score_run(summary.dataset, summary.run_id, summary.text(), summary.record())
+    return summary
+
+
 @flow(name="score-stages")
 def score_stages_flow(store: str, small: str, large: str, videos: list[str], settings: ScoreSettings,
                       progress: bool = False) -> ScoreResult:
@@ -84,10 +96,11 @@ def score_flow(
     runner: RunnerSpec = RunnerSpec(),
     progress: bool = False,
 ) -> ScoreSummary:
-    """Score `<root>/stores/<dataset>.zarr` (test split) and write `<root>/scores/{clips,frames,runs}/dataset=<dataset>/run=<id>/`.
+    """Score `<root>/stores/<dataset>.zarr` (test split) and write
+    `<root>/scores/{clips,frames,events,runs}/dataset=<dataset>/run=<id>/`.
 
-    `settings`: the budget, router, frame mode and compute (`ScoreSettings`, checked when built; a
-    deployment gives them as nested fields); `runner`: where the per-video tasks run.
+    `settings`: the budget, router, frame mode, compute and events (`ScoreSettings`, checked when
+    built; a deployment gives them as nested fields); `runner`: where the per-video tasks run.
     """
     t0 = datetime.now(timezone.utc)
     root = root or default_root()
@@ -95,8 +108,4 @@ def score_flow(
     url, small_ck, large_ck = score_inputs(root, dataset, run, small, large, settings.compute, here=runner.dask_address is None)
     stages = score_stages_flow.with_options(task_runner=task_runner(runner))
     result = stages(url, small_ck.path, large_ck.path, video_list(url, None, "test"), settings, progress=progress)
-    result.seconds["total"] = (datetime.now(timezone.utc) - t0).total_seconds()
-    summary = write_run(root, dataset, run, result, small_ck, large_ck, settings.budget, router=settings.router,
-                        frame_mode=settings.frame_mode, compute=settings.compute)
-    publish_score_run(summary.dataset, summary.run_id, summary.text(), summary.record())
-    return summary
+    return write_run_task(root, dataset, run, result, small_ck.path, large_ck.path, settings, t0)

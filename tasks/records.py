@@ -110,7 +110,8 @@ def write_run(
     in calibrated units (its calibration quantile; `tasks.evaluation.events`). An earlier run.json of the id goes first and the new one is
     written last, so a run rewritten halfway by a crash is never read as complete."""
     threshold = float(small.calibration.quantile)
-    found, footage = run_events(workspace_store_url(root, dataset), result.frames, result.clips, threshold, events)
+    found, footage = run_events(workspace_store_url(root, dataset), result.frames, result.clips, threshold, events,
+                                fps=small.source.get("fps"))
     with run_lock(root, dataset, run_id, purpose=f"score run {run_id}", timeout=SCORE_RUN_LOCK_WAIT_S):
         delete_manifest(root, dataset, run_id)
         clips_path = write_table(root, "clips", dataset, run_id, result.clips)

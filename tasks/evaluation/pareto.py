@@ -1,10 +1,13 @@
 """The cost-quality sweep: every budget simulated offline from one run that scored every clip with
 both models (a `--budget 1` run), so the sweep costs one large-model pass, not one per budget.
 
-For each setting the router is applied to the stored small-model signals exactly as `vad score`
-would, the final clip score is the stored large-model score where escalated and the small-model
-score elsewhere, and frames get the mean of their covering clips (the default `clip` frame mode).
-The production score flow still runs the large model on escalated clips only.
+For each setting the router (`routing.route`) is applied to the stored small-model signals exactly as
+`vad score` applies it, the final clip score is the stored large-model score where escalated and the
+small-model score elsewhere, and frames are made by the function a real run makes them with
+(`scoring.video_frame_scores`), in the run's frame mode: the replay of a routed run gives the tables
+that run writes (tests/test_replay.py). The frame mode "frame" replays from the per-frame scores a
+run in that mode keeps in its clip table. The production score flow still runs the large model on
+escalated clips only.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 import pandas as pd
 from vad.tasks.evaluation.metrics import Protocol, evaluate
 from vad.tasks.inference.routing import BatchBudget, Budget, Signals, TokenBucket, route
-from vad.tasks.inference.scoring import aggregate_frames
+from vad.tasks.inference.scoring import FrameMode, aggregate_frames, check_frame_mode, video_frame_scores
 
 from vad.errors import ParameterError
 
@@ -44,16 +47,19 @@ def pareto_front(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
 class Simulation:
     """One budget-1 run's tables, ready to replay the router under any budget.
 
-    `frames_for(escalated)` gives the frame table with the score a run escalating exactly those
-    clips would have written (large-model score where escalated, small-model score elsewhere,
-    frames the mean of their covering clips).
+    `frames_for(escalated)` gives the frame table a run escalating exactly those clips would have
+    written (large-model score where escalated, small-model score elsewhere, frames as `frame_mode` makes them).
     """
 
-    def __init__(self, clips: pd.DataFrame, frames: pd.DataFrame, *, clip_len: int) -> None:
+    def __init__(self, clips: pd.DataFrame, frames: pd.DataFrame, *, clip_len: int, frame_mode: FrameMode = "clip") -> None:
         if clips["large_score"].isna().any():
             raise ParameterError(
                 "the sweep needs a run whose clips all have a large-model score; score once with --budget 1"
             )
+        self.frame_mode = check_frame_mode(frame_mode)
+        if frame_mode == "frame" and not {"small_frame_scores", "large_frame_scores"} <= set(clips.columns):
+            raise ParameterError("the sweep in frame mode 'frame' needs a run scored in that mode by this version "
+                                 "(its clips keep their per-frame scores); score again with --budget 1 --frame-mode frame")
         self.clips = clips.sort_values(["video", "clip"], kind="stable").reset_index(drop=True)
         self.frames = frames.sort_values(["video", "frame"], kind="stable").reset_index(drop=True)
         self.clip_len = clip_len
@@ -63,6 +69,10 @@ class Simulation:
         self.large = self.clips["large_score"].to_numpy(float)
         self._starts = self.clips["start_frame"].to_numpy(np.int64)
         self._frame_rows = self.frames.groupby("video", observed=True, sort=False).indices
+        self._clip_rows = {vid: np.flatnonzero(self.videos == vid) for vid in self._frame_rows}
+        self._per_frame = None
+        if frame_mode == "frame":
+            self._per_frame = tuple(np.stack(self.clips[c].to_numpy()) for c in ("small_frame_scores", "large_frame_scores"))
 
     def escalated(self, budget: Budget | None, *, everything: bool = False, signals: Sequence[str] | None = None) -> np.ndarray:
         """The clips the router escalates under `budget` (None: none, or all with `everything`),
@@ -78,26 +88,41 @@ class Simulation:
         return route(sig, self.videos, budget).escalated
 
     def frames_for(self, escalated: np.ndarray) -> pd.DataFrame:
-        return self.frames_from(np.where(escalated, self.large, self.small))
+        """The frame table of a run that escalated exactly these clips (score, small_score, escalated)."""
+        escalated = np.asarray(escalated, bool)
+        final = np.where(escalated, self.large, self.small)
+        columns = {k: np.empty(len(self.frames), dtype=bool if k == "escalated" else float) for k in ("small_score", "score", "escalated")}
+        for vid, idx in self._frame_rows.items():
+            rows = self._clip_rows[vid]
+            per_frame: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+            if self._per_frame is not None:
+                small_f, large_f = (a[rows] for a in self._per_frame)
+                per_frame = (small_f, np.where(escalated[rows, None], large_f, small_f))
+            made = video_frame_scores(len(idx), self._starts[rows], self.clip_len, escalated[rows], self.small[rows],
+                                      final[rows], *per_frame)
+            for k, v in made.items():
+                columns[k][idx] = v
+        return self.frames.assign(**columns)
 
     def frames_from(self, final: np.ndarray) -> pd.DataFrame:
-        """The frame table scored by one value per clip (clips in video, clip order)."""
+        """The frame table scored by one value per clip (clips in video, clip order; frame mode "clip")."""
         out = np.empty(len(self.frames))
         for vid, idx in self._frame_rows.items():
-            rows = np.flatnonzero(self.videos == vid)
+            rows = self._clip_rows[vid]
             out[idx] = aggregate_frames(len(idx), self._starts[rows], self.clip_len, final[rows])
         return self.frames.assign(score=out)
 
 
 def sweep(
     clips: pd.DataFrame, frames: pd.DataFrame, *, clip_len: int, budgets: Sequence[float] = DEFAULT_BUDGETS,
-    buckets: Sequence[tuple[float, float]] = (), protocol: Protocol = Protocol(),
+    buckets: Sequence[tuple[float, float]] = (), protocol: Protocol = Protocol(), frame_mode: FrameMode = "clip",
 ) -> pd.DataFrame:
     """Micro AUC/EER/AP against escalation for each budget and bucket, plus both single-model baselines.
 
-    `clips` and `frames` are one run's tables; every clip must carry a large-model score.
+    `clips` and `frames` are one run's tables; every clip must carry a large-model score;
+    `frame_mode` is the run's (its run.json's `frame_mode`).
     """
-    sim = Simulation(clips, frames, clip_len=clip_len)
+    sim = Simulation(clips, frames, clip_len=clip_len, frame_mode=frame_mode)
     settings: list[tuple[str, str, Budget | None]] = [("small only", "-", None), ("large only", "-", None)]
     settings += [("batch", f"{b:g}", BatchBudget(float(b))) for b in budgets]
     settings += [("token bucket", f"{c:g},{r:g}", TokenBucket(float(c), float(r))) for c, r in buckets]
