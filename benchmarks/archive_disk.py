@@ -31,14 +31,16 @@ from vad.tasks.sources.datasets import VideoSource
 from vad.tasks.sources.ffmpeg_io import ffmpeg_exe
 from vad.tasks.sources.ingest import Preprocess, ingest_video
 
-from benchmarks.throughput import (
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `python benchmarks/archive_disk.py` puts benchmarks/, not the repository, on the path
+
+from benchmarks.throughput import (  # noqa: E402
     SYNTH_FPS,
     synthetic_piece,
     synthetic_source,
     untrained,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 MB = 1 << 20
 
 

@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -37,6 +39,28 @@ app = typer.Typer(
     help="Video anomaly detection with cost-aware model routing.",
 )
 
+
+
+def _print_version(value: bool) -> None:
+    """`vad --version`: the installed package's version, before any command (and Prefect) starts."""
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"vad {version('video-anomaly-router')}")
+        except PackageNotFoundError:
+            typer.echo("vad (not installed: run `pip install -e .`)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _app(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Video anomaly detection with cost-aware model routing."""
+
+
 RunnerOpt = Annotated[str, typer.Option("--runner", help="Task runner: threads (in this process) or dask (a local Dask cluster).")]
 DaskOpt = Annotated[Optional[str], typer.Option("--dask-address", help="Run the tasks on this Dask scheduler (tcp://HOST:8786); its workers need PREFECT_API_URL.")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Threads (threads runner; default: the cores) or worker processes (local Dask; default 2).")]
@@ -48,6 +72,8 @@ OodOpt = Annotated[float, typer.Option("--ood-quantile", help="A clip is out of 
 UnstableOpt = Annotated[float, typer.Option("--instability-quantile", help="A clip is unstable above this quantile of normal score variances.")]
 SignalsOpt = Annotated[Optional[str], typer.Option("--signals", metavar="NAMES", help="Signals that may escalate, comma-separated: gray_zone, ood, unstable, scene_cut (default: all).")]
 FrameModeOpt = Annotated[str, typer.Option("--frame-mode", help="Frame scores from covering clips' scores (clip) or their per-frame errors (frame).")]
+MinEventOpt = Annotated[float, typer.Option("--min-event-s", help="Events (frames above the threshold) shorter than this many seconds are dropped.")]
+MergeGapOpt = Annotated[float, typer.Option("--merge-gap-s", help="Events at most this many seconds apart are merged into one.")]
 DeviceOpt = Annotated[str, typer.Option(help="Compute device: auto (CUDA when present), cpu, cuda or cuda:N.")]
 BatchOpt = Annotated[Optional[int], typer.Option(help="Clips per batch (default: 8 on a CPU, measured on CUDA).")]
 PrecisionOpt = Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 on a CPU), float32 or bfloat16.")]
@@ -86,8 +112,9 @@ def _root(root: str | None) -> str:
 
 
 def _run_ingest(source: str, dataset: str, root: str, *, format: str, size: str | None, gray: bool, fps: float | None,
-                force: bool, runner: object) -> int:
+                force: bool, runner: tuple[str, str | None, int | None]) -> int:
     """Run the ingest flow, print its summary; 0 when every video went in, 1 when some failed."""
+    from vad.tasks.sources.datasets import survey
     from vad.tasks.sources.datasets._base import require_dir
     from vad.tasks.sources.ingest import Preprocess, parse_size
     from vad.tasks.workspace import check_dataset_name
@@ -96,24 +123,27 @@ def _run_ingest(source: str, dataset: str, root: str, *, format: str, size: str 
     check_dataset_name(dataset)
     require_dir(Path(source).expanduser(), "dataset folder")
     prep = Preprocess(size=parse_size(size) if size else None, gray=gray, fps=fps)
+    survey(source, format)  # the layout (and the format's name), as the flow lists it first
+    spec = _runner(*runner)
     _prefect_defaults(root)
     from vad.flows.ingest import ingest_flow
 
     with _interruptible("interrupted; the videos already ingested are kept: run the same command to go on"):
         state = ingest_flow(source=source, dataset=dataset, root=root, format=format, prep=prep, force=force,  # type: ignore[arg-type]
-                            runner=runner, return_state=True)  # type: ignore[arg-type]
+                            runner=spec, return_state=True)  # type: ignore[arg-type]
     summary = state.result(raise_on_failure=False)
     if isinstance(summary, BaseException):
         raise summary
     n = len(summary.results) + len(summary.failures)
     typer.echo(
-        f"ingest {dataset}: {n} videos; ingested {len(summary.results) - summary.skipped}, "
+        f"ingest {dataset}: {n} videos; ingested {summary.ingested}, "
+        + (f"updated {summary.updated} (labels or split), " if summary.updated else "") +
         f"skipped {summary.skipped} (unchanged), failed {len(summary.failures)}; "
         f"{summary.frames:,} frames in {summary.seconds:.1f} s ({summary.frames / max(summary.seconds, 1e-9):,.0f} frames/s)"
     )
     if summary.results:  # an ingest that ingested nothing leaves no store (flows/ingest.py)
         typer.echo(f"store: {summary.store}")
-    for line in summary.warnings:  # ids that had to change (tasks/sources/datasets/_base.py, unique_ids)
+    for line in summary.warnings:  # ids that had to change (datasets/_base.py, unique_ids), label or split updates
         typer.echo(f"warning: {line}", err=True)
     for video, reason in summary.failures.items():
         typer.echo(f"FAILED {video}: {reason}", err=True)
@@ -128,8 +158,9 @@ def _runner(runner: str, dask_address: str | None, workers: int | None):  # noqa
 
 def _score_settings(budget: float | None, bucket: str | None, margin: float, ood_quantile: float,
                     instability_quantile: float, signals: str | None, frame_mode: str, device: str, batch: int | None,
-                    precision: str, compile: bool):  # noqa: ANN202
+                    precision: str, compile: bool, min_event_s: float = 0.5, merge_gap_s: float = 1.0):  # noqa: ANN202
     """The `ScoreSettings` of `vad score` and `vad backfill` from their options (checked as built)."""
+    from vad.tasks.evaluation.events import EventSettings
     from vad.tasks.inference.compute import Compute
     from vad.tasks.inference.routing import parse_budget, router_config
     from vad.tasks.inference.scoring import ScoreSettings
@@ -137,6 +168,7 @@ def _score_settings(budget: float | None, bucket: str | None, margin: float, ood
     return ScoreSettings(
         budget=parse_budget(budget, bucket), router=router_config(margin, ood_quantile, instability_quantile, signals),
         frame_mode=frame_mode, compute=Compute(device=device, batch=batch, precision=precision, compile=compile),  # type: ignore[arg-type]
+        events=EventSettings(min_event_s, merge_gap_s),
     )
 
 
@@ -144,33 +176,82 @@ class Interrupted(Exception):
     """The user pressed Ctrl-C (or the process got SIGINT/SIGTERM) during a run."""
 
 
+# After an interrupt, the most seconds Prefect may take to record it and stop its temporary server.
+# A SIGTERM sent to the whole process group (`timeout`, systemd, `docker stop`) stops that server
+# too, and Prefect's client then retries it for over a minute before raising an httpx error.
+_GRACE_S = 5.0
+_said = threading.Lock()
+_owns_process = False  # True in the console script (`main()` reading sys.argv): it may end the process
+
+
+def _say_interrupted(message: str) -> None:
+    """Print the interrupt's one line, once (from `main` or from the watchdog, whichever is first)."""
+    if _said.acquire(blocking=False):
+        sys.stdout.flush()
+        typer.echo(message, err=True)
+        sys.stderr.flush()
+
+
+def _watchdog(message: str) -> None:
+    """End the process `_GRACE_S` after an interrupt if it is still there: the line, then the
+    processes it started (Prefect's temporary server), then an exit that runs no more clean-up."""
+    time.sleep(_GRACE_S)
+    _say_interrupted(message)
+    with contextlib.suppress(Exception):
+        import psutil  # a dependency of dask[distributed]
+
+        for child in psutil.Process().children(recursive=True):
+            child.terminate()
+    os._exit(130)
+
+
 @contextlib.contextmanager
 def _interruptible(on_interrupt: str):
     """Run a flow for the CLI: Prefect's own run logs are silenced (the CLI prints the outcome, and
     an expected error becomes one `error:` line in `main`), and Ctrl-C or SIGTERM becomes one line
-    and exit code 130.
+    and exit code 130, within `_GRACE_S` seconds.
 
     Prefect turns an interrupt into a crashed run and then may fail to report it once its temporary
-    server has stopped too; the flag set here says that whatever comes out is the interrupt.
+    server has stopped too; the flag set here says that whatever comes out is the interrupt. During
+    a flow Prefect installs its own SIGTERM handler, so the signal is also watched through
+    `signal.set_wakeup_fd`, which every Python-level handler writes to.
     """
-    interrupted = False
+    interrupted = threading.Event()
     # Prefect stays quiet afterwards too: its temporary server logs its shutdown at exit.
     prefect_logger = logging.getLogger("prefect")
 
+    def tripped() -> None:
+        if not interrupted.is_set():
+            interrupted.set()
+            if _owns_process:
+                threading.Thread(target=_watchdog, args=(on_interrupt,), daemon=True).start()
+
     def handler(signum, frame):  # noqa: ANN001
-        nonlocal interrupted
-        interrupted = True
+        tripped()
         raise KeyboardInterrupt
 
+    def watch(fd: int) -> None:
+        with contextlib.suppress(OSError):
+            while data := os.read(fd, 64):
+                if {signal.SIGINT, signal.SIGTERM} & set(data):
+                    tripped()
+        os.close(fd)
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)  # signal handlers run in the main thread
+    threading.Thread(target=watch, args=(read_fd,), daemon=True).start()
     prefect_logger.setLevel(logging.CRITICAL + 1)
     try:
         yield
     except BaseException:
-        if interrupted:
+        if interrupted.is_set():
             raise Interrupted(on_interrupt) from None
         raise
     finally:
+        signal.set_wakeup_fd(previous_fd)
+        os.close(write_fd)  # the watching thread reads the end of the pipe and closes its end
         for sig, old in previous.items():
             signal.signal(sig, old)
 
@@ -191,7 +272,7 @@ def ingest(
 ) -> None:
     """Decode a dataset's videos into its Zarr clip store (unchanged videos are skipped)."""
     raise typer.Exit(_run_ingest(source, dataset, _root(root), format=format, size=size, gray=gray, fps=fps, force=force,
-                                 runner=_runner(runner, dask_address, workers)))
+                                 runner=(runner, dask_address, workers)))  # checked after the cheap checks (it imports torch)
 
 
 @app.command(cls=_Command)
@@ -224,7 +305,7 @@ def train(
     from vad.models import DEFAULT_ARCH
     from vad.storage import ClipStore
     from vad.tasks.learning.training import TrainConfig, check_target, parse_model_options
-    from vad.tasks.sources.ingest import parse_size
+    from vad.tasks.sources.ingest import parse_size, require_training_footage
     from vad.tasks.workspace import checkpoint_path, store_url
 
     base = _root(root)
@@ -239,7 +320,11 @@ def train(
         model=parse_model_options(set_, arch or DEFAULT_ARCH.get(model, DEFAULT_ARCH["small"])),
     )
     target = out or checkpoint_path(base, dataset, model, str(config.arch))
-    ClipStore.open(store_url(base, dataset))
+    url = store_url(base, dataset)
+    ClipStore.open(url)
+    require_training_footage([], url, store_url=url)  # a store of test footage only: one line, not a crash later
+    if distill and not Path(distill).expanduser().is_file():  # its kind and size are checked as training starts
+        raise ParameterError(f"distillation teacher {distill} does not exist")
     check_target(target, overwrite=force)
     _prefect_defaults(base)
     from vad.flows.train import train_flow
@@ -262,6 +347,8 @@ def score(
     instability_quantile: UnstableOpt = 0.99,
     signals: SignalsOpt = None,
     frame_mode: FrameModeOpt = "clip",
+    min_event_s: MinEventOpt = 0.5,
+    merge_gap_s: MergeGapOpt = 1.0,
     device: DeviceOpt = "auto",
     batch: BatchOpt = None,
     precision: PrecisionOpt = "auto",
@@ -278,11 +365,14 @@ def score(
     # Fail in a second, before Prefect's server starts: settings are checked as they are built, and
     # the store and checkpoints are read by the same function the flow starts with.
     settings = _score_settings(budget, bucket, margin, ood_quantile, instability_quantile, signals, frame_mode, device,
-                               batch, precision, compile)
+                               batch, precision, compile, min_event_s, merge_gap_s)
     spec = _runner(runner, dask_address, workers)
     _prefect_defaults(base)  # before anything imports Prefect, whose logging reads them at import
-    score_inputs(base, dataset, run_id or "now", small, large, settings.compute, here=spec.dask_address is None)
+    _, small_ck, large_ck = score_inputs(base, dataset, run_id or "now", small, large, settings.compute,
+                                         here=spec.dask_address is None)
     typer.echo(f"scoring {dataset} with {settings.budget.describe()}")
+    for role, given, ck in (("small", small, small_ck), ("large", large, large_ck)):
+        typer.echo(f"{role} model: {ck.path}" + ("" if given else _found_because(ck.path, role)))
     from vad.flows.score import score_flow
 
     with _interruptible("interrupted; no table of this run was left half-written: run the command again"):
@@ -309,6 +399,8 @@ def backfill(
     instability_quantile: UnstableOpt = 0.99,
     signals: SignalsOpt = None,
     frame_mode: FrameModeOpt = "clip",
+    min_event_s: MinEventOpt = 0.5,
+    merge_gap_s: MergeGapOpt = 1.0,
     device: DeviceOpt = "auto",
     batch: BatchOpt = None,
     precision: PrecisionOpt = "auto",
@@ -330,7 +422,7 @@ def backfill(
     first, last = (_parse_date(v, name) for v, name in ((since, "--since"), (until, "--until")))
     settings = BackfillSettings(
         scoring=_score_settings(budget, bucket, margin, ood_quantile, instability_quantile, signals, frame_mode, device,
-                                batch, precision, compile),
+                                batch, precision, compile, min_event_s, merge_gap_s),
         date_from=date_from, batch_size=batch_size, rescore=rescore, keep_frames=keep_frames,  # type: ignore[arg-type]
     )
     spec = _runner(runner, dask_address, workers)
@@ -340,10 +432,21 @@ def backfill(
     from vad.flows.backfill import backfill_flow
 
     with _interruptible("interrupted; videos already scored are kept: run the same command to go on"):
-        summary = backfill_flow(archive=archive, dataset=dataset, since=first, until=last, lookback_days=lookback_days,
-                                root=base, small=small, large=large, run_id=run_id, settings=settings, runner=spec)
+        state = backfill_flow(archive=archive, dataset=dataset, since=first, until=last, lookback_days=lookback_days,
+                              root=base, small=small, large=large, run_id=run_id, settings=settings, runner=spec,
+                              return_state=True)
+    summary = state.result(raise_on_failure=False)  # Failed, with the summary, when every video failed
+    if isinstance(summary, BaseException):
+        raise summary
     typer.echo(summary.text())
     raise typer.Exit(1 if summary.failures else 0)
+
+
+def _found_because(path: str | None, role: str) -> str:
+    """Why the lookup chose `path` (`find_checkpoint`): the only one of its role, or the default
+    architecture's among several."""
+    n = len(list(Path(str(path)).parent.glob(f"{role}-*.pt")))
+    return f" (the default architecture's, of {n} {role} checkpoints there; --{role} PATH for another)" if n > 1 else ""
 
 
 def _parse_date(text: str | None, option: str):  # noqa: ANN202
@@ -378,6 +481,67 @@ def synth(
     typer.echo(f"synthetic dataset: {len(videos)} videos ({train} train, {test} test) of {frames} frames at {size} in {out}")
 
 
+def _check_run_data(base: str, datasets: list[str], sources: list[str]) -> dict[str, list | None]:
+    """`vad run`'s data, checked first (it needs no torch, so the commonest mistakes are refused in
+    about a second): each source's layout, else each store. The videos each source lists (None: a store)."""
+    from vad.storage import ClipStore
+    from vad.tasks.sources.datasets import survey
+    from vad.tasks.workspace import store_url
+
+    if sources and len(sources) != len(datasets):
+        raise ParameterError(f"give one --source per --dataset ({len(sources)} sources, {len(datasets)} datasets)")
+    listed: dict[str, list | None] = {}
+    for i, name in enumerate(datasets):
+        if sources:
+            listed[name] = survey(sources[i]).videos
+        else:
+            ClipStore.open(store_url(base, name))  # none: one line naming it, and `vad ingest`
+            listed[name] = None
+    return listed
+
+
+def _check_run(base: str, listed: dict[str, list | None], sources: list[str], *, report: str, frame_mode: str,
+               device: str, batch: int | None, precision: str, compile: bool,
+               training: dict[str, tuple[str | None, int]], size: str | None, gray: bool | None,
+               max_minutes: float | None):  # noqa: ANN202
+    """The rest of what `vad run` can check before Prefect starts: the scoring and training settings,
+    the checkpoints each dataset would use (one per role, or the default architecture's among
+    several), that a found pair reads the store, and training footage where a model is to be
+    trained. The checked `Compute`."""
+    from vad.storage import ClipStore, check_run_id
+    from vad.tasks.inference.compute import Compute, pick_device
+    from vad.tasks.inference.scoring import check_frame_mode
+    from vad.tasks.learning.checkpoint import cached_checkpoint, check_pair, find_checkpoint
+    from vad.tasks.learning.training import TrainConfig
+    from vad.tasks.sources.ingest import parse_size, require_training_footage
+    from vad.tasks.workspace import store_url
+
+    from vad.errors import NotFoundError
+
+    check_run_id(f"{report}-all")
+    check_frame_mode(frame_mode)
+    compute = Compute(device=device, batch=batch, precision=precision, compile=compile)  # type: ignore[arg-type]
+    pick_device(device)
+    channels = None if gray is None else (1 if gray else 3)
+    for role, (arch, epochs) in training.items():
+        TrainConfig(role=role, arch=arch, epochs=epochs, size=parse_size(size) if size else None, channels=channels,  # type: ignore[arg-type]
+                    max_minutes=max_minutes)
+    for i, (name, videos) in enumerate(listed.items()):
+        url, found = store_url(base, name), {}
+        for role in ("small", "large"):
+            with contextlib.suppress(NotFoundError):
+                found[role] = find_checkpoint(base, name, role)  # several without the default: one line here
+        if len(found) < 2:
+            require_training_footage(videos or [], sources[i] if sources else url, store_url=url)
+        elif videos is None:  # the store as it is: the pair must read it
+            small, large = cached_checkpoint(found["small"]), cached_checkpoint(found["large"])
+            check_pair(small, large)
+            store = ClipStore.open(url)
+            for ck in (small, large):
+                ck.check_store(store)
+    return compute
+
+
 def _print_pipeline(summary) -> None:  # noqa: ANN001
     cols = ["dataset", "run", "scores", "micro_auc", "micro_eer", "micro_ap", "macro_auc"]
     typer.echo(f"report: {summary.report}/report.html (and report.md)")
@@ -402,25 +566,35 @@ def run(
     report: Annotated[str, typer.Option(help="Report name: <root>/reports/<name>/; also prefixes the run ids.")] = "latest",
     smooth: Annotated[float, typer.Option(help="NON-STANDARD: temporal Gaussian smoothing of scores (sigma in frames); labelled in the report.")] = 0.0,
     minmax: Annotated[bool, typer.Option("--minmax", help="NON-STANDARD: per-video min-max normalisation; labelled in the report.")] = False,
+    min_event_s: MinEventOpt = 0.5,
+    merge_gap_s: MergeGapOpt = 1.0,
+    frame_mode: FrameModeOpt = "clip",
+    device: DeviceOpt = "auto",
+    batch: BatchOpt = None,
+    precision: PrecisionOpt = "auto",
+    compile: CompileOpt = False,
     root: RootOpt = None,
 ) -> None:
     """Ingest (with --source), train (unless checkpoints exist), score and report, for each dataset."""
-    from vad.tasks.inference.routing import BatchBudget
-    from vad.tasks.sources.datasets._base import require_dir
     from vad.tasks.workspace import check_dataset_name
 
     base = _root(root)
     for name in dataset:
         check_dataset_name(name)
-    if source:
-        if len(source) != len(dataset):
-            raise ParameterError(f"give one --source per --dataset ({len(source)} sources, {len(dataset)} datasets)")
-        for folder in source:
-            require_dir(Path(folder).expanduser(), "dataset folder")
+    listed = _check_run_data(base, list(dataset), list(source or []))
+    from vad.tasks.inference.routing import BatchBudget  # imports torch: after the data
+
     BatchBudget(budget)
     from vad.tasks.evaluation.metrics import Protocol
 
     Protocol(smooth_sigma=smooth)
+    from vad.tasks.evaluation.events import EventSettings
+
+    EventSettings(min_event_s, merge_gap_s)
+    compute = _check_run(base, listed, list(source or []), report=report, frame_mode=frame_mode, device=device,
+                         batch=batch, precision=precision, compile=compile,
+                         training={"small": (small_arch, small_epochs), "large": (large_arch, large_epochs)},
+                         size=size, gray=gray, max_minutes=max_minutes)
     _prefect_defaults(base)
     from vad.flows.pipeline import pipeline_flow
 
@@ -429,7 +603,7 @@ def run(
             datasets=list(dataset), sources=list(source) if source else None, root=base, budget=budget,
             small_arch=small_arch, large_arch=large_arch, size=size, gray=gray, small_epochs=small_epochs,
             large_epochs=large_epochs, max_minutes=max_minutes, report_name=report, smooth_sigma=smooth, minmax=minmax,
-            progress=True,
+            min_event_s=min_event_s, merge_gap_s=merge_gap_s, frame_mode=frame_mode, compute=compute, progress=True,  # type: ignore[arg-type]
         )
     _print_pipeline(summary)
 
@@ -484,6 +658,8 @@ def _usage_line(exc: Exception, args: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: a user's mistake (a usage error, an expected pipeline error) prints one
     line and exits 2, never a traceback; Ctrl-C prints one line and exits 130."""
+    global _owns_process
+    _owns_process = argv is None
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         if not args:  # the commands and what they do; exit 2 as click's newer releases do
@@ -497,7 +673,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Interrupted as exc:
-        typer.echo(str(exc), err=True)
+        _say_interrupted(str(exc))
         sys.exit(130)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)

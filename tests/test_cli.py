@@ -108,3 +108,12 @@ def test_an_ingest_whose_only_video_fails_leaves_no_store_and_prints_only_the_fa
     assert "ingested 0, skipped 0 (unchanged), failed 1" in proc.stdout
     assert "store:" not in proc.stdout
     assert not (tmp_path / "ws" / "stores" / "one.zarr").exists()
+
+
+def test_version_prints_the_installed_package_version_and_starts_nothing(tmp_path, monkeypatch, vad_main):
+    from importlib.metadata import version
+
+    monkeypatch.setenv("VAD_ROOT", str(tmp_path / "ws"))
+    code, out, err = vad_main("--version")
+    assert (code, out, err) == (0, f"vad {version('video-anomaly-router')}\n", "")
+    assert not (tmp_path / "ws").exists()
