@@ -14,7 +14,7 @@ from vad.flows.train import train_flow
 from vad.storage import ClipStore
 from vad.tasks.evaluation.artifacts import publish_report
 from vad.tasks.evaluation.events import EventSettings
-from vad.tasks.evaluation.metrics import Protocol
+from vad.tasks.evaluation.metrics import Protocol, store_has_labels
 from vad.tasks.evaluation.report import RunRef, build_report, read_headline
 from vad.tasks.inference.compute import Compute
 from vad.tasks.inference.routing import BatchBudget
@@ -145,12 +145,16 @@ def pipeline_flow(
             _say(progress, reused or f"{role} model: no {role}-*.pt in {root}/checkpoints/{dataset}/; training {config.arch}")
             if not reused:
                 _say(progress, train_flow(dataset=dataset, root=root, config=config, progress=progress).summary())
-        _say(progress, f"score {dataset}: every clip with both models (run {report_name}-all, for the cost-quality sweep)")
-        _say(progress, score_flow(dataset=dataset, root=root, run_id=f"{report_name}-all", settings=every, progress=progress).text())
+        sweep = f"{report_name}-all" if store_has_labels(store_url(root, dataset)) else None
+        if sweep:
+            _say(progress, f"score {dataset}: every clip with both models (run {sweep}, for the cost-quality sweep)")
+            _say(progress, score_flow(dataset=dataset, root=root, run_id=sweep, settings=every, progress=progress).text())
+        else:
+            _say(progress, f"score {dataset}: no labelled test footage, so no cost-quality sweep (it ranks budgets by labels)")
         routed = f"{report_name}-budget-{budget:g}"
         _say(progress, f"score {dataset}: routed at budget {budget:g} (run {routed})")
         _say(progress, score_flow(dataset=dataset, root=root, run_id=routed, settings=routed_settings, progress=progress).text())
-        refs.append(RunRef(dataset, routed, sweep_run_id=f"{report_name}-all"))
+        refs.append(RunRef(dataset, routed, sweep_run_id=sweep))
     _say(progress, f"report {report_name}: metrics, cost-quality curve and plots of {len(refs)} dataset(s)")
     folder, headline = report_task(root, refs, report_name, protocol)
     return PipelineSummary(report=folder, headline=headline, failures=failures)

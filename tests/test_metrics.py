@@ -68,3 +68,21 @@ def test_non_standard_protocols_are_labelled_and_change_the_scores():
         Protocol(smooth_sigma=-1)
     with pytest.raises(ParameterError, match="label"):
         evaluate(frames.drop(columns="label"))
+
+
+@pytest.mark.parametrize(("labels", "expected"), [
+    ([[-1] * 8, [-1] * 8], False),  # a camera's footage: nothing labelled
+    ([[0] * 8, [-1] * 8], False),  # labelled, but one class only: no AUC to rank budgets by
+    ([[0] * 8, [-1] * 4 + [1] * 4], True),  # both classes, across videos
+])
+def test_store_has_labels_needs_both_classes_in_the_test_split(tmp_path, labels, expected) -> None:
+    from vad.storage import ClipStore
+    from vad.tasks.evaluation.metrics import store_has_labels
+
+    store = ClipStore.create(str(tmp_path / "s.zarr"), dataset="s")
+    for i, video_labels in enumerate(labels + [[1] * 8]):  # the last video is a training one: never counted
+        split = "train" if i == len(labels) else "test"
+        writer = store.begin_video(f"v{i}", height=4, width=4, channels=1, chunk_frames=4, attrs={"split": split})
+        writer.append(np.zeros((8, 4, 4, 1), np.uint8), np.zeros(8, bool))
+        writer.finish(np.array(video_labels, np.int8), {"split": split})
+    assert store_has_labels(str(tmp_path / "s.zarr")) is expected

@@ -122,3 +122,17 @@ def evaluate(frames: pd.DataFrame, column: str = "score", protocol: Protocol = P
         **{f"micro_{k}": v for k, v in micro.items()}, **{f"macro_{k}": v for k, v in macro.items()},
     }
     return summary, per_video
+
+
+def store_has_labels(store_url: str) -> bool:
+    """Whether the store's test videos have labelled frames of both classes: what frame metrics, and the
+    cost-quality sweep that ranks budgets by them, need."""
+    from vad.storage import ClipStore
+
+    seen: set[int] = set()
+    for video in ClipStore.open(store_url).videos(split="test"):
+        seen.update(int(v) for v in np.unique(video.labels) if v >= 0)
+        if {0, 1} <= seen:
+            return True
+    return False
+
