@@ -543,10 +543,20 @@ def _check_run(base: str, listed: dict[str, list | None], sources: list[str], *,
 
 
 def _print_pipeline(summary) -> None:  # noqa: ANN001
+    import pandas as pd
+
     cols = ["dataset", "run", "scores", "micro_auc", "micro_eer", "micro_ap", "macro_auc"]
     typer.echo(f"report: {summary.report}/report.html (and report.md)")
-    typer.echo(f"protocol: {summary.headline.protocol.iloc[0]}")
-    typer.echo(summary.headline[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    alarms = pd.read_parquet(Path(summary.report) / "alarms.parquet")
+    for row in alarms.itertuples():
+        typer.echo(f"{row.dataset} {row.run}: {row.events} events in {row.footage_h:.2f} h of footage "
+                   f"({row.events_per_hour:.1f} alarms per hour at the threshold {row.threshold:.2f}); "
+                   f"{row.labelled_videos} of {row.videos} videos labelled")
+    if len(summary.headline):
+        typer.echo(f"protocol: {summary.headline.protocol.iloc[0]}")
+        typer.echo(summary.headline[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    else:
+        typer.echo("no labelled test footage: no AUC, EER or AP (the report shows timelines and events)")
     for where, why in summary.failures.items():
         typer.echo(f"FAILED {where}: {why}", err=True)
 
@@ -621,10 +631,10 @@ def demo(root: RootOpt = None) -> None:
     _prefect_defaults(base)
     from vad.flows.pipeline import pipeline_flow
 
-    typer.echo("ingest (gray), fit the small (motion_patch) and large (objects) models, score, report")
+    typer.echo("ingest, fit the small (motion_patch) and large (objects) models, score, route 20% of clips, find events, report")
     with _interruptible("interrupted; run `vad demo` again: finished stages are reused"):
         summary = pipeline_flow(
-            datasets=["synthetic"], sources=[str(data)], root=base, budget=0.2, gray=True, report_name="demo",
+            datasets=["synthetic"], sources=[str(data)], root=base, budget=0.2, report_name="demo",
             progress=True,
         )
     _print_pipeline(summary)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +56,48 @@ class ClipConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+def to_frames(seconds: float, fps: float, *, minimum: int = 0) -> int:
+    """A duration in seconds as a whole number of frames at `fps`, rounded half up, at least `minimum`."""
+    return max(minimum, math.floor(seconds * fps + 0.5))
+
+
+def to_pixels(fraction: float, size: int, *, minimum: int = 1) -> int:
+    """A size relative to a frame side (e.g. its height) in whole pixels, rounded half up, at least `minimum`."""
+    return max(minimum, math.floor(fraction * size + 0.5))
+
+
+class Reservoir:
+    """A seeded uniform sample of at most `cap` rows of a stream (Vitter's algorithm R), for fits that
+    must not hold all of it: the first `cap` rows in stream order, then row i takes a random slot with
+    probability cap / (i + 1). Rows are numpy arrays by name, sharing their first axis."""
+
+    def __init__(self, cap: int, *, seed: int) -> None:
+        self.cap, self.seen, self._filled = cap, 0, 0
+        self._rng = np.random.default_rng(seed)
+        self._data: dict[str, np.ndarray] = {}
+
+    def add(self, **rows: np.ndarray) -> None:
+        m = len(next(iter(rows.values())))
+        if not self._data:
+            self._data = {k: np.empty((self.cap, *v.shape[1:]), v.dtype) for k, v in rows.items()}
+        take = min(m, self.cap - self._filled)
+        for k, v in rows.items():
+            self._data[k][self._filled : self._filled + take] = v[:take]
+        self._filled += take
+        if m > take:
+            slot = self._rng.integers(0, self.seen + np.arange(take, m) + 1)  # for rows take..m-1
+            hit = np.flatnonzero(slot < self.cap)[::-1]
+            _, last = np.unique(slot[hit], return_index=True)  # a slot drawn twice keeps the later row
+            hit = hit[last]
+            for k, v in rows.items():
+                self._data[k][slot[hit]] = v[take:][hit]
+        self.seen += m
+
+    def rows(self) -> dict[str, np.ndarray]:
+        """The sample, by name: min(cap, rows seen) rows each."""
+        return {k: v[: self._filled] for k, v in self._data.items()}
+
+
 def check_divisible(config: ClipConfig, strides: tuple[tuple[int, int, int], ...], arch: str) -> None:
     """The decoder mirrors the encoder's strides exactly, so T, H, W must divide by their products."""
     for axis, name in enumerate(("clip_len", "height", "width")):
@@ -96,6 +139,11 @@ class ClipModel(nn.Module):
     fitted: ClassVar[bool] = False
     # True: reads frames at the size they are stored (the default input size is the store's)
     native_size: ClassVar[bool] = False
+    # True: reads luma only (in_channels=1); training defaults its input to gray on a colour store, the
+    # conversion being `tasks/learning/model_input.py`'s `prepare_clips` (ITU-R BT.601 weights)
+    gray_only: ClassVar[bool] = False
+    # True for a model whose scoring runs on the CPU whatever the device (OpenCV): it takes no GPU turn
+    cpu_bound: ClassVar[bool] = False
     # buffers whose size the fit decides (a bank of normal features): loading resizes them first
     resizable_buffers: ClassVar[tuple[str, ...]] = ()
 

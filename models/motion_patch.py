@@ -4,9 +4,10 @@ statistics fitted on normal footage.
 Per frame t of a clip (model input: gray frames in [0, 1], any resolution the InputSpec gives):
 
     d_t      = |x_t - x_{t-lag}|                                   (B, T-lag, H, W)
+               (lag: `lag_s` seconds at the config's `fps`, whole frames, at least 1)
     e_t(i,j) = mean of d_t over the patch (i, j)                   (B, T, gh, gw)
-               (square `score_patch` windows at half-patch stride; the first `lag` frames of a
-               clip take frame `lag`'s energy)
+               (square windows of `patch_frac` of the frame height at half-patch stride; the
+               first `lag` frames of a clip take frame `lag`'s energy)
     s_t(i,j) = e_t(i,j)                    statistic "raw"
              = e_t(i,j) - q(i,j)           statistic "minus_q"    (q: the cell's `quantile` on normal frames)
              = e_t(i,j) - m(i,j)           statistic "minus_mean" (m: the cell's mean on normal frames)
@@ -22,12 +23,13 @@ T) over the normal frame-score scale: a clip with a burst of motion in a few fra
 mean score hides what happens, the kind a large model is most likely to re-rank.
 
 Fitted state (registered buffers, saved as tensors in a checkpoint, `weights_only` loading):
-cell_mean (gh, gw), cell_q (gh, gw), energy_scale (), frame_scale (), is_fitted (), set by `fit` from
-normal clips (`vad train` fits it: no gradient steps, no trainable parameters). `forward` does not
-reconstruct (recon is the input itself).
+cell_mean (gh, gw), cell_q (gh, gw; 0 unless the statistic is "minus_q"), energy_scale (),
+frame_scale (), is_fitted (), set by `fit` from normal clips streamed once in bounded memory
+(`vad train` fits it: no gradient steps, no trainable parameters). `forward` does not reconstruct
+(recon is the input itself).
 
 Defaults: the frame-difference baseline the design notes measured on Ped2 (raw statistic, 16-pixel
-patches at the stored 240x360) - a setting fixed before any validation. Choosing among the
+patches at the stored 240x360, the previous frame at 10 fps) - a setting fixed before any validation. Choosing among the
 statistics and resolutions on held-out normal videos with synthetic anomalies picked `minus_q` at
 60x90, which ranked real anomalies worse (docs/quality.md has the table): the synthetic anomalies
 move where normal footage is calm, and real ones (cyclists, carts) move along the walkways.
@@ -35,24 +37,34 @@ move where normal footage is calm, and real ones (cyclists, carts) move along th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 import torch.nn.functional as F
-from vad.models._base import ClipConfig, ClipModel, ClipScores, ModelOutput
+from vad.models._base import ClipConfig, ClipModel, ClipScores, ModelOutput, Reservoir, to_frames, to_pixels
 
 from vad.errors import ParameterError
 
 STATISTICS = ("raw", "minus_q", "minus_mean")
+BINS = 4096  # histogram bins over the energy range [0, 1] (a quantile is exact to within half a bin)
+FRAME_SAMPLE = 8192  # frames sampled to fit the frame-score scale of the "minus_*" statistics
 
 
 @dataclass
 class MotionPatchConfig(ClipConfig):
+    """Units: `lag_s` in seconds (whole frames at `fps`, at least 1), `patch_frac` a fraction of the
+    frame height; `score_patch` / `lag` > 0 give them in pixels / frames instead (checkpoints made
+    before the units carry them). The defaults are 1 frame and 16 px at Ped2's 10 fps and 240 rows."""
+
     height: int = 240  # model input size: the stored Ped2 size by default
     width: int = 360
-    score_patch: int = 16  # patch side in model-input pixels (windows at half-patch stride)
-    lag: int = 1  # difference to the frame `lag` before
+    fps: float = 10.0  # the store's frame rate (`vad train` sets it), for `lag_s`
+    score_patch: int = 0  # patch side in px (windows at half-patch stride); 0: `patch_frac` of the height
+    patch_frac: float = 16 / 240
+    lag: int = 0  # difference to the frame `lag` before; 0: `lag_s` at `fps`
+    lag_s: float = 0.1
     statistic: str = "raw"  # one of STATISTICS
     quantile: float = 0.99  # of the "minus_q" statistic
     embed_grid: tuple[int, int] = (4, 6)  # coarse grid of the embedding's energy map
@@ -61,10 +73,16 @@ class MotionPatchConfig(ClipConfig):
         super().validate()
         if self.in_channels != 1:
             raise ParameterError(f"motion_patch: gray input only (in_channels=1), got {self.in_channels}")
-        if not 1 <= self.lag < self.clip_len:
-            raise ParameterError(f"motion_patch: lag must be in [1, clip_len), got {self.lag}")
-        if not 1 <= self.score_patch <= min(self.height, self.width):
-            raise ParameterError(f"motion_patch: score_patch must be in [1, {min(self.height, self.width)}], got {self.score_patch}")
+        if not self.fps > 0:
+            raise ParameterError(f"motion_patch: fps must be > 0, got {self.fps}")
+        if self.lag < 0 or not self.lag_s > 0:
+            raise ParameterError(f"motion_patch: lag must be >= 0 and lag_s > 0, got {self.lag}, {self.lag_s}")
+        if not 1 <= self.lag_frames < self.clip_len:
+            raise ParameterError(f"motion_patch: the lag must be in [1, clip_len) frames, got {self.lag_frames}")
+        if not 0.0 < self.patch_frac <= 1.0:
+            raise ParameterError(f"motion_patch: patch_frac must be in (0, 1], got {self.patch_frac}")
+        if not 1 <= self.patch <= min(self.height, self.width):
+            raise ParameterError(f"motion_patch: the patch must be in [1, {min(self.height, self.width)}] px, got {self.patch}")
         if self.statistic not in STATISTICS:
             raise ParameterError(f"motion_patch: statistic must be one of {STATISTICS}, got {self.statistic!r}")
         if not 0.0 < self.quantile < 1.0:
@@ -73,9 +91,20 @@ class MotionPatchConfig(ClipConfig):
             raise ParameterError(f"motion_patch: embed_grid must be two positive sizes, got {self.embed_grid}")
 
     @property
+    def lag_frames(self) -> int:
+        """The lag in frames: `lag`, or `lag_s` at `fps` rounded half up, at least 1."""
+        return self.lag or to_frames(self.lag_s, self.fps, minimum=1)
+
+    @property
+    def patch(self) -> int:
+        """The patch side in px: `score_patch`, or `patch_frac` of the height rounded half up."""
+        return self.score_patch or to_pixels(self.patch_frac, self.height)
+
+    @property
     def grid(self) -> tuple[int, int]:
         """(gh, gw): patch cells per frame."""
-        p, s = self.score_patch, max(1, self.score_patch // 2)
+        p = self.patch
+        s = max(1, p // 2)
         return (self.height - p) // s + 1, (self.width - p) // s + 1
 
 
@@ -86,6 +115,7 @@ class MotionPatch(ClipModel):
     value_range = (0.0, 1.0)
     fitted = True
     native_size = True
+    gray_only = True
 
     def __init__(self, config: MotionPatchConfig) -> None:
         super().__init__(config)
@@ -99,7 +129,7 @@ class MotionPatch(ClipModel):
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, T, H, W) -> (B, T, gh, gw) mean |x_t - x_{t-lag}| per patch."""
         b, _, t, h, w = x.shape
-        lag, p = self.config.lag, self.config.score_patch
+        lag, p = self.config.lag_frames, self.config.patch
         y = x[:, 0]
         d = (y[:, lag:] - y[:, :-lag]).abs_()  # (B, T-lag, H, W)
         if p % 2 == 0:  # the same windows, cheaper: (p/2)-blocks first, then 2x2 of blocks at stride 1
@@ -135,21 +165,59 @@ class MotionPatch(ClipModel):
 
     @torch.inference_mode()
     def fit(self, clips: Iterable[torch.Tensor]) -> dict[str, float]:
-        """Fit the buffers from normal clips, each (B, 1, T, H, W) in [0, 1] (as `prepare_clips` gives).
+        """Fit the buffers from normal clips, each (B, 1, T, H, W) in [0, 1] (as `prepare_clips` gives),
+        streamed once in bounded memory: per cell a float64 sum and (for "minus_q") a histogram of the energies.
 
         Every clip frame's patch energies count (frames covered by two clips count twice, as in scoring).
+        `cell_q` is read from the histogram (`BINS` bins over [0, 1]: within half a bin of the exact
+        quantile); the frame-score scale from float64 moments ("raw") or, for the statistics that need
+        the fitted levels, from a seeded uniform sample of `FRAME_SAMPLE` frames.
         """
-        energies = [self.energy(x.float()).flatten(0, 1) for x in clips]  # each (B*T, gh, gw)
-        if not energies:
+        gh, gw = self.config.grid
+        cells, dev = gh * gw, self.cell_mean.device
+        n, total, moments = 0, torch.zeros(cells, dtype=torch.float64, device=dev), [0.0, 0.0]
+        quantiles = self.config.statistic == "minus_q"  # only that statistic reads `cell_q` (else 0)
+        hist = torch.zeros(cells * BINS if quantiles else 0, dtype=torch.int64, device=dev)
+        offset = torch.arange(cells, device=dev) * BINS
+        sample = Reservoir(FRAME_SAMPLE, seed=0)
+        for x in clips:
+            e = self.energy(x.float()).flatten(0, 1).flatten(1)  # (B*T, cells)
+            n += len(e)
+            total += e.sum(dim=0, dtype=torch.float64)
+            if quantiles:
+                bins = e.mul(BINS).long().clamp_(0, BINS - 1).add_(offset)
+                hist += torch.bincount(bins.flatten(), minlength=cells * BINS)
+            if self.config.statistic == "raw":
+                f = e.amax(dim=1).double()
+                moments[0] += float(f.sum())
+                moments[1] += float(f.square().sum())
+            else:
+                sample.add(e=e.cpu().numpy())
+        if n == 0:
             raise ParameterError("motion_patch: no normal clips to fit on")
-        e = torch.cat(energies)
-        self.cell_mean.copy_(e.mean(dim=0))
-        # torch.quantile takes at most 2**24 values per call: per column over frames
-        flat = e.flatten(1)
-        qs = torch.cat([torch.quantile(flat[:, i : i + 256], self.config.quantile, dim=0) for i in range(0, flat.shape[1], 256)])
-        self.cell_q.copy_(qs.view_as(self.cell_q))
-        self.energy_scale.copy_(e.mean().clamp_min(1e-6))
-        frames = self.statistic(e).flatten(1).amax(dim=1)
-        self.frame_scale.copy_(frames.std().clamp_min(1e-6))
+        self.cell_mean.copy_((total / n).view(gh, gw))
+        if quantiles:
+            self.cell_q.copy_(histogram_quantile(hist.view(cells, BINS), self.config.quantile).view(gh, gw))
+        self.energy_scale.copy_((total.sum() / (n * cells)).clamp_min(1e-6))
+        if self.config.statistic == "raw":
+            s1, s2 = moments
+            var = (s2 - s1 * s1 / n) / (n - 1) if n > 1 else 0.0
+        else:
+            e = torch.from_numpy(sample.rows()["e"]).to(dev).view(-1, gh, gw)
+            f = self.statistic(e).flatten(1).amax(dim=1).double()
+            var = float(f.var()) if len(f) > 1 else 0.0
+        self.frame_scale.copy_(torch.tensor(max(var, 0.0) ** 0.5).clamp_min(1e-6))
         self.is_fitted.fill_(True)
-        return {"frames": float(e.shape[0]), "mean_energy": float(self.energy_scale)}
+        return {"frames": float(n), "mean_energy": float(self.energy_scale)}
+
+
+def histogram_quantile(hist: torch.Tensor, q: float) -> torch.Tensor:
+    """(C, BINS) counts of values in [0, 1] -> (C,) their `q` quantile, interpolated between the
+    neighbouring order statistics as `torch.quantile` does, each read as its bin's centre."""
+    n = int(hist[0].sum())
+    rank = q * (n - 1)
+    lo = math.floor(rank)
+    cum = hist.cumsum(dim=1)
+    at = torch.tensor([[lo, min(lo + 1, n - 1)]], device=hist.device).expand(len(hist), 2).contiguous()
+    value = (torch.searchsorted(cum, at, right=True).double() + 0.5) / hist.shape[1]  # (C, 2)
+    return (value[:, 0] + (rank - lo) * (value[:, 1] - value[:, 0])).float()

@@ -4,9 +4,10 @@ its speed, size and look are from the objects of normal footage.
 Per frame of a clip (gray frames as stored, uint8 after undoing the [0, 1] scaling):
 
     foreground  |blur(frame) - blur(background)| > bg_thresh, then a closing; background = the
-                per-pixel median of normal frames; blur = `blur` x `blur` Gaussian, closing with a
-                `close` x `close` ellipse
-    objects     8-connected components of the foreground whose box is >= `min_box` px on both sides
+                per-pixel median of the leading normal frames (one every `background_step_s`);
+                blur = `blur` x `blur` Gaussian, closing with a `close` x `close` ellipse
+    objects     8-connected components of the foreground whose box is at least `min_box_frac` of
+                the frame height on both sides
     flow        DIS optical flow (OpenCV, `flow_preset`) from the previous frame of the clip to the
                 frame; frame 0 takes the flow from frame 1 to frame 0
     features    per object, three groups: velocity = mean and 90th percentile of the flow magnitude
@@ -15,7 +16,7 @@ Per frame of a clip (gray frames as stored, uint8 after undoing the [0, 1] scali
                 of the box with a `margin`), trained from scratch on the crops of normal objects
     distance    per group, standardised features, mean Euclidean distance to the `k` nearest
                 normal objects, divided by the `quantile` of the normal objects' own distances
-                (each to the normal objects more than `self_window` frames away from it, so that it
+                (each to the normal objects more than `self_window_s` seconds away from it, so that it
                 does not find itself in the next frame); the object's score is the sum over groups
     frame score the worst object of the frame (B, T); 0 for a frame without an object
     clip score  the mean of its frame scores (B,), as the other models
@@ -30,7 +31,8 @@ Fitted state (buffers, plain tensors: `weights_only` loading): the background (H
 group the scaler (mean, std), the bank of standardised normal features (N, D) and the distance
 scale, the normal means of the embedding's raw features, and the autoencoder (a submodule whose
 shapes the config fixes; its weights are set by `fit`, not by the pipeline's optimiser). The banks
-are the `resizable_buffers`: their length is the number of normal objects.
+are the `resizable_buffers`: their length is the number of normal objects, at most `bank_cap` (a
+seeded uniform sample of the normal objects when there are more).
 
 The settings are those the research study (its final.py `CHOSEN`) chose on validation made
 without test labels: synthetic anomalies (segments played 2-4x faster, foreign objects pasted at
@@ -41,23 +43,24 @@ perspective-normalised size, position, reconstruction error; k 1-10) the backgro
 threshold 10 with the three groups summed ranked best, validation micro AUC 0.977 (runner-up 0.974,
 threshold 15). Fitted on all 16 training videos, the research script measured Ped2 test micro AUC
 0.908 (macro 0.911, Test001 0.990), scoring 16-frame clips at stride 8. This module, fitted the way
-`vad train` fits it (the stream of non-overlapping clips, `self_window` in place of the research's
+`vad train` fits it (the stream of non-overlapping clips, `self_window_s` in place of the research's
 leave-one-video-out, which needs video ids the fit does not get) and scored by that script, gave
 0.909 (macro 0.924, Test001 0.990); the project benchmark measures it again through the pipeline.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
-from vad.models._base import ClipConfig, ClipModel, ClipScores, ModelOutput
+from vad.models._base import ClipConfig, ClipModel, ClipScores, ModelOutput, Reservoir, to_frames, to_pixels
 
 from vad.errors import ParameterError
 
@@ -77,7 +80,7 @@ class ObjectsConfig(ClipConfig):
     bg_thresh: float = 10.0  # gray levels (0-255) between the blurred frame and the blurred background
     blur: int = 5  # Gaussian kernel side (odd; 1 = none)
     close: int = 7  # closing ellipse side (1 = none)
-    min_box: int = 10  # px, both sides of an object's box
+    min_box_frac: float = 10 / 240  # of the frame height, both sides of an object's box (10 px at 240 rows)
     flow_preset: str = "medium"  # DIS preset, one of PRESETS
     crop: int = 32  # appearance crops are crop x crop (a multiple of 8)
     margin: float = 0.1  # of the box's width / height added on each side of a crop
@@ -89,9 +92,12 @@ class ObjectsConfig(ClipConfig):
     ae_max_crops: int = 12000  # a seeded subset when there are more (neighbouring frames repeat objects)
     k: int = 5  # nearest normal objects
     quantile: float = 0.99  # of the normal objects' own distances: a distance of 1 is this quantile
-    self_window: int = 150  # frames: normal objects this close in the fit stream are not each other's neighbours
-    background_step: int = 5  # every n-th normal frame goes into the median background
-    seed: int = 0  # of the autoencoder's initialisation, crop subset, order and flips
+    self_window_s: float = 15.0  # normal objects this close in the fit stream are not each other's neighbours
+    background_step_s: float = 0.5  # a normal frame this often goes into the median background
+    background_mb: float = 1024.0  # memory for the leading normal frames held to find the background (H x W bytes each)
+    bank_cap: int = 50000  # normal objects kept per group (a seeded uniform sample of the stream's)
+    fps: float = 10.0  # the store's frame rate (`vad train` sets it), for the settings in seconds
+    seed: int = 0  # of the autoencoder's initialisation, crop subset, order and flips; of the bank's sample
 
     def validate(self) -> None:
         super().validate()
@@ -101,7 +107,7 @@ class ObjectsConfig(ClipConfig):
             raise ParameterError(f"objects: bg_thresh must be in [0, 255), got {self.bg_thresh}")
         if self.blur < 1 or self.blur % 2 == 0:
             raise ParameterError(f"objects: blur must be an odd size >= 1, got {self.blur}")
-        for name in ("close", "min_box", "ae_dim", "ae_width", "ae_epochs", "ae_batch", "ae_max_crops", "k", "background_step"):
+        for name in ("close", "ae_dim", "ae_width", "ae_epochs", "ae_batch", "ae_max_crops", "k"):
             if getattr(self, name) < 1:
                 raise ParameterError(f"objects: {name} must be >= 1, got {getattr(self, name)}")
         if self.flow_preset not in PRESETS:
@@ -114,10 +120,45 @@ class ObjectsConfig(ClipConfig):
             raise ParameterError(f"objects: ae_lr must be > 0, got {self.ae_lr}")
         if not 0.0 < self.quantile < 1.0:
             raise ParameterError(f"objects: quantile must be in (0, 1), got {self.quantile}")
-        if self.self_window < 0:
-            raise ParameterError(f"objects: self_window must be >= 0, got {self.self_window}")
+        if not self.fps > 0:
+            raise ParameterError(f"objects: fps must be > 0, got {self.fps}")
+        if not 0.0 < self.min_box_frac <= 1.0:
+            raise ParameterError(f"objects: min_box_frac must be in (0, 1], got {self.min_box_frac}")
+        if self.self_window_s < 0 or not self.background_step_s > 0:
+            raise ParameterError(f"objects: self_window_s must be >= 0 and background_step_s > 0, got "
+                                 f"{self.self_window_s}, {self.background_step_s}")
+        if not self.background_mb > 0:
+            raise ParameterError(f"objects: background_mb must be > 0, got {self.background_mb}")
+        if self.bank_cap <= self.k:
+            raise ParameterError(f"objects: bank_cap must be > k={self.k}, got {self.bank_cap}")
         if not 0 <= self.seed < 2**32:
             raise ParameterError(f"objects: seed must be in [0, 2**32), got {self.seed}")
+
+    @property
+    def min_box(self) -> int:
+        """px, both sides of an object's box: `min_box_frac` of the height, rounded half up."""
+        return to_pixels(self.min_box_frac, self.height)
+
+    @property
+    def self_window(self) -> int:
+        """Frames: `self_window_s` at `fps`."""
+        return to_frames(self.self_window_s, self.fps)
+
+    @property
+    def background_step(self) -> int:
+        """Frames between background samples: `background_step_s` at `fps`, at least 1."""
+        return to_frames(self.background_step_s, self.fps, minimum=1)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ObjectsConfig:
+        """Also reads the settings in frames and pixels of checkpoints made before the units."""
+        values = dict(values)
+        fps, height = values.get("fps", cls.fps), values.get("height", cls.height)
+        for old, new, per in (("min_box", "min_box_frac", height), ("self_window", "self_window_s", fps),
+                              ("background_step", "background_step_s", fps)):
+            if old in values:
+                values[new] = values.pop(old) / per
+        return super().from_dict(values)  # type: ignore[return-value]
 
 
 class _CropAE(nn.Module):
@@ -155,17 +196,14 @@ class _Objects:
     crops: np.ndarray  # (R, crop, crop) uint8
 
 
-@contextmanager
-def _opencv_threads(n: int) -> Iterator[None]:
-    """OpenCV's thread count set to `n` for a block (the pipeline sizes torch's to the cores it may use)."""
-    before = cv2.getNumThreads()
-    if n != before:
-        cv2.setNumThreads(n)
-    try:
-        yield
-    finally:
-        if n != before:
-            cv2.setNumThreads(before)
+@functools.lru_cache(maxsize=1)
+def _opencv_threads() -> int:
+    """OpenCV's thread count, set once per process (it is process-wide, so never per call from
+    task threads) to the cores the process may use; returns it."""
+    from vad.tasks.inference.compute import available_cores  # imports the registry: not at module load
+
+    cv2.setNumThreads(available_cores())
+    return cv2.getNumThreads()
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -186,18 +224,23 @@ def _crop(img: np.ndarray, x0: int, y0: int, w: int, h: int, size: int, margin: 
     return cv2.resize(img[a:b, c:d], (size, size), interpolation=cv2.INTER_AREA)
 
 
-def _knn_mean(q: torch.Tensor, bank: torch.Tensor, k: int, *, chunk: int = 2048) -> torch.Tensor:
+def _rows_per_chunk(n: int, budget: int = 2**24) -> int:
+    """Query rows per distance block against n bank rows: blocks of at most `budget` distances (64 MB)."""
+    return max(1, budget // max(1, n))
+
+
+def _knn_mean(q: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
     """(R, D), (N, D) -> (R,) mean Euclidean distance to the k nearest rows of the bank (0 with none)."""
     if len(bank) == 0 or len(q) == 0:
         return torch.zeros(len(q), device=q.device)
-    k = min(k, len(bank))
+    k, chunk = min(k, len(bank)), _rows_per_chunk(len(bank))
     return torch.cat([torch.cdist(q[i : i + chunk], bank).topk(k, dim=1, largest=False).values.mean(1) for i in range(0, len(q), chunk)])
 
 
-def _own_distances(z: torch.Tensor, frame: torch.Tensor, k: int, window: int, *, chunk: int = 1024) -> torch.Tensor:
+def _own_distances(z: torch.Tensor, frame: torch.Tensor, k: int, window: int) -> torch.Tensor:
     """(N, D) standardised normal features, (N,) frame in the fit stream -> (N,) mean distance of each
     to its k nearest among those more than `window` frames away; inf where fewer than k are."""
-    out = []
+    out, chunk = [], _rows_per_chunk(len(z), 2**23)  # the block's frame differences are int64
     for i in range(0, len(z), chunk):
         d = torch.cdist(z[i : i + chunk], z)
         d.masked_fill_((frame[i : i + chunk, None] - frame[None, :]).abs() <= window, float("inf"))
@@ -212,6 +255,8 @@ class Objects(ClipModel):
     value_range = (0.0, 1.0)
     fitted = True
     native_size = True
+    gray_only = True
+    cpu_bound = True  # OpenCV's flow and components: no GPU turn, no batch measured on noise
     resizable_buffers = tuple(f"{g}_bank" for g in GROUPS)
 
     def __init__(self, config: ObjectsConfig) -> None:
@@ -237,30 +282,31 @@ class Objects(ClipModel):
         bg = _blur(background, cfg.blur)
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cfg.close, cfg.close)) if cfg.close > 1 else None
         clip, frame, box, vel, crops = [], [], [], [], []
-        with _opencv_threads(max(1, torch.get_num_threads())):
-            dis = cv2.DISOpticalFlow_create(PRESETS[cfg.flow_preset])
-            for b, video in enumerate(frames):
-                n = len(video)
-                for t in range(n):
-                    cur = video[t]
-                    mask = (cv2.absdiff(_blur(cur, cfg.blur), bg) > cfg.bg_thresh).astype(np.uint8)
-                    if kernel is not None:
-                        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
-                    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-                    keep = [i for i in range(1, count) if stats[i, 2] >= cfg.min_box and stats[i, 3] >= cfg.min_box]
-                    if not keep:
-                        continue  # no object: the flow is not needed
-                    partner = t - 1 if t > 0 else min(1, n - 1)
-                    flow = dis.calc(video[partner], cur, None)  # (H, W, 2) float32, partner -> cur
-                    mag = cv2.magnitude(flow[..., 0], flow[..., 1])
-                    for i in keep:
-                        x0, y0, w, h = (int(v) for v in stats[i, :4])
-                        m = mag[y0 : y0 + h, x0 : x0 + w][labels[y0 : y0 + h, x0 : x0 + w] == i]
-                        clip.append(b)
-                        frame.append(t)
-                        box.append((x0, y0, w, h))
-                        vel.append((m.mean(), np.percentile(m, 90)))
-                        crops.append(_crop(cur, x0, y0, w, h, cfg.crop, cfg.margin))
+        min_box = cfg.min_box
+        _opencv_threads()
+        dis = cv2.DISOpticalFlow_create(PRESETS[cfg.flow_preset])
+        for b, video in enumerate(frames):
+            n = len(video)
+            for t in range(n):
+                cur = video[t]
+                mask = (cv2.absdiff(_blur(cur, cfg.blur), bg) > cfg.bg_thresh).astype(np.uint8)
+                if kernel is not None:
+                    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+                count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+                keep = [i for i in range(1, count) if stats[i, 2] >= min_box and stats[i, 3] >= min_box]
+                if not keep:
+                    continue  # no object: the flow is not needed
+                partner = t - 1 if t > 0 else min(1, n - 1)
+                flow = dis.calc(video[partner], cur, None)  # (H, W, 2) float32, partner -> cur
+                mag = cv2.magnitude(flow[..., 0], flow[..., 1])
+                for i in keep:
+                    x0, y0, w, h = (int(v) for v in stats[i, :4])
+                    m = mag[y0 : y0 + h, x0 : x0 + w][labels[y0 : y0 + h, x0 : x0 + w] == i]
+                    clip.append(b)
+                    frame.append(t)
+                    box.append((x0, y0, w, h))
+                    vel.append((m.mean(), np.percentile(m, 90)))
+                    crops.append(_crop(cur, x0, y0, w, h, cfg.crop, cfg.margin))
         c = cfg.crop
         return _Objects(
             clip=np.asarray(clip, np.int64), frame=np.asarray(frame, np.int64), box=np.asarray(box, np.int64).reshape(-1, 4),
@@ -344,43 +390,67 @@ class Objects(ClipModel):
 
     def fit(self, clips: Iterable[torch.Tensor]) -> dict[str, float]:
         """Fit every buffer and the autoencoder from normal clips, each (B, 1, T, H, W) in [0, 1], read
-        once in stream order (each clip is a short video: its flow stays inside it).
+        once in stream order (each clip is a short video: its flow stays inside it), in bounded memory.
 
-        The background has to be known before the first object is cut out, so the clips are kept
-        as uint8 until the end (H x W bytes a frame: Ped2's 2,550 training frames take 220 MB).
-        Deterministic on the CPU (the autoencoder draws from its own seeded generators).
+        The background has to be known before the first object is cut out: the leading clips are
+        held (as uint8, at most `background_mb`: Ped2's 2,550 training frames take 220 MB) until it
+        is found, then detected; later clips are detected as they come. The objects go into a seeded
+        uniform sample of at most `bank_cap` (all of them when there are fewer, in stream order).
+        Deterministic on the CPU.
         """
         cfg = self.config
         dev = self.background.device
         t0 = time.perf_counter()
-        kept, sample, seen = [], [], 0
+        held: list[np.ndarray] = []
+        background: np.ndarray | None = None
+        bank = Reservoir(cfg.bank_cap, seed=cfg.seed)
+        seen = 0
+
+        def detect(u8: np.ndarray, first: int, bg: np.ndarray) -> None:  # first: the stream's frame index of u8[0, 0]
+            obj = self._detect(u8, bg)
+            if len(obj.frame):
+                bank.add(frame=first + obj.clip * u8.shape[1] + obj.frame, box=obj.box, velocity=obj.velocity, crops=obj.crops)
+
+        def start() -> np.ndarray:
+            """The background from the held clips (every `background_step`-th frame's median), then their objects."""
+            step, first, sample = cfg.background_step, 0, []
+            for u8 in held:
+                sample.append(u8.reshape(-1, *u8.shape[2:])[(-first) % step :: step])  # every step-th frame of the stream
+                first += u8.shape[0] * u8.shape[1]
+            bg = np.median(np.concatenate(sample), axis=0).astype(np.uint8)
+            del sample
+            first = 0
+            for u8 in held:
+                detect(u8, first, bg)
+                first += u8.shape[0] * u8.shape[1]
+            held.clear()
+            return bg
+
         with torch.no_grad():
             for x in clips:
                 self._check(x)
                 u8 = _to_uint8(x)
-                kept.append(u8)
-                flat = u8.reshape(-1, *u8.shape[2:])
-                sample.append(flat[(-seen) % cfg.background_step :: cfg.background_step])  # every n-th frame of the stream
-                seen += len(flat)
-        if not kept:
-            raise ParameterError("objects: no normal clips to fit on")
-        background = np.median(np.concatenate(sample), axis=0).astype(np.uint8)
-        del sample
+                if background is None:
+                    held.append(u8)
+                    if (seen + u8.shape[0] * u8.shape[1]) * u8[0, 0].nbytes >= cfg.background_mb * 2**20:
+                        background = start()
+                else:
+                    detect(u8, seen, background)
+                seen += u8.shape[0] * u8.shape[1]
+            if background is None:
+                if not held:
+                    raise ParameterError("objects: no normal clips to fit on")
+                background = start()
         self.background.copy_(torch.from_numpy(background))
-        found, first = [], 0
-        for u8 in kept:
-            obj = self._detect(u8, background)
-            obj.frame = (first + obj.clip) * u8.shape[1] + obj.frame  # frame in the fit stream
-            found.append(obj)
-            first += len(u8)
-        del kept
-        obj = _Objects(*(np.concatenate([getattr(o, f) for o in found]) for f in ("clip", "frame", "box", "velocity", "crops")))
-        n = len(obj.frame)
+        n = bank.seen
         if n <= cfg.k:
             raise ParameterError(
                 f"objects: {n} objects in the normal footage, the density needs more than k={cfg.k}; "
-                "lower bg_thresh or min_box, or fit on more footage"
+                "lower bg_thresh or min_box_frac, or fit on more footage"
             )
+        rows = bank.rows()
+        order = np.argsort(rows["frame"], kind="stable")  # stream order (a full sample's slots are not)
+        obj = _Objects(clip=np.zeros(len(order), np.int64), **{k: v[order] for k, v in rows.items()})
         t1 = time.perf_counter()
         loss = self._fit_appearance(obj.crops)
         t2 = time.perf_counter()
@@ -394,7 +464,7 @@ class Objects(ClipModel):
             self.objects_per_frame.fill_(n / seen)
             self.is_fitted.fill_(True)
         t3 = time.perf_counter()
-        return {"objects": float(n), "frames": float(seen), "appearance_loss": loss,
+        return {"objects": float(n), "banked": float(len(obj.frame)), "frames": float(seen), "appearance_loss": loss,
                 "seconds_objects": t1 - t0, "seconds_appearance": t2 - t1, "seconds_density": t3 - t2}
 
     def _fit_appearance(self, crops: np.ndarray) -> float:
@@ -434,11 +504,15 @@ class Objects(ClipModel):
         mean, std = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
         z = (x - mean) / std
         own = _own_distances(z, stream, cfg.k, cfg.self_window)
+        if not torch.isfinite(own).any() and len(stream):
+            # footage shorter than the window (a short first recording): neighbours at least a quarter of
+            # the footage away instead, so that an object still does not find itself in the next frames
+            own = _own_distances(z, stream, cfg.k, int(stream.max() - stream.min()) // 4)
         own = own[torch.isfinite(own)]
         if own.numel() == 0:
             raise ParameterError(
-                f"objects: no normal object has {cfg.k} others more than self_window={cfg.self_window} frames away; "
-                "fit on longer footage or lower self_window"
+                f"objects: no normal object has {cfg.k} others more than self_window_s={cfg.self_window_s} s "
+                f"({cfg.self_window} frames) away; fit on longer footage or lower self_window_s"
             )
         getattr(self, f"{group}_mean").copy_(mean)
         getattr(self, f"{group}_std").copy_(std)

@@ -38,13 +38,14 @@ def _clips(model, batch=B, seed=1):
 
 
 FITTED = [a for a in ARCHS if REGISTRY[a].fitted]  # no gradient training: `fit` sets their state
-GRAY_ONLY = {"motion_patch", "objects"}
+GRAY_ONLY = {a for a in ARCHS if REGISTRY[a].gray_only}  # read luma only: training feeds them gray
 
 
 def test_registry_lists_every_design_and_role_defaults():
     assert ARCHS == ["ae3d", "forecaster", "motion_patch", "objects", "predictor", "resnet18_ae", "resnet3d_attn",
                      "topheavy", "vae3d"]
     assert FITTED == ["motion_patch", "objects"]
+    assert GRAY_ONLY == {"motion_patch", "objects"}
     assert DEFAULT_ARCH == {"small": "motion_patch", "large": "objects"}
     assert {REGISTRY[a].role for a in ARCHS} == {"small", "large"}
 

@@ -20,7 +20,8 @@ LANES = (4, 18, 32, 46)  # rows of the squares' top edges: each pixel is covered
 
 
 def _model(**kw):
-    return build("objects", clip_len=T, height=H, width=W, **kw).eval()
+    """The model at H x W with the 10 px minimum box of the defaults at 240 rows."""
+    return build("objects", clip_len=T, height=H, width=W, **{"min_box_frac": 10 / H, **kw}).eval()
 
 
 def _texture(side: int = SIDE, seed: int = 0) -> np.ndarray:
@@ -45,8 +46,9 @@ def _normal_clips() -> list[torch.Tensor]:
     return [torch.cat(clips[i : i + 4]) for i in range(0, 24, 4)]
 
 
-# the fit: a small autoencoder, few epochs; `self_window` below a clip so neighbouring clips count
-FIT = {"ae_epochs": 3, "self_window": 4}
+# the fit: a small autoencoder, few epochs; the self window (4 frames at 10 fps) below a clip so
+# neighbouring clips count
+FIT = {"ae_epochs": 3, "self_window_s": 0.4}
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +136,7 @@ def test_bad_settings_are_refused():
 def test_vad_train_fits_it_and_the_checkpoint_scores(synthetic_store, tmp_path):
     # The store is 32x32: its squares (12 px at 120x160) are about 3x2 px there, so the minimum box is
     # 2 px; a few autoencoder epochs keep the test short.
-    config = TrainConfig(role="large", arch="objects", workers=0, model={"min_box": 2, "ae_epochs": 3})
+    config = TrainConfig(role="large", arch="objects", workers=0, model={"min_box_frac": 2 / 32, "ae_epochs": 3})
     result = train_model(synthetic_store, tmp_path / "objects.pt", config)
     assert result.stopped == "fitted" and "fitted on" in result.summary()
     ckpt = load_checkpoint(result.checkpoint)
@@ -146,3 +148,45 @@ def test_vad_train_fits_it_and_the_checkpoint_scores(synthetic_store, tmp_path):
     x = torch.rand(2, 1, 16, 32, 32)
     a, b = model.score(x), ckpt.scoring_model().score(x)
     assert a.frames.shape == (2, 16) and torch.equal(a.frames, b.frames)
+
+
+def test_the_bank_is_a_capped_sample_and_the_background_comes_from_the_leading_frames():
+    # 64 normal frames, then 64 white ones: with at most 32 frames (of H x W bytes) held for the
+    # background (the first batch), the white ones stay out of it; without the cap the median of the
+    # frames (every 5th: 13 normal, 13 white) lies halfway
+    stream = _normal_clips()[:2] + [torch.ones(4, 1, T, H, W)] * 2
+    capped = _model(**FIT, bank_cap=40, background_mb=32 * H * W / 2**20)
+    record = capped.fit(iter(stream))  # a one-shot iterator: the fit reads it once
+    assert torch.equal(capped.background, torch.full((H, W), BG, dtype=torch.uint8))
+    assert record["objects"] == 128 and record["banked"] == 40 and record["frames"] == 128  # one object a frame
+    assert capped.vel_bank.shape == (40, 2) and capped.app_bank.shape == (40, 32)
+    uncapped = _model(**FIT)
+    assert uncapped.fit(iter(stream))["banked"] == 128
+    assert int(uncapped.background[0, 0]) == (BG + 255) // 2  # 157.5, truncated to uint8
+
+
+def test_opencv_threads_are_set_once_per_process_not_per_call(monkeypatch):
+    import cv2
+    from vad.models import objects
+
+    calls = []
+    real = cv2.setNumThreads
+    monkeypatch.setattr(cv2, "setNumThreads", lambda n: (calls.append(n), real(n)))
+    objects._opencv_threads.cache_clear()
+    model = _model()
+    model.background.fill_(BG)
+    for _ in range(3):  # task threads calling it in turn change nothing process-wide after the first
+        model.objects(_clip(1.0))
+    assert len(calls) == 1 and cv2.getNumThreads() == calls[0]
+
+
+def test_footage_shorter_than_the_self_window_still_fits_a_distance_scale():
+    # 40 normal objects over 40 frames at 10 fps (4 s), against a 15 s self-window: no object has 5 others
+    # outside it, so the window falls back to a quarter of the footage (10 frames)
+    model = _model(self_window_s=15.0, fps=10.0)
+    z = torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
+    model._fit_density("vel", z, torch.arange(40))
+    scale = float(model.vel_scale)
+    assert np.isfinite(scale) and scale > 1e-6
+    with pytest.raises(ParameterError, match="no normal object"):  # one frame of footage: nothing to compare
+        _model(self_window_s=15.0, fps=10.0)._fit_density("vel", z[:6], torch.zeros(6, dtype=torch.long))

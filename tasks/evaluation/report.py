@@ -479,9 +479,12 @@ def _write_documents(folder: Path, runs: list[_Run], metrics: pd.DataFrame, per_
     doc = _Document()
     title = _title(runs)
     doc.heading(1, title)
-    doc.heading(2, "Headline: alarms")
+    doc.heading(2, "Headline: alarms per hour of footage")
     doc.para("Events are runs of frames whose final (routed) calibrated score is above the shipped threshold (the "
              "calibration quantile of the small model's normal clips), after the run's merge gap and minimum duration.")
+    for row in alarms.itertuples():
+        doc.para(f"{row.dataset} run {row.run}: {row.events} events in {row.footage_h:.2f} h of footage, "
+                 f"{row.events_per_hour:.1f} alarms per hour at the shipped threshold {row.threshold:.2f}.")
     doc.table(alarms)
     labelled = [r for r in runs if r.has_metrics]
     if labelled:
