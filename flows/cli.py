@@ -552,9 +552,10 @@ def _print_pipeline(summary) -> None:  # noqa: ANN001
         typer.echo(f"{row.dataset} {row.run}: {row.events} events in {row.footage_h:.2f} h of footage "
                    f"({row.events_per_hour:.1f} alarms per hour at the threshold {row.threshold:.2f}); "
                    f"{row.labelled_videos} of {row.videos} videos labelled")
-    if len(summary.headline):
-        typer.echo(f"protocol: {summary.headline.protocol.iloc[0]}")
-        typer.echo(summary.headline[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    measured = summary.headline[summary.headline.micro_auc.notna()] if len(summary.headline) else summary.headline
+    if len(measured):
+        typer.echo(f"protocol: {measured.protocol.iloc[0]}")
+        typer.echo(measured[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     else:
         typer.echo("no labelled test footage: no AUC, EER or AP (the report shows timelines and events)")
     for where, why in summary.failures.items():

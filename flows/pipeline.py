@@ -70,8 +70,9 @@ def _store_text(url: str) -> str:
 
 def _ingest_text(summary: IngestSummary) -> str:
     n = len(summary.results) + len(summary.failures)
-    return (f"ingest {summary.dataset}: {n} videos; ingested {summary.ingested}, skipped {summary.skipped} (unchanged), "
-            f"failed {len(summary.failures)}; {summary.frames:,} frames in {summary.seconds:.1f} s")
+    updated = f"updated {summary.updated} (labels or split), " if summary.updated else ""
+    return (f"ingest {summary.dataset}: {n} videos; ingested {summary.ingested}, {updated}skipped {summary.skipped} "
+            f"(unchanged), failed {len(summary.failures)}; {summary.frames:,} frames in {summary.seconds:.1f} s")
 
 
 def _reused(root: str, dataset: str, role: str) -> str | None:
@@ -155,6 +156,6 @@ def pipeline_flow(
         _say(progress, f"score {dataset}: routed at budget {budget:g} (run {routed})")
         _say(progress, score_flow(dataset=dataset, root=root, run_id=routed, settings=routed_settings, progress=progress).text())
         refs.append(RunRef(dataset, routed, sweep_run_id=sweep))
-    _say(progress, f"report {report_name}: metrics, cost-quality curve and plots of {len(refs)} dataset(s)")
+    _say(progress, f"report {report_name}: events, timelines and (where labels exist) metrics of {len(refs)} dataset(s)")
     folder, headline = report_task(root, refs, report_name, protocol)
     return PipelineSummary(report=folder, headline=headline, failures=failures)
