@@ -124,3 +124,17 @@ def test_small_helpers_by_hand():
     table = pd.DataFrame({"policy": ["small only", "large only", "batch", "batch", "batch"],
                           "setting": ["-", "-", "0.1", "0.2", "0.3"], "pareto": [True, False, False, False, True]})
     assert trim_pareto(table, [0.2]).setting.tolist() == ["-", "-", "0.2", "0.3"]
+
+
+def test_per_video_metrics_have_one_row_per_video_with_both_views():
+    import pandas as pd
+
+    from vad.tasks.evaluation.report import RunRef, metrics_of
+
+    rows = [{"dataset": "d", "run": "r", "video": v, "frames": n, "anomalous_frames": a, "defined": a > 0,
+             "scores": view, "auc": auc, "ap": auc}
+            for v, n, a, auc0 in (("a", 37, 16, 0.9), ("b", 40, 0, float("nan")), ("c", 52, 20, 0.7))
+            for view, auc in (("small only", auc0), ("routed", auc0 + 0.05 if a else float("nan")))]
+    wide = metrics_of(pd.DataFrame(rows), RunRef("d", "r"))
+    assert wide.video.tolist() == ["a", "b", "c"]  # 3 videos, 3 rows (not videos x frame counts x ...)
+    assert wide["auc (routed)"].round(2).tolist()[::2] == [0.95, 0.75] and wide["auc (small only)"].isna().tolist() == [False, True, False]

@@ -573,7 +573,7 @@ def metrics_of(per_video: pd.DataFrame, ref: RunRef) -> pd.DataFrame:
     mine = per_video[(per_video.dataset == ref.dataset) & (per_video.run == ref.run_id) & (per_video.frames > 0)]
     if mine.empty:
         return mine
-    wide = mine.pivot_table(index=["video", "frames", "anomalous_frames", "defined"], columns="scores",
-                            values=["auc", "ap"], dropna=False, observed=True)
+    # unstack, not pivot_table(dropna=False): that one crosses every index level's values (videos x frame counts)
+    wide = mine.set_index(["video", "frames", "anomalous_frames", "defined", "scores"])[["auc", "ap"]].unstack("scores")
     wide.columns = [f"{metric} ({view})" for metric, view in wide.columns]
     return wide.reset_index()
