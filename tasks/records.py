@@ -111,7 +111,7 @@ def write_run(
     written last, so a run rewritten halfway by a crash is never read as complete."""
     threshold = float(small.calibration.quantile)
     found, footage = run_events(workspace_store_url(root, dataset), result.frames, result.clips, threshold, events,
-                                fps=small.source.get("fps"))
+                                fps=small.source.get("fps") or small.model_config.get("fps"))  # the rate the model assumed
     with run_lock(root, dataset, run_id, purpose=f"score run {run_id}", timeout=SCORE_RUN_LOCK_WAIT_S):
         delete_manifest(root, dataset, run_id)
         clips_path = write_table(root, "clips", dataset, run_id, result.clips)

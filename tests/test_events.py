@@ -125,3 +125,23 @@ def test_an_archive_video_gets_its_events_part(camera_workspace, tmp_path):
 def test_the_cli_refuses_a_negative_event_duration_in_one_line(tmp_path, vad_main, command):
     code, _, err = vad_main(*command, "--root", str(tmp_path), "--min-event-s", "-1")
     assert code == 2 and err.startswith("error: ") and "min_event_s" in err and len(err.splitlines()) == 1
+
+
+def test_a_frame_folder_without_a_rate_is_timed_by_the_models_rate_not_ffmpegs_25_fps_guess(tmp_path):
+    from vad.storage import ClipStore
+    from vad.tasks.evaluation.events import EventSettings, run_events, store_timing
+    from vad.tasks.sources.ingest import timing_attrs
+
+    coded = timing_attrs(None, 0.0)
+    assert store_timing({"fps": 25.0, "frame_count": 20, **coded}) == 25.0  # a file: its own rate
+    with pytest.raises(ParameterError, match="frame rate"):  # a frame folder: no rate of its own
+        store_timing({"fps": None, "frame_count": 20, "frame_times": [[0.04, 19]], "start_time": 0.0})
+    store = ClipStore.create(str(tmp_path / "s.zarr"), dataset="s")
+    w = store.begin_video("v", height=2, width=2, channels=1, chunk_frames=4, attrs={"split": "test"})
+    w.append(np.zeros((20, 2, 2, 1), np.uint8), np.zeros(20, bool))
+    w.finish(np.full(20, -1, np.int8), {"split": "test", "fps": None, "frame_count": 20,
+                                         "frame_times": [[0.04, 19]], "start_time": 0.0})
+    frames = pd.DataFrame({"video": "v", "frame": np.arange(20), "score": np.r_[np.zeros(5), np.ones(10), np.zeros(5)]})
+    events, seconds = run_events(str(tmp_path / "s.zarr"), frames, None, 0.5, EventSettings(0.0, 0.0), fps=10.0)
+    assert (events.start_s.tolist(), events.end_s.tolist()) == ([0.5], [1.5])  # frames 5-14 at 10 fps
+    assert seconds == {"v": 2.0}

@@ -136,10 +136,12 @@ def store_timing(attrs: Mapping[str, Any]) -> Timing:
     """A stored video's frame times (seconds, the source's clock) or, when the ingest recorded none, its fps."""
     from vad.tasks.sources.ingest import frame_times
 
-    times = frame_times(dict(attrs))
+    fps = attrs.get("fps")
+    # a folder of frame images has no rate of its own (fps None): its recorded times are FFmpeg's
+    # image2 guess of 25 fps, not the camera's, so they are not used
+    times = frame_times(dict(attrs)) if fps else None
     if times is not None and len(times) == int(attrs.get("frame_count", len(times))):
         return times
-    fps = attrs.get("fps")
     if not fps:
         raise ParameterError("events need the video's frame times or frame rate; the store recorded neither")
     return float(fps)
