@@ -134,13 +134,16 @@ def test_a_frame_folder_without_a_rate_is_timed_by_the_models_rate_not_ffmpegs_2
 
     coded = timing_attrs(None, 0.0)
     assert store_timing({"fps": 25.0, "frame_count": 20, **coded}) == 25.0  # a file: its own rate
-    with pytest.raises(ParameterError, match="frame rate"):  # a frame folder: no rate of its own
-        store_timing({"fps": None, "frame_count": 20, "frame_times": [[0.04, 19]], "start_time": 0.0})
+    folder = {"fps": None, "frame_count": 20, "frame_times": {"time_base": "1/25", "steps": [[1, 19]]}, "start_time": 0.0}  # no rate of its own
+    assert store_timing(folder, rate=10.0) == 10.0  # the rate the model assumed, not FFmpeg's 25 fps guess
+    assert store_timing(folder)[-1] == pytest.approx(0.76)  # a model that assumed none: FFmpeg's times, not a failure
+    with pytest.raises(ParameterError, match="frame rate"):  # nothing recorded at all
+        store_timing({"fps": None, "frame_count": 20})
     store = ClipStore.create(str(tmp_path / "s.zarr"), dataset="s")
     w = store.begin_video("v", height=2, width=2, channels=1, chunk_frames=4, attrs={"split": "test"})
     w.append(np.zeros((20, 2, 2, 1), np.uint8), np.zeros(20, bool))
     w.finish(np.full(20, -1, np.int8), {"split": "test", "fps": None, "frame_count": 20,
-                                         "frame_times": [[0.04, 19]], "start_time": 0.0})
+                                         "frame_times": {"time_base": "1/25", "steps": [[1, 19]]}, "start_time": 0.0})
     frames = pd.DataFrame({"video": "v", "frame": np.arange(20), "score": np.r_[np.zeros(5), np.ones(10), np.zeros(5)]})
     events, seconds = run_events(str(tmp_path / "s.zarr"), frames, None, 0.5, EventSettings(0.0, 0.0), fps=10.0)
     assert (events.start_s.tolist(), events.end_s.tolist()) == ([0.5], [1.5])  # frames 5-14 at 10 fps

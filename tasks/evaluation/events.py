@@ -132,14 +132,17 @@ def event_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return out.astype(types)
 
 
-def store_timing(attrs: Mapping[str, Any]) -> Timing:
-    """A stored video's frame times (seconds, the source's clock) or, when the ingest recorded none, its fps."""
+def store_timing(attrs: Mapping[str, Any], *, rate: float | None = None) -> Timing:
+    """A stored video's frame times (seconds, the source's clock) or, when the ingest recorded none, its fps.
+
+    A folder of frame images has no rate of its own (fps None): its recorded times are FFmpeg's image2
+    guess of 25 fps, so `rate` (the rate the scoring model assumed) wins there when given."""
     from vad.tasks.sources.ingest import frame_times
 
     fps = attrs.get("fps")
-    # a folder of frame images has no rate of its own (fps None): its recorded times are FFmpeg's
-    # image2 guess of 25 fps, not the camera's, so they are not used
-    times = frame_times(dict(attrs)) if fps else None
+    if not fps and rate:
+        return float(rate)
+    times = frame_times(dict(attrs))
     if times is not None and len(times) == int(attrs.get("frame_count", len(times))):
         return times
     if not fps:
@@ -168,7 +171,7 @@ def run_events(store_url: str, frames: pd.DataFrame, clips: pd.DataFrame, thresh
     timing: dict[str, Timing] = {}
     for v in pd.unique(frames["video"]):
         try:
-            timing[v] = store_timing(store.video(v).attrs)  # type: ignore[union-attr]
+            timing[v] = store_timing(store.video(v).attrs, rate=fps)  # type: ignore[union-attr]
         except (PipelineError, KeyError, AttributeError):  # no store, or not this video (an archive run's dropped frames)
             if not fps:
                 raise ParameterError(f"events: no timing for video {v!r} (not in {store_url}, and no frame rate given)") from None

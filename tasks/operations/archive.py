@@ -431,7 +431,7 @@ def score_archive_video(
         stored = ClipStore.open(url).video(video.video_id)
         write_table(root, "clips", dataset, run_id, result.clips, part=video.video_id)
         write_table(root, "frames", dataset, run_id, result.frames, part=video.video_id)
-        events = find_events(result.frames, small.calibration.quantile, store_timing(stored.attrs), clips=result.clips,
+        events = find_events(result.frames, small.calibration.quantile, store_timing(stored.attrs, rate=small.source.get("fps") or small.model_config.get("fps")), clips=result.clips,
                              min_event_s=scoring.events.min_event_s, merge_gap_s=scoring.events.merge_gap_s)
         write_table(root, "events", dataset, run_id, events, part=video.video_id)
         _write_video_row(root, dataset, run_id, video, result, stored.attrs, t0, key=key, params=params)
