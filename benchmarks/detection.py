@@ -39,10 +39,10 @@ from vad.storage import ClipStore
 from vad.tasks.evaluation.metrics import Protocol, evaluate
 from vad.tasks.evaluation.report import _md_table
 from vad.tasks.evaluation.validation import make_validation_set
-from vad.tasks.inference.compute import Compute, available_cores
+from vad.tasks.runtime.compute import Compute, available_cores
 from vad.tasks.inference.routing import BatchBudget
 from vad.tasks.inference.scoring import FRAME_MODES, ReplayMap, VideoMap, score_videos
-from vad.tasks.learning.checkpoint import cached_checkpoint
+from vad.tasks.runtime.checkpoint import cached_checkpoint
 from vad.tasks.learning.training import TrainConfig, train_model
 from vad.tasks.sources.datasets import discover
 from vad.tasks.sources.ingest import Preprocess, ingest_video

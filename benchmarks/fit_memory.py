@@ -50,7 +50,7 @@ def _clips(source: np.ndarray, frames: int) -> Iterator[torch.Tensor]:
 
 def _child(args: argparse.Namespace) -> None:
     from vad.models import build
-    from vad.tasks.inference.compute import available_cores
+    from vad.tasks.runtime.compute import available_cores
 
     torch.set_num_threads(available_cores())
     h, w = args.size

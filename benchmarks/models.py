@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from vad.models import REGISTRY, build, trainable_parameters
-from vad.tasks.inference.compute import available_cores
+from vad.tasks.runtime.compute import available_cores
 from vad.tasks.sources.ingest import parse_size
 
 

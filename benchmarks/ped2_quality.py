@@ -37,8 +37,8 @@ from vad.tasks.evaluation.pareto import Simulation
 from vad.tasks.evaluation.report import RunRef, _md_table, build_report
 from vad.tasks.inference.routing import SIGNALS, BatchBudget
 from vad.tasks.inference.scoring import aggregate_frames, score_dataset
-from vad.tasks.learning.checkpoint import cached_checkpoint
-from vad.tasks.learning.model_input import prepare_clips
+from vad.tasks.runtime.checkpoint import cached_checkpoint
+from vad.tasks.runtime.model_input import prepare_clips
 from vad.tasks.learning.training import TrainConfig, train_model
 from vad.tasks.sources.datasets import discover
 from vad.tasks.sources.ingest import Preprocess, ingest_video

@@ -73,14 +73,14 @@ import torch
 from vad.models import build, make_config, model_class, trainable_parameters
 from vad.storage import ClipStore, Video
 from vad.tasks.evaluation.report import RunRef, build_report
-from vad.tasks.inference.compute import (
+from vad.tasks.runtime.compute import (
     PRECISIONS,
     Compute,
     available_cores,
     pick_device,
     scoring_precision,
 )
-from vad.tasks.inference.passes import second_pass
+from vad.tasks.runtime.passes import second_pass
 from vad.tasks.inference.routing import BatchBudget
 from vad.tasks.inference.scoring import (
     ReplayMap,
@@ -88,14 +88,14 @@ from vad.tasks.inference.scoring import (
     aggregate_frames,
     score_videos,
 )
-from vad.tasks.learning.calibration import Calibration
-from vad.tasks.learning.checkpoint import (
+from vad.tasks.runtime.calibration import Calibration
+from vad.tasks.runtime.checkpoint import (
     Checkpoint,
     load_checkpoint,
     save_checkpoint,
     source_spec,
 )
-from vad.tasks.learning.model_input import InputSpec, clip_index, prepare_clips
+from vad.tasks.runtime.model_input import InputSpec, clip_index, prepare_clips
 from vad.tasks.records import write_run
 from vad.tasks.sources.datasets import VideoSource, discover
 from vad.tasks.sources.ffmpeg_io import ffmpeg_exe

@@ -160,8 +160,8 @@ def _score_settings(budget: float | None, bucket: str | None, margin: float, ood
                     instability_quantile: float, signals: str | None, frame_mode: str, device: str, batch: int | None,
                     precision: str, compile: bool, min_event_s: float = 0.5, merge_gap_s: float = 1.0):  # noqa: ANN202
     """The `ScoreSettings` of `vad score` and `vad backfill` from their options (checked as built)."""
-    from vad.tasks.evaluation.events import EventSettings
-    from vad.tasks.inference.compute import Compute
+    from vad.tasks.inference.events import EventSettings
+    from vad.tasks.runtime.compute import Compute
     from vad.tasks.inference.routing import parse_budget, router_config
     from vad.tasks.inference.scoring import ScoreSettings
 
@@ -509,9 +509,9 @@ def _check_run(base: str, listed: dict[str, list | None], sources: list[str], *,
     several), that a found pair reads the store, and training footage where a model is to be
     trained. The checked `Compute`."""
     from vad.storage import ClipStore, check_run_id
-    from vad.tasks.inference.compute import Compute, pick_device
+    from vad.tasks.runtime.compute import Compute, pick_device
     from vad.tasks.inference.scoring import check_frame_mode
-    from vad.tasks.learning.checkpoint import cached_checkpoint, check_pair, find_checkpoint
+    from vad.tasks.runtime.checkpoint import cached_checkpoint, check_pair, find_checkpoint
     from vad.tasks.learning.training import TrainConfig
     from vad.tasks.sources.ingest import parse_size, require_training_footage
     from vad.tasks.workspace import store_url
@@ -599,7 +599,7 @@ def run(
     from vad.tasks.evaluation.metrics import Protocol
 
     Protocol(smooth_sigma=smooth)
-    from vad.tasks.evaluation.events import EventSettings
+    from vad.tasks.inference.events import EventSettings
 
     EventSettings(min_event_s, merge_gap_s)
     compute = _check_run(base, listed, list(source or []), report=report, frame_mode=frame_mode, device=device,

@@ -13,13 +13,13 @@ from vad.flows.score import score_flow
 from vad.flows.train import train_flow
 from vad.storage import ClipStore
 from vad.tasks.evaluation.artifacts import publish_report
-from vad.tasks.evaluation.events import EventSettings
+from vad.tasks.inference.events import EventSettings
 from vad.tasks.evaluation.metrics import Protocol, store_has_labels
 from vad.tasks.evaluation.report import RunRef, build_report, read_headline
-from vad.tasks.inference.compute import Compute
+from vad.tasks.runtime.compute import Compute
 from vad.tasks.inference.routing import BatchBudget
 from vad.tasks.inference.scoring import FrameMode, ScoreSettings
-from vad.tasks.learning.checkpoint import find_checkpoint
+from vad.tasks.runtime.checkpoint import find_checkpoint
 from vad.tasks.learning.training import TrainConfig
 from vad.tasks.sources.ingest import Preprocess, parse_size
 from vad.tasks.workspace import default_root, store_url

@@ -14,8 +14,8 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 from vad.tasks.evaluation.artifacts import publish_score_run
-from vad.tasks.inference.compute import Compute
-from vad.tasks.inference.passes import PassOutput, VideoPass, first_pass, second_pass
+from vad.tasks.runtime.compute import Compute
+from vad.tasks.runtime.passes import PassOutput, VideoPass, first_pass, second_pass
 from vad.tasks.inference.scoring import (
     ScoreResult,
     ScoreSettings,
@@ -25,7 +25,7 @@ from vad.tasks.inference.scoring import (
     score_videos,
     video_list,
 )
-from vad.tasks.learning.checkpoint import Checkpoint, cached_checkpoint
+from vad.tasks.runtime.checkpoint import Checkpoint, cached_checkpoint
 from vad.tasks.operations.runners import RunnerSpec, completed, task_runner
 from vad.tasks.records import write_run
 from vad.tasks.workspace import default_root

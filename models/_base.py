@@ -140,7 +140,7 @@ class ClipModel(nn.Module):
     # True: reads frames at the size they are stored (the default input size is the store's)
     native_size: ClassVar[bool] = False
     # True: reads luma only (in_channels=1); training defaults its input to gray on a colour store, the
-    # conversion being `tasks/learning/model_input.py`'s `prepare_clips` (ITU-R BT.601 weights)
+    # conversion being `tasks/runtime/model_input.py`'s `prepare_clips` (ITU-R BT.601 weights)
     gray_only: ClassVar[bool] = False
     # True for a model whose scoring runs on the CPU whatever the device (OpenCV): it takes no GPU turn
     cpu_bound: ClassVar[bool] = False

@@ -200,7 +200,7 @@ class _Objects:
 def _opencv_threads() -> int:
     """OpenCV's thread count, set once per process (it is process-wide, so never per call from
     task threads) to the cores the process may use; returns it."""
-    from vad.tasks.inference.compute import available_cores  # imports the registry: not at module load
+    from vad.tasks.runtime.compute import available_cores  # imports the registry: not at module load
 
     cv2.setNumThreads(available_cores())
     return cv2.getNumThreads()

@@ -10,10 +10,10 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from vad.storage import SCORE_RUN_LOCK_WAIT_S, delete_manifest, run_lock, write_manifest, write_table
-from vad.tasks.evaluation.events import EventSettings, run_events
-from vad.tasks.inference.compute import Compute
+from vad.tasks.inference.events import EventSettings, run_events
+from vad.tasks.runtime.compute import Compute
 from vad.tasks.inference.routing import Budget, RouterConfig, budget_record
-from vad.tasks.learning.checkpoint import Checkpoint
+from vad.tasks.runtime.checkpoint import Checkpoint
 from vad.tasks.workspace import store_url as workspace_store_url
 
 if TYPE_CHECKING:

@@ -86,9 +86,9 @@ def make_checkpoint(store_url: str, arch: str, seed: int, folder: Path, clip_len
     import torch
     from vad.models import build
     from vad.storage import ClipStore
-    from vad.tasks.learning.calibration import Calibration
-    from vad.tasks.learning.checkpoint import Checkpoint, save_checkpoint, source_spec
-    from vad.tasks.learning.model_input import InputSpec
+    from vad.tasks.runtime.calibration import Calibration
+    from vad.tasks.runtime.checkpoint import Checkpoint, save_checkpoint, source_spec
+    from vad.tasks.runtime.model_input import InputSpec
 
     torch.manual_seed(seed)
     model = build(arch, clip_len=clip_len, height=32, width=32).eval()

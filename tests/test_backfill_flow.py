@@ -24,7 +24,7 @@ from vad.storage import (
     run_lock,
     write_manifest,
 )
-from vad.tasks.inference.compute import Compute
+from vad.tasks.runtime.compute import Compute
 from vad.tasks.inference.scoring import ScoreSettings
 from vad.tasks.operations.archive import BackfillSettings, archive_store_url
 from vad.tasks.operations.runners import RunnerSpec, current_api_url

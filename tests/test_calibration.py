@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from vad.tasks.learning.calibration import (
+from vad.tasks.runtime.calibration import (
     Calibration,
     EmpiricalRank,
     cosine_distances,

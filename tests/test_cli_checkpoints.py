@@ -18,7 +18,7 @@ def _touch(folder: Path, *names: str) -> None:
 
 
 def test_the_one_checkpoint_of_a_role_is_used_whatever_its_architecture(tmp_path):
-    from vad.tasks.learning.checkpoint import find_checkpoint
+    from vad.tasks.runtime.checkpoint import find_checkpoint
 
     _touch(tmp_path / "checkpoints" / "cam", "small-topheavy.pt", "large-objects.pt")
     assert find_checkpoint(str(tmp_path), "cam", "small") == str(tmp_path / "checkpoints" / "cam" / "small-topheavy.pt")
@@ -26,7 +26,7 @@ def test_the_one_checkpoint_of_a_role_is_used_whatever_its_architecture(tmp_path
 
 def test_the_default_architecture_wins_among_several(tmp_path):
     from vad.models import DEFAULT_ARCH
-    from vad.tasks.learning.checkpoint import find_checkpoint
+    from vad.tasks.runtime.checkpoint import find_checkpoint
 
     folder = tmp_path / "checkpoints" / "cam"
     _touch(folder, "small-topheavy.pt", f"small-{DEFAULT_ARCH['small']}.pt", "small-vae3d-motion.pt",
@@ -36,7 +36,7 @@ def test_the_default_architecture_wins_among_several(tmp_path):
 
 
 def test_several_without_the_default_are_refused_naming_them(tmp_path):
-    from vad.tasks.learning.checkpoint import find_checkpoint
+    from vad.tasks.runtime.checkpoint import find_checkpoint
 
     _touch(tmp_path / "checkpoints" / "cam", "small-topheavy.pt", "small-vae3d.pt")
     with pytest.raises(ParameterError, match=r"small-topheavy\.pt, small-vae3d\.pt.*--small PATH"):

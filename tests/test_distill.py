@@ -6,13 +6,13 @@ import pytest
 import torch
 from conftest import make_checkpoint
 from vad.models import build
-from vad.tasks.learning.checkpoint import load_checkpoint
+from vad.tasks.runtime.checkpoint import load_checkpoint
 from vad.tasks.learning.distill import (
     ScoreTeacher,
     check_student,
     standardised_mismatch,
 )
-from vad.tasks.learning.model_input import InputSpec
+from vad.tasks.runtime.model_input import InputSpec
 from vad.tasks.learning.training import TrainConfig, train_model
 
 from vad.errors import ParameterError
@@ -56,7 +56,7 @@ def test_a_teacher_must_see_flow_at_the_students_clip_size(synthetic_store, tmp_
     flow_ckpt.input = InputSpec(16, 8, 32, 32, 3, flow=True)
     flow_ckpt.model_config["in_channels"] = 3
     flow_ckpt.state_dict = build("ae3d", in_channels=3, clip_len=16, height=32, width=32).state_dict()
-    from vad.tasks.learning.checkpoint import save_checkpoint
+    from vad.tasks.runtime.checkpoint import save_checkpoint
 
     path = save_checkpoint(flow_ckpt, tmp_path / "flow.pt")
     with pytest.raises(ParameterError, match="sees 16x32x32 clips .* the student 16x64x64"):
@@ -69,7 +69,7 @@ def test_a_teacher_must_see_flow_at_the_students_clip_size(synthetic_store, tmp_
 def _frame_score_correlation(a, b, store_url):
     """Pearson correlation of two checkpoints' frame scores over the store's training clips."""
     from vad.storage import ClipStore, clip_windows
-    from vad.tasks.learning.model_input import prepare_clips
+    from vad.tasks.runtime.model_input import prepare_clips
 
     models = [(c, c.build_model()) for c in (a, b)]
     got = [[], []]

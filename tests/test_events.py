@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from vad.tasks.evaluation.events import EventSettings, duration_s, find_events
+from vad.tasks.inference.events import EventSettings, duration_s, find_events
 
 from vad.errors import ParameterError
 
@@ -129,7 +129,7 @@ def test_the_cli_refuses_a_negative_event_duration_in_one_line(tmp_path, vad_mai
 
 def test_a_frame_folder_without_a_rate_is_timed_by_the_models_rate_not_ffmpegs_25_fps_guess(tmp_path):
     from vad.storage import ClipStore
-    from vad.tasks.evaluation.events import EventSettings, run_events, store_timing
+    from vad.tasks.inference.events import EventSettings, run_events, store_timing
     from vad.tasks.sources.ingest import timing_attrs
 
     coded = timing_attrs(None, 0.0)

@@ -85,7 +85,7 @@ def test_cli_keeps_the_temporary_prefect_database_in_the_workspace(tmp_path, mon
 
 def test_train_flow_writes_a_calibrated_checkpoint_in_the_workspace(synthetic_store, tmp_path, prefect_server):
     from vad.flows.train import train_flow
-    from vad.tasks.learning.checkpoint import load_checkpoint
+    from vad.tasks.runtime.checkpoint import load_checkpoint
     from vad.tasks.learning.training import TrainConfig
 
     root = tmp_path / "ws"

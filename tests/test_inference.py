@@ -11,11 +11,11 @@ from torch import nn
 from vad.models import REGISTRY, make_config, model_class
 from vad.models._inference import ParityConvTranspose3d, for_inference
 from vad.storage import ClipStore, read_manifest
-from vad.tasks.inference.compute import Compute, measure_batch
-from vad.tasks.inference.passes import run_pass
+from vad.tasks.runtime.compute import Compute, measure_batch
+from vad.tasks.runtime.passes import run_pass
 from vad.tasks.inference.routing import BatchBudget
 from vad.tasks.inference.scoring import score_dataset
-from vad.tasks.learning.model_input import clip_index
+from vad.tasks.runtime.model_input import clip_index
 
 from vad.errors import ParameterError
 
@@ -169,14 +169,14 @@ def test_batch_measurement_stops_at_the_first_batch_that_runs_out_of_memory(vae,
 
     monkeypatch.setattr(model, "score", score)
     clock = iter(range(1000))  # every timed stretch takes 1 "second": clips/s grows with the batch
-    monkeypatch.setattr("vad.tasks.inference.compute.time.perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr("vad.tasks.runtime.compute.time.perf_counter", lambda: float(next(clock)))
     best, rates = measure_batch(vae, torch.device("cpu"), candidates=(2, 4, 8, 16), repeats=1)
     assert rates == {2: 2.0, 4: 4.0} and best == 4
 
 
 def test_batch_measurement_stops_when_a_larger_batch_is_not_faster(vae, monkeypatch):
     ticks = iter([0.0, 1.0, 10.0, 12.0, 20.0, 24.0, 30.0, 33.0])  # batches 2, 4, 8: 2, 2, 8/3 clips/s
-    monkeypatch.setattr("vad.tasks.inference.compute.time.perf_counter", lambda: next(ticks))
+    monkeypatch.setattr("vad.tasks.runtime.compute.time.perf_counter", lambda: next(ticks))
     best, rates = measure_batch(vae, torch.device("cpu"), candidates=(2, 4, 8), repeats=1)
     assert list(rates) == [2, 4] and best == 2  # 4 is not 5% faster than 2: 8 is never tried
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from vad.models import MotionPatch
 from vad.storage import ClipStore
-from vad.tasks.inference.passes import score_clips
+from vad.tasks.runtime.passes import score_clips
 from vad.tasks.inference.routing import BatchBudget
 from vad.tasks.inference.scoring import aggregate_frames, score_videos
-from vad.tasks.learning.calibration import Calibration
-from vad.tasks.learning.checkpoint import load_checkpoint
+from vad.tasks.runtime.calibration import Calibration
+from vad.tasks.runtime.checkpoint import load_checkpoint
 from vad.tasks.learning.training import TrainConfig, plan_training, split_clips, train_model
 from vad.tasks.sources.datasets import discover
 from vad.tasks.sources.ingest import Preprocess, ingest_video

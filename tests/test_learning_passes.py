@@ -12,10 +12,10 @@ import torch
 from conftest import make_checkpoint
 from vad.models import Objects
 from vad.storage import ClipStore
-from vad.tasks.inference import compute
-from vad.tasks.inference.passes import first_pass
+from vad.tasks.runtime import compute
+from vad.tasks.runtime.passes import first_pass
 from vad.tasks.inference.scoring import score_inputs
-from vad.tasks.learning.checkpoint import check_pair, save_checkpoint
+from vad.tasks.runtime.checkpoint import check_pair, save_checkpoint
 
 from vad.errors import CheckpointMismatchError, NonFiniteScoreError, ParameterError
 

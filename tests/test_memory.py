@@ -8,7 +8,7 @@ import pytest
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
 def test_the_trim_runs_on_every_nth_call_only(monkeypatch):
-    import vad.tasks.inference.memory as memory
+    import vad.tasks.runtime.memory as memory
 
     monkeypatch.delenv("VAD_NO_MALLOC_TRIM", raising=False)
     memory = importlib.reload(memory)
@@ -19,7 +19,7 @@ def test_the_trim_runs_on_every_nth_call_only(monkeypatch):
 
 
 def test_the_trim_can_be_switched_off(monkeypatch):
-    import vad.tasks.inference.memory as memory
+    import vad.tasks.runtime.memory as memory
 
     monkeypatch.setenv("VAD_NO_MALLOC_TRIM", "1")
     memory = importlib.reload(memory)
@@ -30,7 +30,7 @@ def test_the_trim_can_be_switched_off(monkeypatch):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
 def test_each_caller_counts_its_own_calls(monkeypatch):
-    import vad.tasks.inference.memory as memory
+    import vad.tasks.runtime.memory as memory
 
     monkeypatch.delenv("VAD_NO_MALLOC_TRIM", raising=False)
     memory = importlib.reload(memory)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from vad.storage import ClipStore
-from vad.tasks.learning.model_input import (
+from vad.tasks.runtime.model_input import (
     ClipBatches,
     ClipDataset,
     InputSpec,

@@ -6,14 +6,14 @@ import pytest
 import torch
 from vad.models import DEFAULT_ARCH, REGISTRY, build, make_config, trainable_parameters
 from vad.storage import ClipStore
-from vad.tasks.learning.calibration import Calibration
-from vad.tasks.learning.checkpoint import (
+from vad.tasks.runtime.calibration import Calibration
+from vad.tasks.runtime.checkpoint import (
     Checkpoint,
     load_checkpoint,
     save_checkpoint,
     source_spec,
 )
-from vad.tasks.learning.model_input import InputSpec
+from vad.tasks.runtime.model_input import InputSpec
 
 from vad.errors import (
     CheckpointError,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from vad.models import build
 from vad.models.motion_patch import BINS
-from vad.tasks.learning.checkpoint import load_checkpoint
+from vad.tasks.runtime.checkpoint import load_checkpoint
 from vad.tasks.learning.training import TrainConfig, train_model
 
 from vad.errors import ParameterError

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from vad.tasks.learning.model_input import InputSpec, prepare_clips
-from vad.tasks.learning.optical_flow import MAX_SPEED, flow_clips, lucas_kanade
+from vad.tasks.runtime.model_input import InputSpec, prepare_clips
+from vad.tasks.runtime.optical_flow import MAX_SPEED, flow_clips, lucas_kanade
 
 from vad.errors import ParameterError
 

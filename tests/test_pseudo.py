@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import train_until_epoch_2
-from vad.tasks.learning.checkpoint import load_checkpoint
+from vad.tasks.runtime.checkpoint import load_checkpoint
 from vad.tasks.learning.pseudo import (
     KINDS,
     PseudoAnomalyHead,

@@ -20,7 +20,7 @@ def pair(synthetic_store, tmp_path_factory):
     """Untrained small and large checkpoints, with a frame-level calibration for the frame mode."""
     from dataclasses import replace
 
-    from vad.tasks.learning.calibration import EmpiricalRank
+    from vad.tasks.runtime.calibration import EmpiricalRank
 
     folder = tmp_path_factory.mktemp("replay-ckpt")
     out = []

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import make_checkpoint
 from vad.storage import run_dir, write_table
-from vad.tasks.evaluation.events import find_events, store_timing
+from vad.tasks.inference.events import find_events, store_timing
 from vad.tasks.evaluation.report import (
     RunRef,
     build_report,

@@ -4,9 +4,9 @@ figures a user gets from the README's commands depend on the package versions al
 import numpy as np
 import torch
 from vad.storage import ClipStore
-from vad.tasks.inference.passes import score_clips
-from vad.tasks.learning.checkpoint import load_checkpoint
-from vad.tasks.learning.model_input import clip_index
+from vad.tasks.runtime.passes import score_clips
+from vad.tasks.runtime.checkpoint import load_checkpoint
+from vad.tasks.runtime.model_input import clip_index
 from vad.tasks.learning.training import TrainConfig, train_model
 
 

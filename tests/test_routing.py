@@ -12,7 +12,7 @@ from vad.tasks.inference.routing import (
     route,
     trailing_variance,
 )
-from vad.tasks.learning.calibration import Calibration
+from vad.tasks.runtime.calibration import Calibration
 
 from vad.errors import ParameterError
 

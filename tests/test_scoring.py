@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_checkpoint
 from vad.storage import ClipStore, read_manifest, read_table, write_table
-from vad.tasks.inference.compute import Compute
+from vad.tasks.runtime.compute import Compute
 from vad.tasks.inference.routing import BatchBudget, RouterConfig, TokenBucket
 from vad.tasks.inference.scoring import aggregate_frames, score_dataset, score_videos
 

@@ -9,7 +9,7 @@ from conftest import make_checkpoint
 from vad.storage import ClipStore
 from vad.tasks.inference.routing import SIGNALS, BatchBudget, RouterConfig
 from vad.tasks.inference.scoring import score_videos
-from vad.tasks.learning.checkpoint import load_checkpoint
+from vad.tasks.runtime.checkpoint import load_checkpoint
 from vad.tasks.learning.training import TrainConfig, train_model
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ from conftest import train_until_epoch_2
 from sklearn.metrics import roc_auc_score
 from vad.models import REGISTRY
 from vad.storage import ClipStore
-from vad.tasks.inference.passes import score_clips
-from vad.tasks.learning.checkpoint import load_checkpoint
-from vad.tasks.learning.model_input import clip_index
+from vad.tasks.runtime.passes import score_clips
+from vad.tasks.runtime.checkpoint import load_checkpoint
+from vad.tasks.runtime.model_input import clip_index
 from vad.tasks.learning.training import (
     TrainConfig,
     parse_model_options,

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 from vad.storage import ClipStore, atomic_folder, read_manifest, read_table, run_dir  # noqa: E402
-from vad.tasks.evaluation.events import EventSettings, run_events  # noqa: E402
+from vad.tasks.inference.events import EventSettings, run_events  # noqa: E402
 from vad.tasks.evaluation.metrics import Protocol, evaluate  # noqa: E402
 from vad.tasks.evaluation.pareto import sweep  # noqa: E402
 from vad.tasks.records import package_versions  # noqa: E402
@@ -290,7 +290,7 @@ def _plot_thumbnails(path: Path, run: _Run, top: pd.DataFrame) -> Path | None:
 
 
 def _parameters(checkpoint_path: str) -> str:
-    from vad.tasks.learning.checkpoint import load_checkpoint
+    from vad.tasks.runtime.checkpoint import load_checkpoint
 
     try:
         return f"{load_checkpoint(checkpoint_path).training.get('parameters', 0):,}"

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from pydantic import Field
-from vad.tasks.learning.calibration import Calibration, window_variances
+from vad.tasks.runtime.calibration import Calibration, window_variances
 
 from vad.errors import ParameterError
 

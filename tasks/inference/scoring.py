@@ -24,9 +24,9 @@ import pandas as pd
 from pydantic import BeforeValidator
 from tqdm import tqdm
 from vad.storage import ClipStore, check_run_id
-from vad.tasks.inference.compute import Compute, pick_device
-from vad.tasks.inference.passes import PassOutput, VideoPass, first_pass, second_pass
-from vad.tasks.evaluation.events import EventSettings
+from vad.tasks.runtime.compute import Compute, pick_device
+from vad.tasks.runtime.passes import PassOutput, VideoPass, first_pass, second_pass
+from vad.tasks.inference.events import EventSettings
 from vad.tasks.inference.routing import (
     BatchBudget,
     Budget,
@@ -37,7 +37,7 @@ from vad.tasks.inference.routing import (
     compute_signals,
     route,
 )
-from vad.tasks.learning.checkpoint import Checkpoint, check_pair, load_pair
+from vad.tasks.runtime.checkpoint import Checkpoint, check_pair, load_pair
 from vad.tasks.records import ScoreSummary, write_run
 from vad.tasks.workspace import store_url as workspace_store_url
 

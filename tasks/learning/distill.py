@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from vad.models import ClipModel
 from vad.models._base import ModelOutput
-from vad.tasks.learning.checkpoint import load_checkpoint
-from vad.tasks.learning.model_input import InputSpec, prepare_clips
+from vad.tasks.runtime.checkpoint import load_checkpoint
+from vad.tasks.runtime.model_input import InputSpec, prepare_clips
 
 from vad.errors import ParameterError
 

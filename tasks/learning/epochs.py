@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from vad.models import ClipModel
-from vad.tasks.inference.compute import autocast_for
+from vad.tasks.runtime.compute import autocast_for
 from vad.tasks.learning.distill import ScoreTeacher, standardised_mismatch, student_frame_scores
-from vad.tasks.learning.model_input import ClipDataset, InputSpec, prepare_clips
+from vad.tasks.runtime.model_input import ClipDataset, InputSpec, prepare_clips
 from vad.tasks.learning.pseudo import PseudoAnomalyHead, pseudo_anomalies
 
 from vad.errors import PipelineError

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from vad.models import model_class, trainable_parameters
-from vad.tasks.inference.compute import Compute, available_cores, pick_device
-from vad.tasks.inference.passes import score_clips
-from vad.tasks.learning.calibration import Calibration
-from vad.tasks.learning.checkpoint import Checkpoint, dataset_fingerprint, save_checkpoint, source_spec
+from vad.tasks.runtime.compute import Compute, available_cores, pick_device
+from vad.tasks.runtime.passes import score_clips
+from vad.tasks.runtime.calibration import Calibration
+from vad.tasks.runtime.checkpoint import Checkpoint, dataset_fingerprint, save_checkpoint, source_spec
 from vad.tasks.learning.epochs import Progress, make_loader, seed_everything
-from vad.tasks.learning.model_input import prepare_clips
+from vad.tasks.runtime.model_input import prepare_clips
 from vad.tasks.learning.train_config import TrainConfig, TrainResult
 from vad.tasks.records import package_versions
 

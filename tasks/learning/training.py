@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from vad.models import make_config, model_class, trainable_parameters
 from vad.storage import ClipStore, Video
-from vad.tasks.inference.compute import available_cores, pick_device
-from vad.tasks.learning.checkpoint import atomic_torch_save, dataset_fingerprint
+from vad.tasks.runtime.compute import available_cores, pick_device
+from vad.tasks.runtime.checkpoint import atomic_torch_save, dataset_fingerprint
 from vad.tasks.learning.distill import ScoreTeacher, check_student
 from vad.tasks.learning.epochs import (
     Distillation,
@@ -36,7 +36,7 @@ from vad.tasks.learning.epochs import (
     train_epoch,
 )
 from vad.tasks.learning.fitting import FIT_THREADS, fit_model, save_calibrated, torch_threads
-from vad.tasks.learning.model_input import InputSpec
+from vad.tasks.runtime.model_input import InputSpec
 from vad.tasks.learning.pseudo import PseudoAnomalyHead
 from vad.tasks.learning.split import Split, split_clips
 from vad.tasks.learning.train_config import GEOMETRY, TrainConfig, TrainResult, parse_model_options

@@ -47,11 +47,11 @@ from vad.storage import (
     write_manifest,
     write_table,
 )
-from vad.tasks.evaluation.events import find_events, store_timing
-from vad.tasks.inference.compute import Compute, pick_device
+from vad.tasks.inference.events import find_events, store_timing
+from vad.tasks.runtime.compute import Compute, pick_device
 from vad.tasks.inference.routing import budget_record
 from vad.tasks.inference.scoring import ScoreResult, ScoreSettings, score_videos
-from vad.tasks.learning.checkpoint import Checkpoint, cached_checkpoint, load_pair
+from vad.tasks.runtime.checkpoint import Checkpoint, cached_checkpoint, load_pair
 from vad.tasks.records import package_versions
 from vad.tasks.sources.datasets._base import (
     VIDEO_EXTENSIONS,

@@ -1,5 +1,5 @@
 """The one luma (gray) conversion of the project: ITU-R BT.601 weights, the ones FFmpeg's gray output
-and OpenCV's RGB2GRAY use. Model input (`tasks/learning/model_input.py`, torch) and the validation
+and OpenCV's RGB2GRAY use. Model input (`tasks/runtime/model_input.py`, torch) and the validation
 sets' background model (`tasks/evaluation/validation_scene.py`, numpy) both take their weights here."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from vad.storage import ClipStore
-from vad.tasks.inference.compute import (
+from vad.tasks.runtime.compute import (
     Compute,
     available_cores,
     choose_batch,
@@ -23,10 +23,10 @@ from vad.tasks.inference.compute import (
     pick_device,
     scoring_precision,
 )
-from vad.tasks.inference.memory import release_freed_memory
-from vad.tasks.learning.calibration import cosine_distances
-from vad.tasks.learning.checkpoint import Checkpoint
-from vad.tasks.learning.model_input import ClipBatches, clip_index, prepare_clips
+from vad.tasks.runtime.memory import release_freed_memory
+from vad.tasks.runtime.calibration import cosine_distances
+from vad.tasks.runtime.checkpoint import Checkpoint
+from vad.tasks.runtime.model_input import ClipBatches, clip_index, prepare_clips
 
 from vad.errors import NonFiniteScoreError
 

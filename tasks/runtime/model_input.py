@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from vad.storage import ClipStore, clip_windows
-from vad.tasks.inference.memory import release_freed_memory
-from vad.tasks.learning.optical_flow import flow_clips
+from vad.tasks.runtime.memory import release_freed_memory
+from vad.tasks.runtime.optical_flow import flow_clips
 from vad.tasks.sources.luma import LUMA as _LUMA  # ITU-R BT.601, as FFmpeg's gray conversion
 
 from vad.errors import ParameterError
@@ -30,7 +30,7 @@ class InputSpec:
     static scene.
 
     `flow`: the model sees the dense optical flow from each frame's predecessor, found on the frames'
-    luma (`tasks/learning/optical_flow.py`), as 3 channels (x and y components, speed); `channels` is then 3.
+    luma (`tasks/runtime/optical_flow.py`), as 3 channels (x and y components, speed); `channels` is then 3.
     """
 
     clip_len: int

@@ -17,8 +17,8 @@ import torch
 from vad.models import ClipModel, make_config, model_class
 from vad.models._inference import for_inference
 from vad.storage import ClipStore, Video, atomic_write
-from vad.tasks.learning.calibration import Calibration
-from vad.tasks.learning.model_input import InputSpec
+from vad.tasks.runtime.calibration import Calibration
+from vad.tasks.runtime.model_input import InputSpec
 from vad.tasks.workspace import check_dataset_name
 
 from vad.errors import (
@@ -67,7 +67,7 @@ class Checkpoint:
     source: dict[str, Any]
     dataset: str
     fingerprint: str
-    calibration: Calibration | None  # None only while training fits it (with `vad.tasks.inference.passes.score_clips`)
+    calibration: Calibration | None  # None only while training fits it (with `vad.tasks.runtime.passes.score_clips`)
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     path: str = ""

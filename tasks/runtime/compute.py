@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 import torch
 from pydantic import Field
 from vad.models import model_class
-from vad.tasks.learning.model_input import prepare_clips
+from vad.tasks.runtime.model_input import prepare_clips
 
 from vad.errors import ParameterError, PipelineError
 
 if TYPE_CHECKING:
-    from vad.tasks.learning.checkpoint import Checkpoint
+    from vad.tasks.runtime.checkpoint import Checkpoint
 
 Precision = Literal["auto", "float32", "bfloat16"]
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"

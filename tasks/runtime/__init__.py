@@ -1,0 +1,1 @@
+"""What training and scoring both run: checkpoints, calibration, model input, compute settings and the scoring pass."""
