@@ -1,6 +1,8 @@
-"""Ingest speed against FFmpeg's own decode speed, on Ped2 and on a synthetic 1280x720 video.
+"""Ingest speed against FFmpeg's own decode speed, on Ped2 and on a real fixed-camera recording
+encoded as 1280x720 H.264 (one of ../shared/videos, scaled up and looped), optionally on a
+synthetic 1280x720 video.
 
-    python benchmarks/ingest.py [--ped2 ../shared/datasets/ped2] [--seconds 20]
+    python benchmarks/ingest.py [--ped2 ../shared/datasets/ped2] [--video FILE] [--loops 3] [--synthetic 20]
 
 For each input it times (1) FFmpeg decoding to null, (2) FFmpeg decoding, scaling and converting
 to the stored pixel format, to null (the work ingest asks of FFmpeg), and (3) our ingest into a
@@ -73,10 +75,24 @@ def bench(
     return rows
 
 
+def real_720p(video: Path, loops: int, out: Path) -> Path:
+    """`video` scaled to 1280x720 and looped `loops` times, as H.264 (libx264, CRF 23): a camera's file."""
+    path = out / "real720.mp4"
+    subprocess.run([
+        ffmpeg_exe(), "-nostdin", "-v", "error", "-stream_loop", str(loops - 1), "-i", str(video),
+        "-vf", "scale=1280:720", "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-an", "-y", str(path),
+    ], check=True)
+    return path
+
+
 def main() -> None:
+    shared = Path(__file__).resolve().parents[2] / "shared"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ped2", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ped2"))
-    parser.add_argument("--seconds", type=int, default=20, help="length of the synthetic 720p video")
+    parser.add_argument("--ped2", default=str(shared / "datasets" / "ped2"))
+    parser.add_argument("--video", default=str(shared / "videos" / "intel_one-by-one-person-detection_768x432_h264.mp4"),
+                        help="a real recording, re-encoded as 1280x720 H.264")
+    parser.add_argument("--loops", type=int, default=3, help="times the recording is looped")
+    parser.add_argument("--synthetic", type=int, default=0, metavar="SECONDS", help="also a synthetic 720p video this long")
     parser.add_argument("--out", default="benchmarks/results/ingest.parquet")
     args = parser.parse_args()
     rows: list[dict] = []
@@ -88,12 +104,19 @@ def main() -> None:
             rows += bench("ped2", videos, Preprocess(), 4560, work, compress=False)
         else:
             print(f"skipping Ped2: {args.ped2} not found")
-        spec = SyntheticSpec(n_train=1, n_test=1, frames=25 * args.seconds, height=720, width=1280, objects=4)
-        synth = make_synthetic(work / "synth720", spec)
-        video = VideoSource("synth720", "train", synth[0].path, "file")
-        rows += bench("synthetic-720p", [video], Preprocess(), spec.frames, work)
-        rows += bench("synthetic-720p-native", [video], Preprocess(size=(720, 1280)), spec.frames, work)
-        rows += bench("synthetic-720p-native", [video], Preprocess(size=(720, 1280)), spec.frames, work, compress=False)
+        if Path(args.video).is_file():
+            path = real_720p(Path(args.video), args.loops, work)
+            video = VideoSource("real720", "train", str(path), "file")
+            frames = ingest_video(str(work / "count.zarr"), video, Preprocess(gray=True, size=(72, 128)), dataset="n").frames
+            rows += bench("real-720p", [video], Preprocess(), frames, work)
+            rows += bench("real-720p", [video], Preprocess(), frames, work, compress=False)
+        else:
+            print(f"skipping the real recording: {args.video} not found")
+        if args.synthetic:
+            spec = SyntheticSpec(n_train=1, n_test=1, frames=25 * args.synthetic, height=720, width=1280, objects=4)
+            synth = make_synthetic(work / "synth720", spec)
+            video = VideoSource("synth720", "train", synth[0].path, "file")
+            rows += bench("synthetic-720p", [video], Preprocess(), spec.frames, work)
     table = pd.DataFrame(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(args.out)

@@ -146,6 +146,18 @@ def test_scene_cut_marks_the_first_frame_of_a_new_scene(tmp_path):
     assert np.flatnonzero(ClipStore.open(url).video("cut").scene_cut).tolist() == [10]
 
 
+def test_scene_cut_histogram_samples_a_grid_sized_to_the_frame():
+    # About HIST_PIXELS pixels per channel: every 4th at 240x360 (60 x 90 = 5,400), every 9th at 480x852
+    # (54 x 95 = 5,130), so a larger frame costs no more.
+    for (h, w), per_channel in (((240, 360), 60 * 90), ((480, 852), 54 * 95)):
+        frames = np.zeros((3, h, w, 3), dtype=np.uint8)
+        frames[2] = 200
+        flags, hist = scene_cut_flags(frames, None)
+        assert flags.tolist() == [False, False, True]
+        assert hist.reshape(3, 32).sum(axis=1).tolist() == [per_channel] * 3
+        assert hist.reshape(3, 32)[:, 200 >> 3].tolist() == [per_channel] * 3
+
+
 def test_parameters_are_validated():
     assert parse_size("240x360") == (240, 360)
     for bad in ("240", "ax3", "240x"):
