@@ -153,6 +153,24 @@ def prefect_server():
 
 
 @pytest.fixture(scope="session")
+def prefect_api_env(prefect_server) -> dict[str, str]:
+    """The environment for a `vad` subprocess that talks to the session's Prefect API instead of
+    starting a temporary server of its own (10-25 s on 2 cores); the tests of the temporary server
+    itself (tests/test_cli_signals.py, tests/test_video_ids.py) leave PREFECT_API_URL unset."""
+    from vad.tasks.operations.runners import current_api_url
+
+    return {**os.environ, "PREFECT_API_URL": current_api_url(), "TQDM_DISABLE": "1", "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Integration tests first, in their order: with `--dist worksteal` each worker starts on its
+    half from the front and the idle one steals from the back, so the last minute is short unit
+    tests, not a 60 s flow started when the other worker has already finished."""
+    items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+
+
+@pytest.fixture(scope="session")
 def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The default synthetic dataset (6 normal + 6 test videos of 150 frames) stored at 32x32 gray."""
     from vad.tasks.sources.datasets import discover

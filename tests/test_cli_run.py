@@ -5,7 +5,6 @@ options of `vad score`; and it says what each stage did instead of minutes of si
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -85,23 +84,20 @@ def test_the_reuse_line_says_which_checkpoint_and_why(tmp_path):
 
 
 @pytest.mark.integration
-def test_run_says_what_each_stage_did_and_scores_with_the_options_given(tiny_dataset, tmp_path):
+def test_run_says_what_each_stage_did_and_scores_with_the_options_given(tiny_dataset, tmp_path, prefect_api_env):
     root = tmp_path / "ws"
-    env = {**os.environ, "TQDM_DISABLE": "1", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    proc = subprocess.run(
+    proc = subprocess.run(  # on the session's Prefect API: the temporary server is tests/test_cli_signals.py's
         [str(VAD), "run", "--dataset", "tiny", "--source", str(tiny_dataset), "--gray", "--report", "t", "--root", str(root),
-         "--frame-mode", "frame", "--device", "cpu", "--batch", "4", "--precision", "float32",
-         "--large-arch", "ae3d", "--large-epochs", "1", "--size", "32x32"],  # objects needs longer footage than this
-        capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env,
+         "--frame-mode", "frame", "--device", "cpu", "--batch", "4", "--precision", "float32", "--size", "32x32"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path, env=prefect_api_env,
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     lines = proc.stdout.splitlines()
     assert "ingest tiny: 4 videos; ingested 4, skipped 0 (unchanged), failed 0" in proc.stdout
     assert any(line.startswith("store ") and "4 videos (2 train, 2 test), 160 frames at 48x64 gray, 25 fps" in line
                for line in lines), proc.stdout
-    for role in ("small", "large"):
-        assert f"{role} model: no {role}-*.pt in {root}/checkpoints/tiny/; training" in proc.stdout
+    for role, arch in (("small", "motion_patch"), ("large", "objects")):  # the defaults, fitted on 1.6 s videos
+        assert f"{role} model: no {role}-*.pt in {root}/checkpoints/tiny/; training {arch}" in proc.stdout
     assert proc.stdout.count("checkpoint: ") == 2  # each training's summary
     assert "score tiny (run t-all)" in proc.stdout and "score tiny (run t-budget-0.2)" in proc.stdout
     assert f"report: {root}/reports/t/report.html" in proc.stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,14 +24,14 @@ def _colour_folder(base: Path) -> Path:
     return folder
 
 
-def test_default_run_on_an_unlabelled_colour_folder_writes_a_report_and_events(tmp_path: Path) -> None:
+def test_default_run_on_an_unlabelled_colour_folder_writes_a_report_and_events(tmp_path: Path, prefect_api_env) -> None:
     folder = _colour_folder(tmp_path)
     root = tmp_path / "ws"
-    env = {**os.environ, "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
     vad = Path(sys.executable).with_name("vad")
+    # on the session's Prefect API; a user's temporary server is tested in tests/test_cli_signals.py
+    # and tests/test_video_ids.py (`vad ingest` with no Prefect settings: no traceback either)
     proc = subprocess.run([str(vad), "run", "--dataset", "cam", "--source", str(folder), "--root", str(root)],
-                          capture_output=True, text=True, env=env, timeout=900)
+                          capture_output=True, text=True, env=prefect_api_env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
 

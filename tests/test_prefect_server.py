@@ -44,10 +44,14 @@ def server(tmp_path):
     env = {
         **os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",  # the worker asks for runs every second, not every 10 s
     }
     (tmp_path / "prefect-home").mkdir()
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+    # no UI (nothing here reads it) and no scheduler: the nightly run it would create at 02:00 must not
+    # join the runs triggered here when the test crosses 02:00; the schedule itself is read back below
+    proc = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui",
+                             "--no-scheduler"], env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
@@ -84,6 +88,17 @@ def test_backfill_deployment_runs_on_a_worker_and_a_second_run_does_no_model_wor
     env = server
     _prefect(env, "work-pool", "create", "vad-process", "--type", "process")
     _prefect(env, "work-queue", "create", "archive", "--pool", "vad-process", "--limit", "1")
+    worker_log = open(tmp_path / "worker.log", "w")  # started now, so that its start-up overlaps the deploys
+    worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "vad-process"], env=env, cwd=REPO,
+                              stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _deploy_and_run(env, archive, root, tmp_path)
+    finally:
+        _stop(worker)
+        worker_log.close()
+
+
+def _deploy_and_run(env, archive: str, root: str, tmp_path: Path) -> None:
     _prefect(env, "--no-prompt", "deploy", "--name", "backfill")
     _prefect(env, "--no-prompt", "deploy", "--name", "nightly", "--param", f"archive={archive}", "--param", "dataset=cam",
              "--param", f"root={root}")
@@ -95,21 +110,14 @@ def test_backfill_deployment_runs_on_a_worker_and_a_second_run_does_no_model_wor
     assert nightly["work_queue_name"] == _api(env, "/deployments/name/backfill/backfill")["work_queue_name"] == "archive"
     assert _api(env, "/work_pools/vad-process/queues/archive")["concurrency_limit"] == 1  # one run at a time
 
-    worker_log = open(tmp_path / "worker.log", "w")
-    worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "vad-process"], env=env, cwd=REPO,
-                              stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        params = json.dumps({"archive": archive, "dataset": "cam", "root": root, "since": "2026-11-20", "until": "2026-11-21"})
-        _prefect(env, "deployment", "run", "backfill/backfill", "--params", params, "--watch", "--watch-timeout", "400", timeout=450)
-        videos = read_table(root, "videos", dataset="cam")
-        assert sorted(videos.video) == ["2026-11-20_cam-0", "2026-11-21_cam-1"]  # the third video is dated the 22nd
-        clips = read_table(root, "clips", dataset="cam")
-        assert len(clips) == 8 and clips.groupby("video").size().tolist() == [4, 4]
-        parts = {p: p.stat().st_mtime_ns for p in (Path(root) / "scores").rglob("*.parquet")}
+    params = json.dumps({"archive": archive, "dataset": "cam", "root": root, "since": "2026-11-20", "until": "2026-11-21"})
+    _prefect(env, "deployment", "run", "backfill/backfill", "--params", params, "--watch", "--watch-timeout", "400", timeout=450)
+    videos = read_table(root, "videos", dataset="cam")
+    assert sorted(videos.video) == ["2026-11-20_cam-0", "2026-11-21_cam-1"]  # the third video is dated the 22nd
+    clips = read_table(root, "clips", dataset="cam")
+    assert len(clips) == 8 and clips.groupby("video").size().tolist() == [4, 4]
+    parts = {p: p.stat().st_mtime_ns for p in (Path(root) / "scores").rglob("*.parquet")}
 
-        _prefect(env, "deployment", "run", "backfill/backfill", "--params", params, "--watch", "--watch-timeout", "400", timeout=450)
-        assert {p: p.stat().st_mtime_ns for p in parts} == parts  # no part rewritten: no model work
-        assert "scored 0, skipped 2" in (tmp_path / "worker.log").read_text()
-    finally:
-        _stop(worker)
-        worker_log.close()
+    _prefect(env, "deployment", "run", "backfill/backfill", "--params", params, "--watch", "--watch-timeout", "400", timeout=450)
+    assert {p: p.stat().st_mtime_ns for p in parts} == parts  # no part rewritten: no model work
+    assert "scored 0, skipped 2" in (tmp_path / "worker.log").read_text()

@@ -1,9 +1,5 @@
 """Training on normal clips: the held-out split, learning that separates anomalies, resuming, refusals."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -149,11 +145,10 @@ def test_existing_checkpoint_and_bad_settings_are_refused(synthetic_store, tmp_p
         plan_training(empty.url, tmp_path / "x.pt", _config())
 
 
-def test_cli_train_reports_a_missing_store_in_one_line(tmp_path):
-    vad = Path(sys.executable).with_name("vad")
-    proc = subprocess.run([str(vad), "train", "--dataset", "nope", "--root", str(tmp_path)], capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: ") and "nope.zarr" in proc.stderr and "Traceback" not in proc.stderr
+def test_cli_train_reports_a_missing_store_in_one_line(tmp_path, vad_main):
+    code, _, err = vad_main("train", "--dataset", "nope", "--root", str(tmp_path))  # the script itself: tests/test_cli.py
+    assert code == 2
+    assert err.startswith("error: ") and "nope.zarr" in err and "Traceback" not in err
 
 
 @pytest.mark.gpu
