@@ -4,7 +4,14 @@ model alone.
 
     python benchmarks/throughput.py [--ped2 ../shared/datasets/ped2 | --no-ped2] [--small PATH --large PATH]
         [--minutes 1,10,60] [--budget 0.2] [--budgets 0.1,0.2,0.3] [--device auto] [--batch N] [--precision auto]
-        [--compile] [--batches 4,8,16] [--no-compile-table] [--work DIR]
+        [--compile] [--batches 4,8,16] [--no-compile-table] [--work DIR] [--pass1-only [--repeat N]]
+
+Pass 1 against reading (`--pass1-only`, Ped2 and `--minutes` inputs): the bare read of the store
+(`Video.read` of every test frame, as uint8, a span of `SPAN_PIXELS` at a time: Zarr and zstd alone)
+and pass 1 (`first_pass` per video: reading, conversion, the model, routing inputs), alternated
+`--repeat` times in one run; `vs_read` is pass 1's frames/s over the bare read's just before it. On a
+machine shared with other work absolute figures are noisy; the ratio, measured side by side, is what
+to compare. Every full run's rows carry `read_fps` and `vs_read` too.
 
 Stages, each timed alone by calling the stage functions `score_videos` runs in a loop
 (`tasks/inference/scoring.py`): ingest (`ingest_video` of each video into a fresh store, one at a time),
@@ -80,7 +87,7 @@ from vad.tasks.runtime.compute import (
     pick_device,
     scoring_precision,
 )
-from vad.tasks.runtime.passes import second_pass
+from vad.tasks.runtime.passes import SPAN_PIXELS, first_pass, second_pass
 from vad.tasks.inference.routing import BatchBudget
 from vad.tasks.inference.scoring import (
     ReplayMap,
@@ -116,7 +123,7 @@ EXPERIMENTS = REPO / "vad-workspace" / "experiments" / "ped2"
 DEFAULT_CHECKPOINTS = {"small": EXPERIMENTS / "vae3d-motion.pt", "large": EXPERIMENTS / "predictor-wide.pt"}
 # With no checkpoint: the default pair's architectures and input spec, Ped2's stored frames
 STAND_INS = {
-    "small": ("vae3d", {}, InputSpec(16, 8, 128, 192, 1, motion=True)),
+    "small": ("motion_patch", {}, InputSpec(16, 8, 240, 360, 1)),
     "large": ("predictor", {"channels": (16, 32, 64, 128), "step": 4}, InputSpec(16, 8, 128, 192, 1)),
 }
 STAND_IN_FRAME_SIZE = (240, 360, 1)
@@ -368,13 +375,47 @@ class TimedMap(VideoMap):
         return measured(self.memory, self.stages, name, self.device)
 
 
+def bare_read(url: str, ids: list[str]) -> int:
+    """Read every frame of the videos `ids` as uint8 and drop it (Zarr and zstd alone); the frame count."""
+    store, frames = ClipStore.open(url), 0
+    for vid in ids:
+        video = store.video(vid)
+        step = max(1, SPAN_PIXELS // (video.frames.shape[1] * video.frames.shape[2]))
+        for start in range(0, video.n_frames, step):
+            frames += len(video.read(start, min(video.n_frames, start + step)))
+    return frames
+
+
+def pass1_against_read(name: str, url: str, ids: list[str], small: Checkpoint, frames: int, memory: Memory,
+                       args: argparse.Namespace) -> list[dict]:
+    """The bare read and pass 1 alternated `--repeat` times; rows with each pass 1's ratio to the read before it."""
+    device, rows = pick_device(args.device), []
+    for k in range(args.repeat):
+        stages: list[dict] = []
+        with measured(memory, stages, "read", device):
+            bare_read(url, ids)
+        with measured(memory, stages, "pass1", device):
+            clips = sum(first_pass(url, small, vid, compute=compute(args)).out.calls for vid in ids)
+        read_fps = frames / stages[0]["seconds"]
+        for r in stages:
+            fps = frames / r["seconds"]
+            rows.append({"input": name, "round": k + 1, "stage": r["stage"], "frames": frames,
+                         "clips": clips if r["stage"] == "pass1" else None, "seconds": r["seconds"], "frames_per_s": fps,
+                         "read_fps": read_fps, "vs_read": fps / read_fps, "peak_rss_mb": r["peak"] / MB,
+                         "device": str(device), "threads": r["threads"]})
+        say(f"  round {k + 1}: bare read {read_fps:,.0f} frames/s, pass 1 {rows[-1]['frames_per_s']:,.0f} frames/s "
+            f"({rows[-1]['vs_read']:.2f} of the read)")
+    return rows
+
+
 def run_input(
     name: str, sources: list[VideoSource], templates: dict[str, Checkpoint | None], work: Path, memory: Memory,
     args: argparse.Namespace,
 ) -> tuple[list[dict], dict[str, Any]]:
     """Every stage over one input in a fresh workspace `work/runs/name`; rows and what routing_cost reuses."""
     root = work / "runs" / name
-    shutil.rmtree(root, ignore_errors=True)
+    if not args.pass1_only:  # pass 1 alone reuses an ingested store (an unchanged video is skipped)
+        shutil.rmtree(root, ignore_errors=True)
     url = store_url(str(root), name)
     height, width, channels = stored_frame_size(templates["small"])
     prep = Preprocess(size=(height, width), gray=channels == 1)
@@ -388,6 +429,11 @@ def run_input(
     ids = [s.video_id for s in sources]
     first = ClipStore.open(url).video(ids[0])
     small = fit(templates["small"], "small", first, root / "checkpoints", seed=0)
+    if args.pass1_only:
+        return pass1_against_read(name, url, ids, small, frames, memory, args), {}
+    t0 = time.perf_counter()
+    bare_read(url, ids)
+    read_fps = frames / (time.perf_counter() - t0)
     large = fit(templates["large"], "large", first, root / "checkpoints", seed=1)
     result = score_videos(url, small, large, budget, compute=compute(args), mapper=TimedMap(memory, stages, device))
     for rec, out in ((stages[1], result.small), (stages[3], result.large)):
@@ -411,7 +457,8 @@ def run_input(
         "seconds": r["seconds"], "frames_per_s": frames / r["seconds"] if r["seconds"] > 0 else float("inf"),
         "loop_s": r.get("loop_s"), "peak_rss_mb": r["peak"] / MB, "rss_before_mb": r["before"] / MB,
         "rss_delta_mb": (r["peak"] - r["before"]) / MB, "gpu_peak_mb": r.get("gpu_peak_mb"),
-        "device": str(device), "threads": r["threads"],
+        "device": str(device), "threads": r["threads"], "read_fps": read_fps,
+        "vs_read": frames / r["seconds"] / read_fps if r["seconds"] > 0 else float("inf"),
     } for r in stages]
     context = {"url": url, "passes": passes, "pass1_s": stages[1]["seconds"], "small": small, "large": large,
                "weights": weights}
@@ -536,6 +583,9 @@ def main() -> None:
     parser.add_argument("--no-compile-table", action="store_true", help="leave the compiled rows out of the model table")
     parser.add_argument("--work", help="keep the work (stores, videos, runs) in this folder; default a temporary one")
     parser.add_argument("--out", default=str(RESULTS / "throughput.parquet"))
+    parser.add_argument("--pass1-only", action="store_true",
+                        help="only the bare read of each store against pass 1, alternated --repeat times")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of read and pass 1 with --pass1-only")
     args = parser.parse_args()
     minutes = _floats(args.minutes, "--minutes")
     budgets = _floats(args.budgets, "--budgets")
@@ -557,13 +607,13 @@ def main() -> None:
         if sources is not None:
             ped2_rows, context = run_input("ped2", sources, templates, work, memory, args)
             rows += ped2_rows
-            routing = routing_cost(context, budgets, args) if budgets else []
+            routing = routing_cost(context, budgets, args) if budgets and not args.pass1_only else []
         for m in minutes:
             source = synthetic_source(work, m)
             part, _ = run_input(f"synthetic-720p-{m:g}min", [source], templates, work, memory, args)
             rows += part
     # last, so that the models it builds and compiles do not raise the stages' memory
-    models = model_table(templates, batches, device, args) if batches else []
+    models = model_table(templates, batches, device, args) if batches and not args.pass1_only else []
     if models:
         model_out = Path(args.out).with_name(f"{Path(args.out).stem}_models.parquet")
         model_out.parent.mkdir(parents=True, exist_ok=True)
@@ -580,10 +630,11 @@ def main() -> None:
     table = pd.DataFrame(rows)
     table.to_parquet(out, index=False)
     with pd.option_context("display.width", 250, "display.max_columns", 30):
-        shown = table.drop(columns=["device", "weights"]).dropna(axis=1, how="all")  # gpu_peak_mb on CPU
+        shown = table.drop(columns=["device", "weights"], errors="ignore").dropna(axis=1, how="all")  # gpu_peak_mb on CPU
         say("\n" + shown.to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
         for name, group in table.groupby("input", sort=False):
-            say(f"{name}: {group['weights'].iloc[0]}")
+            if "weights" in group:
+                say(f"{name}: {group['weights'].iloc[0]}")
         if routing:
             routing_table = pd.DataFrame(routing)
             routing_out = out.with_name(f"{out.stem}_routing.parquet")

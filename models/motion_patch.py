@@ -11,8 +11,16 @@ Per frame t of a clip (model input: gray frames in [0, 1], any resolution the In
     s_t(i,j) = e_t(i,j)                    statistic "raw"
              = e_t(i,j) - q(i,j)           statistic "minus_q"    (q: the cell's `quantile` on normal frames)
              = e_t(i,j) - m(i,j)           statistic "minus_mean" (m: the cell's mean on normal frames)
+             = (e_t(i,j) - m(i,j)) / s(i,j) statistic "z"         (s: the cell's normal spread, below)
+             = e_t(i,j) / r(i,j)           statistic "ratio_q"   (r = q(i,j) + `cell_prior` * mean q)
     frame score f_t = max_(i,j) s_t(i,j)                             (B, T)
     clip score      = mean_t f_t                                     (B,)
+
+"z" and "ratio_q" judge each cell against its own normal level, so they carry across a camera
+with perspective (a person near the camera moves more pixels than one far away). The spread is
+s(i,j)^2 = v(i,j) + `cell_prior` * mean v, v the cell's variance of energy on normal frames: a cell
+that barely moves on normal footage borrows a share of the average cell's spread instead of
+dividing by almost nothing; both denominators are floored at `SPREAD_FLOOR`.
 
 Embedding (B, gy*gx + 2): log1p of the clip's mean energy on a coarse gy x gx grid divided by the
 normal mean energy, plus log1p of the clip's mean and max frame score over the normal frame-score
@@ -23,7 +31,9 @@ T) over the normal frame-score scale: a clip with a burst of motion in a few fra
 mean score hides what happens, the kind a large model is most likely to re-rank.
 
 Fitted state (registered buffers, saved as tensors in a checkpoint, `weights_only` loading):
-cell_mean (gh, gw), cell_q (gh, gw; 0 unless the statistic is "minus_q"), energy_scale (),
+cell_mean (gh, gw), cell_q (gh, gw; 0 unless the statistic is "minus_q" or "ratio_q"), cell_spread
+(gh, gw; the "z" spread or the "ratio_q" denominator, else 1; a checkpoint made before it loads
+with ones), energy_scale (),
 frame_scale (), is_fitted (), set by `fit` from normal clips streamed once in bounded memory
 (`vad train` fits it: no gradient steps, no trainable parameters). `forward` does not reconstruct
 (recon is the input itself).
@@ -39,15 +49,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, ClassVar, Iterable
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from vad.models._base import ClipConfig, ClipModel, ClipScores, ModelOutput, Reservoir, to_frames, to_pixels
 
 from vad.errors import ParameterError
+from vad.tasks.sources.luma import LUMA
 
-STATISTICS = ("raw", "minus_q", "minus_mean")
+STATISTICS = ("raw", "minus_q", "minus_mean", "z", "ratio_q")
+SPREAD_FLOOR = 1e-3  # of the "z" / "ratio_q" denominators: a quarter of a gray level of mean change
 BINS = 4096  # histogram bins over the energy range [0, 1] (a quantile is exact to within half a bin)
 FRAME_SAMPLE = 8192  # frames sampled to fit the frame-score scale of the "minus_*" statistics
 
@@ -66,7 +80,8 @@ class MotionPatchConfig(ClipConfig):
     lag: int = 0  # difference to the frame `lag` before; 0: `lag_s` at `fps`
     lag_s: float = 0.1
     statistic: str = "raw"  # one of STATISTICS
-    quantile: float = 0.99  # of the "minus_q" statistic
+    quantile: float = 0.99  # of the "minus_q" and "ratio_q" statistics
+    cell_prior: float = 0.25  # the average cell's weight in each cell's spread ("z") or quantile ("ratio_q")
     embed_grid: tuple[int, int] = (4, 6)  # coarse grid of the embedding's energy map
 
     def validate(self) -> None:
@@ -87,6 +102,8 @@ class MotionPatchConfig(ClipConfig):
             raise ParameterError(f"motion_patch: statistic must be one of {STATISTICS}, got {self.statistic!r}")
         if not 0.0 < self.quantile < 1.0:
             raise ParameterError(f"motion_patch: quantile must be in (0, 1), got {self.quantile}")
+        if not self.cell_prior >= 0.0:
+            raise ParameterError(f"motion_patch: cell_prior must be >= 0, got {self.cell_prior}")
         if len(self.embed_grid) != 2 or min(self.embed_grid) < 1:
             raise ParameterError(f"motion_patch: embed_grid must be two positive sizes, got {self.embed_grid}")
 
@@ -116,15 +133,25 @@ class MotionPatch(ClipModel):
     fitted = True
     native_size = True
     gray_only = True
+    # fitted and compared on the validation set by `vad train` (tasks/learning/selection.py); first the default
+    VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {}, "minus_q": {"statistic": "minus_q"}, "z": {"statistic": "z"}, "ratio_q": {"statistic": "ratio_q"},
+    }
 
     def __init__(self, config: MotionPatchConfig) -> None:
         super().__init__(config)
         gh, gw = config.grid
         self.register_buffer("cell_mean", torch.zeros(gh, gw))
         self.register_buffer("cell_q", torch.zeros(gh, gw))
+        self.register_buffer("cell_spread", torch.ones(gh, gw))
         self.register_buffer("energy_scale", torch.ones(()))
         self.register_buffer("frame_scale", torch.ones(()))
         self.register_buffer("is_fitted", torch.zeros((), dtype=torch.bool))
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        if "cell_spread" not in state_dict:  # a checkpoint from before the "z" statistic
+            state_dict = {**state_dict, "cell_spread": torch.ones_like(self.cell_spread)}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, T, H, W) -> (B, T, gh, gw) mean |x_t - x_{t-lag}| per patch."""
@@ -143,6 +170,10 @@ class MotionPatch(ClipModel):
         stat = self.config.statistic
         if stat == "raw":
             return e
+        if stat == "z":
+            return (e - self.cell_mean) / self.cell_spread
+        if stat == "ratio_q":
+            return e / self.cell_spread  # `fit` keeps the quantile denominator r(i, j) there
         return e - (self.cell_q if stat == "minus_q" else self.cell_mean)
 
     def embed(self, e: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
@@ -157,8 +188,46 @@ class MotionPatch(ClipModel):
 
     @torch.inference_mode()
     def score(self, x: torch.Tensor) -> ClipScores:  # (B, 1, T, H, W) in [0, 1] -> ClipScores
-        x = x.float()
-        e = self.energy(x)  # (B, T, gh, gw)
+        return self.score_features(self.energy(x.float()))
+
+    # Per-frame work once (`tasks/runtime/passes.py`): a pass over overlapping clips finds the energy
+    # of each frame of a span of frames once, and gathers each clip's rows from it; the scores are
+    # those of `score` on the clip alone, since a frame's energy depends only on it and `lag` before.
+    def frame_features(self, x: torch.Tensor) -> torch.Tensor:  # (1, 1, L, H, W) span -> (L, gh, gw)
+        return self.energy(x.float())[0]
+
+    def stored_frame_features(self, frames: np.ndarray) -> torch.Tensor:  # uint8 (L, H, W, C) -> (L, gh, gw)
+        """`frame_features` of stored frames at the model's size, on a CPU with OpenCV, frame by frame
+        (each frame's arrays stay in the cache): the luma of RGB frames as `prepare_clips` takes it,
+        |x_t - x_{t-lag}| (exact in uint8 for gray frames) and the windows' sums from an integral
+        image, in float64. The same energies up to float rounding, several times faster."""
+        lag, p = self.config.lag_frames, self.config.patch
+        s = max(1, p // 2)
+        (gh, gw), n = self.config.grid, len(frames)
+        rgb = frames.shape[-1] == 3
+        weights = np.asarray(LUMA, np.float32)[None] / np.float32(255.0)  # (1, 3): scaled as prepare_clips
+        out = np.empty((n, gh, gw), np.float64)
+        gray = [None] * n
+        for t in range(n):
+            gray[t] = cv2.transform(frames[t].astype(np.float32), weights) if rgb else frames[t, :, :, 0]
+            if t >= lag:
+                ii = cv2.integral(cv2.absdiff(gray[t], gray[t - lag]), sdepth=cv2.CV_64F)  # (H+1, W+1)
+                hi, lo = slice(p, p + s * gh, s), slice(0, s * gh, s)
+                hj, lj = slice(p, p + s * gw, s), slice(0, s * gw, s)
+                out[t] = ii[hi, hj] - ii[lo, hj] - ii[hi, lj] + ii[lo, lj]
+                gray[t - lag] = None
+        out[:lag] = out[lag] if n > lag else 0.0
+        return torch.from_numpy(out.astype(np.float32)).div_(p * p * (1.0 if rgb else 255.0))
+
+    @property
+    def frame_lookback(self) -> int:  # frames before a frame that its features read
+        return self.config.lag_frames
+
+    def clip_rows(self) -> torch.Tensor:  # (T,): the span rows of a clip's frames, from its first
+        return torch.arange(self.config.clip_len).clamp_min_(self.config.lag_frames)
+
+    @torch.inference_mode()
+    def score_features(self, e: torch.Tensor) -> ClipScores:  # (B, T, gh, gw) energies -> ClipScores
         frames = self.statistic(e).flatten(2).amax(dim=2)  # (B, T)
         uncertainty = frames.std(dim=1) / self.frame_scale  # (B,)
         return ClipScores(clip=frames.mean(dim=1), frames=frames, embedding=self.embed(e, frames), uncertainty=uncertainty)
@@ -166,7 +235,8 @@ class MotionPatch(ClipModel):
     @torch.inference_mode()
     def fit(self, clips: Iterable[torch.Tensor]) -> dict[str, float]:
         """Fit the buffers from normal clips, each (B, 1, T, H, W) in [0, 1] (as `prepare_clips` gives),
-        streamed once in bounded memory: per cell a float64 sum and (for "minus_q") a histogram of the energies.
+        streamed once in bounded memory: per cell float64 sums of the energies and their squares and
+        (for "minus_q", "ratio_q") a histogram of them.
 
         Every clip frame's patch energies count (frames covered by two clips count twice, as in scoring).
         `cell_q` is read from the histogram (`BINS` bins over [0, 1]: within half a bin of the exact
@@ -175,8 +245,10 @@ class MotionPatch(ClipModel):
         """
         gh, gw = self.config.grid
         cells, dev = gh * gw, self.cell_mean.device
-        n, total, moments = 0, torch.zeros(cells, dtype=torch.float64, device=dev), [0.0, 0.0]
-        quantiles = self.config.statistic == "minus_q"  # only that statistic reads `cell_q` (else 0)
+        n, moments = 0, [0.0, 0.0]
+        total, total_sq = torch.zeros(2, cells, dtype=torch.float64, device=dev)
+        stat = self.config.statistic
+        quantiles = stat in ("minus_q", "ratio_q")  # only they read `cell_q` (else 0)
         hist = torch.zeros(cells * BINS if quantiles else 0, dtype=torch.int64, device=dev)
         offset = torch.arange(cells, device=dev) * BINS
         sample = Reservoir(FRAME_SAMPLE, seed=0)
@@ -184,6 +256,7 @@ class MotionPatch(ClipModel):
             e = self.energy(x.float()).flatten(0, 1).flatten(1)  # (B*T, cells)
             n += len(e)
             total += e.sum(dim=0, dtype=torch.float64)
+            total_sq += e.double().square().sum(dim=0)
             if quantiles:
                 bins = e.mul(BINS).long().clamp_(0, BINS - 1).add_(offset)
                 hist += torch.bincount(bins.flatten(), minlength=cells * BINS)
@@ -198,6 +271,12 @@ class MotionPatch(ClipModel):
         self.cell_mean.copy_((total / n).view(gh, gw))
         if quantiles:
             self.cell_q.copy_(histogram_quantile(hist.view(cells, BINS), self.config.quantile).view(gh, gw))
+        prior = self.config.cell_prior
+        if stat == "z":
+            var = ((total_sq - total * total / n) / max(n - 1, 1)).clamp_min(0.0)
+            self.cell_spread.copy_((var + prior * var.mean()).sqrt().clamp_min(SPREAD_FLOOR).view(gh, gw))
+        elif stat == "ratio_q":
+            self.cell_spread.copy_((self.cell_q + prior * self.cell_q.mean()).clamp_min(SPREAD_FLOOR))
         self.energy_scale.copy_((total.sum() / (n * cells)).clamp_min(1e-6))
         if self.config.statistic == "raw":
             s1, s2 = moments

@@ -6,9 +6,13 @@ calibration; `first_pass` and `second_pass` are the two passes of scoring, one v
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +30,18 @@ from vad.tasks.runtime.compute import (
 from vad.tasks.runtime.memory import release_freed_memory
 from vad.tasks.runtime.calibration import cosine_distances
 from vad.tasks.runtime.checkpoint import Checkpoint
-from vad.tasks.runtime.model_input import ClipBatches, clip_index, prepare_clips
+from vad.tasks.runtime.model_input import ClipBatches, InputSpec, clip_index, prepare_clips
 
 from vad.errors import NonFiniteScoreError
+
+# frames read per batch by a model with per-frame features: 2^23 pixels (about 97 frames of 240x360),
+# so that a video holds several batches and the next is read while one is scored (`read_ahead`)
+SPAN_PIXELS = 1 << 23
+FRAME_CHUNK = 8  # frames converted and featurised at a time (`span_features`)
+# what a model with per-frame features has: `frame_features` (1, C, L, H, W) -> (L, ...) features
+# of each frame, reading `frame_lookback` frames before it; `clip_rows()` (T,) the rows a clip's
+# frames take, from its first; `score_features` (B, T, ...) -> ClipScores, equal to `score` of the clips
+PER_FRAME = ("frame_features", "frame_lookback", "clip_rows", "score_features")
 
 
 @dataclass
@@ -100,7 +113,9 @@ def score_clips(
     are enough clips to pay for its start-up (a few seconds). They are converted on the compute
     device. The model is the checkpoint's scoring model (`Checkpoint.scoring_model`), built once per
     device; with `compile` a short last batch is padded to the next power of two, so few shapes are
-    compiled. Passes on one GPU, and compiled passes anywhere, take turns (`pass_lock`), except
+    compiled. A model with per-frame features (`PER_FRAME`: `motion_patch`) reads each batch's
+    frames once (`read_spans`, about `SPAN_PIXELS` pixels a batch unless `batch` is given) and
+    scores clips assembled from them, uncompiled. Passes on one GPU, and compiled passes anywhere, take turns (`pass_lock`), except
     those of a model whose work is on the CPU (`is_cpu_bound`). A NaN or infinite score fails the
     video here (`check_finite`).
     """
@@ -111,7 +126,13 @@ def score_clips(
     precision, compile = compute.precision, compute.compile
     torch.set_num_threads(available_cores())
     model = checkpoint.scoring_model(dev, compile=compile)
-    batch = compute.batch or choose_batch(checkpoint, dev, precision=precision)
+    per_frame = all(hasattr(model, a) for a in PER_FRAME) and not compile and not (spec.motion or spec.flow)
+    if per_frame:
+        rows = model.clip_rows().to(dev)
+        h, w = checkpoint.source["frame_size"][:2]
+        batch = compute.batch or max(4, (SPAN_PIXELS // (h * w) - spec.clip_len) // spec.stride + 1)
+    else:
+        batch = compute.batch or choose_batch(checkpoint, dev, precision=precision)
     cpu_bound = is_cpu_bound(checkpoint.arch)
     if workers is None:
         # On a CPU, reading in the scoring process costs as much as a reader process and holds
@@ -120,8 +141,9 @@ def score_clips(
         # worker) may not start children.
         spawn_ok = len(index) >= 400 and not multiprocessing.current_process().daemon
         workers = 1 if dev.type == "cuda" and spawn_ok else 0
-    loader = DataLoader(
-        ClipBatches(store_url, index, spec.clip_len, batch), batch_size=None, num_workers=workers,
+    batches = ClipBatches(store_url, index, spec.clip_len, batch, spans=per_frame)
+    loader = read_ahead(batches) if per_frame and not workers and dev.type == "cpu" else DataLoader(
+        batches, batch_size=None, num_workers=workers,
         # about 64 clips read ahead, whatever the batch size
         multiprocessing_context="spawn" if workers else None, prefetch_factor=max(1, min(4, 64 // batch)) if workers else None,
         pin_memory=dev.type == "cuda",
@@ -134,14 +156,27 @@ def score_clips(
     emb: np.ndarray | None = None
     done = 0
     t0 = time.perf_counter()
-    with pass_lock(dev, compile, cpu_bound=cpu_bound), torch.inference_mode(), scoring_precision(dev, precision):
+    with contextlib.ExitStack() as stack:
+        stack.callback(torch.set_num_threads, available_cores())  # as the pass found it, for what runs next
+        if per_frame and dev.type == "cpu":
+            # FRAME_CHUNK-frame steps are too small for intra-op threads (on 2 busy cores, 2 threads
+            # ran pass 1 at 129 frames/s, 1 thread at 432); the next span is read on a thread meanwhile
+            torch.set_num_threads(1)
+        stack.enter_context(pass_lock(dev, compile, cpu_bound=cpu_bound))
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(scoring_precision(dev, precision))
         for clips in loader:
-            m = len(clips)
-            if compile and m < batch:
-                # a short batch is padded to the next power of two (at most `batch`): a pass
-                # compiles at most log2(batch) + 1 shapes and wastes at most half a batch
-                clips = torch.cat([clips, clips[-1:].expand(min(batch, 1 << (m - 1).bit_length()) - m, *clips.shape[1:])])
-            s = model.score(prepare_clips(clips, spec, model.value_range, device=dev))
+            if per_frame:  # (L, H, W, C) frames, (B,) each clip's first row in them
+                span, offsets = clips
+                feats = span_features(model, span, spec, dev)
+                m, s = len(offsets), model.score_features(feats[offsets.to(dev)[:, None] + rows])
+            else:
+                m = len(clips)
+                if compile and m < batch:
+                    # a short batch is padded to the next power of two (at most `batch`): a pass
+                    # compiles at most log2(batch) + 1 shapes and wastes at most half a batch
+                    clips = torch.cat([clips, clips[-1:].expand(min(batch, 1 << (m - 1).bit_length()) - m, *clips.shape[1:])])
+                s = model.score(prepare_clips(clips, spec, model.value_range, device=dev))
             k = slice(done, done + m)
             if emb is None:
                 emb = np.empty((n, s.embedding.shape[1]), np.float32)
@@ -154,6 +189,34 @@ def score_clips(
         raw=raw, uncertainty=unc, embedding=emb, frame_errors=frames, seconds=time.perf_counter() - t0, calls=n,
         device=str(dev), batch=batch,
     )
+
+
+def read_ahead(batches: ClipBatches) -> Iterator[Any]:
+    """The batches in order, each next one read on a thread while the caller works on the one before
+    (Zarr decompresses without the GIL)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="vad-read-ahead") as pool:
+        ahead = pool.submit(batches.__getitem__, 0) if len(batches) else None
+        for i in range(len(batches)):
+            current = ahead.result()  # type: ignore[union-attr]
+            ahead = pool.submit(batches.__getitem__, i + 1) if i + 1 < len(batches) else None
+            yield current
+
+
+def span_features(model: torch.nn.Module, span: torch.Tensor, spec: InputSpec, dev: torch.device) -> torch.Tensor:
+    """uint8 frames (L, H, W, C) -> the model's per-frame features (L, ...), converted and computed
+    `FRAME_CHUNK` frames at a time (each with the `frame_lookback` frames before it), so that the
+    float frames of a chunk stay in the CPU's cache between the steps: twice as fast as whole spans.
+    On a CPU, frames stored at the model's size go to the model's own uint8 path when it has one
+    (`stored_frame_features`)."""
+    stored = tuple(span.shape[1:3]) == (spec.height, spec.width) and spec.channels == 1 and span.shape[-1] in (1, 3)
+    if dev.type == "cpu" and stored and hasattr(model, "stored_frame_features") and model.value_range == (0.0, 1.0):
+        return model.stored_frame_features(span.numpy())
+    back, parts = model.frame_lookback, []
+    for i in range(0, len(span), FRAME_CHUNK):
+        lo = max(0, i - back)
+        x = prepare_clips(span[None, lo : i + FRAME_CHUNK], spec, model.value_range, device=dev)
+        parts.append(model.frame_features(x)[i - lo :])
+    return torch.cat(parts)
 
 
 def check_finite(checkpoint: Checkpoint, index: list[tuple[str, int]], raw: np.ndarray, frames: np.ndarray,
@@ -214,8 +277,8 @@ def first_pass(
     t, s = small.input.clip_len, small.input.stride
     index = clip_index(store, [video_id], t, s)
     starts = np.array([st for _, st in index], dtype=np.int64)
-    scene_cut = video.scene_cut
-    cuts = np.array([bool(scene_cut[st + 1 : st + t].any()) for st in starts], dtype=bool)
+    seen = np.concatenate([[0], np.cumsum(video.scene_cut)])  # cuts among frames [0, i)
+    cuts = seen[starts + t] - seen[starts + 1] > 0  # a cut at frames start+1 .. start+t-1
     out = run_pass(small, store_url, index, compute=compute)
     source = video.attrs.get("source_relpath") or video.attrs.get("source_uri", "")
     return VideoPass(video_id, video.n_frames, video.labels, starts, cuts, out, source)
