@@ -72,6 +72,7 @@ OodOpt = Annotated[float, typer.Option("--ood-quantile", help="A clip is out of 
 UnstableOpt = Annotated[float, typer.Option("--instability-quantile", help="A clip is unstable above this quantile of normal score variances.")]
 SignalsOpt = Annotated[Optional[str], typer.Option("--signals", metavar="NAMES", help="Signals that may escalate, comma-separated: gray_zone, ood, unstable, scene_cut (default: all).")]
 FrameModeOpt = Annotated[str, typer.Option("--frame-mode", help="Frame scores from covering clips' scores (clip) or their per-frame errors (frame).")]
+FusionOpt = Annotated[Optional[str], typer.Option("--fusion", help="Escalated clips' score: replace (the large model's), mean or logit_mean of both calibrated scores (default: the large checkpoint's choice on validation, else replace).")]
 MinEventOpt = Annotated[float, typer.Option("--min-event-s", help="Events (frames above the threshold) shorter than this many seconds are dropped.")]
 MergeGapOpt = Annotated[float, typer.Option("--merge-gap-s", help="Events at most this many seconds apart are merged into one.")]
 DeviceOpt = Annotated[str, typer.Option(help="Compute device: auto (CUDA when present), cpu, cuda or cuda:N.")]
@@ -158,7 +159,8 @@ def _runner(runner: str, dask_address: str | None, workers: int | None):  # noqa
 
 def _score_settings(budget: float | None, bucket: str | None, margin: float, ood_quantile: float,
                     instability_quantile: float, signals: str | None, frame_mode: str, device: str, batch: int | None,
-                    precision: str, compile: bool, min_event_s: float = 0.5, merge_gap_s: float = 1.0):  # noqa: ANN202
+                    precision: str, compile: bool, min_event_s: float = 0.5, merge_gap_s: float = 1.0,
+                    fusion: str | None = None):  # noqa: ANN202
     """The `ScoreSettings` of `vad score` and `vad backfill` from their options (checked as built)."""
     from vad.tasks.inference.events import EventSettings
     from vad.tasks.runtime.compute import Compute
@@ -168,7 +170,7 @@ def _score_settings(budget: float | None, bucket: str | None, margin: float, ood
     return ScoreSettings(
         budget=parse_budget(budget, bucket), router=router_config(margin, ood_quantile, instability_quantile, signals),
         frame_mode=frame_mode, compute=Compute(device=device, batch=batch, precision=precision, compile=compile),  # type: ignore[arg-type]
-        events=EventSettings(min_event_s, merge_gap_s),
+        events=EventSettings(min_event_s, merge_gap_s), fusion=fusion,
     )
 
 
@@ -281,6 +283,7 @@ def train(
     model: Annotated[str, typer.Option("--model", help="Which model to train: small (scores every clip) or large (re-scores escalated clips).")] = "small",
     arch: Annotated[Optional[str], typer.Option(help="Architecture: motion_patch, objects, vae3d, topheavy, ae3d, resnet3d_attn, predictor, resnet18_ae, forecaster (default: motion_patch for small, objects for large; those two are fitted, not trained by gradient descent).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Architecture setting KEY=VALUE, repeatable (e.g. --set channels=16,32,64,128 --set step=4 for predictor); see docs/models.md.")] = None,
+    variant: Annotated[Optional[str], typer.Option("--variant", metavar="NAME", help="Use this declared variant of the architecture instead of choosing one on validation (see docs/models.md).")] = None,
     epochs: Annotated[int, typer.Option(help="Most epochs; early stopping may end sooner.")] = 20,
     batch: Annotated[int, typer.Option(help="Clips per batch.")] = 8,
     lr: Annotated[float, typer.Option(help="Adam learning rate (halved when the held-out loss stalls).")] = 1e-3,
@@ -317,7 +320,7 @@ def train(
         role=model, arch=arch, epochs=epochs, batch=batch, lr=lr, size=parse_size(size) if size else None,
         channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, motion=motion, flow=flow,
         flip=flip, seed=seed, max_minutes=max_minutes, pseudo_weight=pseudo, distill=distill, distill_weight=distill_weight,
-        model=parse_model_options(set_, arch or DEFAULT_ARCH.get(model, DEFAULT_ARCH["small"])),
+        model=parse_model_options(set_, arch or DEFAULT_ARCH.get(model, DEFAULT_ARCH["small"])), variant=variant,
     )
     target = out or checkpoint_path(base, dataset, model, str(config.arch))
     url = store_url(base, dataset)
@@ -347,6 +350,7 @@ def score(
     instability_quantile: UnstableOpt = 0.99,
     signals: SignalsOpt = None,
     frame_mode: FrameModeOpt = "clip",
+    fusion: FusionOpt = None,
     min_event_s: MinEventOpt = 0.5,
     merge_gap_s: MergeGapOpt = 1.0,
     device: DeviceOpt = "auto",
@@ -365,7 +369,7 @@ def score(
     # Fail in a second, before Prefect's server starts: settings are checked as they are built, and
     # the store and checkpoints are read by the same function the flow starts with.
     settings = _score_settings(budget, bucket, margin, ood_quantile, instability_quantile, signals, frame_mode, device,
-                               batch, precision, compile, min_event_s, merge_gap_s)
+                               batch, precision, compile, min_event_s, merge_gap_s, fusion)
     spec = _runner(runner, dask_address, workers)
     _prefect_defaults(base)  # before anything imports Prefect, whose logging reads them at import
     _, small_ck, large_ck = score_inputs(base, dataset, run_id or "now", small, large, settings.compute,
@@ -399,6 +403,7 @@ def backfill(
     instability_quantile: UnstableOpt = 0.99,
     signals: SignalsOpt = None,
     frame_mode: FrameModeOpt = "clip",
+    fusion: FusionOpt = None,
     min_event_s: MinEventOpt = 0.5,
     merge_gap_s: MergeGapOpt = 1.0,
     device: DeviceOpt = "auto",
@@ -422,7 +427,7 @@ def backfill(
     first, last = (_parse_date(v, name) for v, name in ((since, "--since"), (until, "--until")))
     settings = BackfillSettings(
         scoring=_score_settings(budget, bucket, margin, ood_quantile, instability_quantile, signals, frame_mode, device,
-                                batch, precision, compile, min_event_s, merge_gap_s),
+                                batch, precision, compile, min_event_s, merge_gap_s, fusion),
         date_from=date_from, batch_size=batch_size, rescore=rescore, keep_frames=keep_frames,  # type: ignore[arg-type]
     )
     spec = _runner(runner, dask_address, workers)
@@ -580,6 +585,7 @@ def run(
     min_event_s: MinEventOpt = 0.5,
     merge_gap_s: MergeGapOpt = 1.0,
     frame_mode: FrameModeOpt = "clip",
+    fusion: FusionOpt = None,
     device: DeviceOpt = "auto",
     batch: BatchOpt = None,
     precision: PrecisionOpt = "auto",
@@ -589,7 +595,11 @@ def run(
     """Ingest (with --source), train (unless checkpoints exist), score and report, for each dataset."""
     from vad.tasks.workspace import check_dataset_name
 
+    from vad.tasks.inference.routing import check_fusion  # imports torch, but a bad rule should not wait for the data
+
     base = _root(root)
+    if fusion is not None:
+        check_fusion(fusion)
     for name in dataset:
         check_dataset_name(name)
     listed = _check_run_data(base, list(dataset), list(source or []))
@@ -615,8 +625,26 @@ def run(
             small_arch=small_arch, large_arch=large_arch, size=size, gray=gray, small_epochs=small_epochs,
             large_epochs=large_epochs, max_minutes=max_minutes, report_name=report, smooth_sigma=smooth, minmax=minmax,
             min_event_s=min_event_s, merge_gap_s=merge_gap_s, frame_mode=frame_mode, compute=compute, progress=True,  # type: ignore[arg-type]
+            fusion=fusion,
         )
     _print_pipeline(summary)
+
+
+@app.command(cls=_Command)
+def validate(
+    dataset: Annotated[str, typer.Option(help="Dataset whose checkpoints' validation choices are shown.")],
+    root: RootOpt = None,
+) -> None:
+    """Print what training chose on the camera's own normal footage: each model's variant table and the fusion table."""
+    from vad.tasks.evaluation.choices import selection_text
+
+    from vad.errors import NotFoundError
+
+    try:
+        typer.echo(selection_text(_root(root), dataset))
+    except NotFoundError as exc:  # nothing to show is a plain "no" (exit 1), not a usage error (2)
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command(cls=_Command)

@@ -108,13 +108,15 @@ def pipeline_flow(
     frame_mode: FrameMode = "clip",
     compute: Compute = Compute(),
     progress: bool = False,
+    fusion: str | None = None,
 ) -> PipelineSummary:
     """For each dataset: ingest its source (when given), train the small and large models unless a
     checkpoint is already in `<root>/checkpoints/<dataset>/`, score every clip with both models
     (the run the Pareto sweep simulates budgets from) and at `budget`, then write one report.
     `smooth_sigma` and `minmax` switch on the non-standard protocol variants (labelled in the report);
     `min_event_s` and `merge_gap_s` say how frame scores become events (`EventSettings`); `frame_mode` and
-    `compute` (device, batch, precision) are those of both score runs. With `progress`, each stage says
+    `compute` (device, batch, precision) are those of both score runs; `fusion` the rule for escalated
+    clips (None: the large checkpoint's choice on validation). With `progress`, each stage says
     what it did on stdout."""
     root = root or default_root()
     # every setting is checked before any work
@@ -126,8 +128,8 @@ def pipeline_flow(
         for role, arch, epochs in (("small", small_arch, small_epochs), ("large", large_arch, large_epochs))
     }
     events = EventSettings(min_event_s, merge_gap_s)
-    every, routed_settings = (ScoreSettings(BatchBudget(b), frame_mode=frame_mode, compute=compute, events=events)
-                              for b in (1.0, budget))
+    every, routed_settings = (ScoreSettings(BatchBudget(b), frame_mode=frame_mode, compute=compute, events=events,
+                                            fusion=fusion) for b in (1.0, budget))
     failures: dict[str, str] = {}
     refs = []
     for i, dataset in enumerate(datasets):

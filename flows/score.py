@@ -82,7 +82,7 @@ def score_stages_flow(store: str, small: str, large: str, videos: list[str], set
     """`score_videos` with its passes as tasks on this flow's task runner."""
     return score_videos(store, cached_checkpoint(small), cached_checkpoint(large), settings.budget, videos=videos,
                         router=settings.router, frame_mode=settings.frame_mode, compute=settings.compute,
-                        mapper=TaskMap(progress=progress))
+                        mapper=TaskMap(progress=progress), fusion=settings.fusion)
 
 
 @flow(name="score")

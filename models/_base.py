@@ -146,6 +146,9 @@ class ClipModel(nn.Module):
     cpu_bound: ClassVar[bool] = False
     # buffers whose size the fit decides (a bank of normal features): loading resizes them first
     resizable_buffers: ClassVar[tuple[str, ...]] = ()
+    # variant name -> config overrides that `vad train` chooses among on the camera's own normal footage
+    # (tasks/learning/selection.py); ordered, the first the plain default and `{}`
+    VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
 
     def __init__(self, config: ClipConfig) -> None:
         super().__init__()

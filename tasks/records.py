@@ -41,7 +41,7 @@ def run_manifest(result: ScoreResult, small: Checkpoint, large: Checkpoint | Non
         "large": None if large is None else {"path": large.path, "arch": large.arch, "fingerprint": large.fingerprint, "dataset": large.dataset},
         "budget": budget_record(budget), "router": {"margin": router.margin, "ood_quantile": router.ood_quantile,
         "instability_quantile": router.instability_quantile, "signals": list(router.signals)},
-        "frame_mode": frame_mode, "clip_len": small.input.clip_len, "stride": small.input.stride,
+        "frame_mode": frame_mode, "fusion": result.fusion, "clip_len": small.input.clip_len, "stride": small.input.stride,
         "videos": result.videos, "clips": n_clips, "frames": result.n_frames,
         "escalated": int(result.routing.escalated.sum()), "escalation_rate": float(result.routing.escalated.mean()) if n_clips else 0.0,
         "small_calls": result.small.calls, "large_calls": result.large.calls, "seconds": result.seconds,

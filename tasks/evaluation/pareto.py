@@ -2,8 +2,8 @@
 both models (a `--budget 1` run), so the sweep costs one large-model pass, not one per budget.
 
 For each setting the router (`routing.route`) is applied to the stored small-model signals exactly as
-`vad score` applies it, the final clip score is the stored large-model score where escalated and the
-small-model score elsewhere, and frames are made by the function a real run makes them with
+`vad score` applies it, the final clip score is `routing.fuse(fusion, small, large)` of the stored
+scores where escalated (the large score for "replace") and the small-model score elsewhere, and frames are made by the function a real run makes them with
 (`scoring.video_frame_scores`), in the run's frame mode: the replay of a routed run gives the tables
 that run writes (tests/test_replay.py). The frame mode "frame" replays from the per-frame scores a
 run in that mode keeps in its clip table. The production score flow still runs the large model on
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from vad.tasks.evaluation.metrics import Protocol, evaluate
-from vad.tasks.inference.routing import BatchBudget, Budget, Signals, TokenBucket, route
+from vad.tasks.inference.routing import BatchBudget, Budget, Signals, TokenBucket, check_fusion, fuse, route
 from vad.tasks.inference.scoring import FrameMode, aggregate_frames, check_frame_mode, video_frame_scores
 
 from vad.errors import ParameterError
@@ -48,10 +48,13 @@ class Simulation:
     """One budget-1 run's tables, ready to replay the router under any budget.
 
     `frames_for(escalated)` gives the frame table a run escalating exactly those clips would have
-    written (large-model score where escalated, small-model score elsewhere, frames as `frame_mode` makes them).
+    written (`fuse(fusion, small, large)` where escalated, small-model score elsewhere, frames as
+    `frame_mode` makes them).
     """
 
-    def __init__(self, clips: pd.DataFrame, frames: pd.DataFrame, *, clip_len: int, frame_mode: FrameMode = "clip") -> None:
+    def __init__(self, clips: pd.DataFrame, frames: pd.DataFrame, *, clip_len: int, frame_mode: FrameMode = "clip",
+                 fusion: str = "replace") -> None:
+        self.fusion = check_fusion(fusion)
         if clips["large_score"].isna().any():
             raise ParameterError(
                 "the sweep needs a run whose clips all have a large-model score; score once with --budget 1"
@@ -87,17 +90,19 @@ class Simulation:
             sig = Signals(sig.gray_distance, sig.ood_distance, sig.instability, {k: sig.flags[k] for k in signals})
         return route(sig, self.videos, budget).escalated
 
-    def frames_for(self, escalated: np.ndarray) -> pd.DataFrame:
-        """The frame table of a run that escalated exactly these clips (score, small_score, escalated)."""
+    def frames_for(self, escalated: np.ndarray, *, fusion: str | None = None) -> pd.DataFrame:
+        """The frame table of a run that escalated exactly these clips (score, small_score, escalated),
+        with `fusion` (None: the simulation's) on the escalated ones."""
         escalated = np.asarray(escalated, bool)
-        final = np.where(escalated, self.large, self.small)
+        rule = check_fusion(fusion or self.fusion)
+        final = np.where(escalated, fuse(rule, self.small, self.large), self.small)
         columns = {k: np.empty(len(self.frames), dtype=bool if k == "escalated" else float) for k in ("small_score", "score", "escalated")}
         for vid, idx in self._frame_rows.items():
             rows = self._clip_rows[vid]
             per_frame: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
             if self._per_frame is not None:
                 small_f, large_f = (a[rows] for a in self._per_frame)
-                per_frame = (small_f, np.where(escalated[rows, None], large_f, small_f))
+                per_frame = (small_f, np.where(escalated[rows, None], fuse(rule, small_f, large_f), small_f))
             made = video_frame_scores(len(idx), self._starts[rows], self.clip_len, escalated[rows], self.small[rows],
                                       final[rows], *per_frame)
             for k, v in made.items():
@@ -116,20 +121,22 @@ class Simulation:
 def sweep(
     clips: pd.DataFrame, frames: pd.DataFrame, *, clip_len: int, budgets: Sequence[float] = DEFAULT_BUDGETS,
     buckets: Sequence[tuple[float, float]] = (), protocol: Protocol = Protocol(), frame_mode: FrameMode = "clip",
+    fusion: str = "replace",
 ) -> pd.DataFrame:
     """Micro AUC/EER/AP against escalation for each budget and bucket, plus both single-model baselines.
 
     `clips` and `frames` are one run's tables; every clip must carry a large-model score;
-    `frame_mode` is the run's (its run.json's `frame_mode`).
+    `frame_mode` and `fusion` are the run's (its run.json's `frame_mode` and `fusion`). "large only"
+    is the large model's own score on every clip, whatever the fusion.
     """
-    sim = Simulation(clips, frames, clip_len=clip_len, frame_mode=frame_mode)
+    sim = Simulation(clips, frames, clip_len=clip_len, frame_mode=frame_mode, fusion=fusion)
     settings: list[tuple[str, str, Budget | None]] = [("small only", "-", None), ("large only", "-", None)]
     settings += [("batch", f"{b:g}", BatchBudget(float(b))) for b in budgets]
     settings += [("token bucket", f"{c:g},{r:g}", TokenBucket(float(c), float(r))) for c, r in buckets]
     rows = []
     for policy, setting, budget in settings:
         escalated = sim.escalated(budget, everything=policy == "large only")
-        summary, _ = evaluate(sim.frames_for(escalated), "score", protocol)
+        summary, _ = evaluate(sim.frames_for(escalated, fusion="replace" if policy == "large only" else None), "score", protocol)
         rows.append({
             "policy": policy, "setting": setting, "escalation_rate": float(escalated.mean()),
             "large_calls": int(escalated.sum()), "micro_auc": summary["micro_auc"],

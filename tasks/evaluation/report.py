@@ -289,6 +289,20 @@ def _plot_thumbnails(path: Path, run: _Run, top: pd.DataFrame) -> Path | None:
 # ---------------------------------------------------------------------------------------------- text
 
 
+def _choice_rows(m: dict[str, Any]) -> pd.DataFrame | None:
+    """The run's models' validation tables (`choices.selection_rows`); None when neither recorded one."""
+    from vad.tasks.evaluation.choices import selection_rows
+    from vad.tasks.runtime.checkpoint import load_checkpoint
+
+    rows = []
+    for role in ("small", "large"):
+        try:
+            rows += selection_rows(load_checkpoint(m[role]["path"])) if m.get(role) else []
+        except Exception:  # a moved or deleted checkpoint: the report still stands without its table
+            continue
+    return pd.DataFrame(rows).assign(chosen=lambda t: t.chosen.map({True: "*", False: ""})) if rows else None
+
+
 def _parameters(checkpoint_path: str) -> str:
     from vad.tasks.runtime.checkpoint import load_checkpoint
 
@@ -425,7 +439,7 @@ def _environment(runs: list[_Run]) -> list[str]:
 
 
 HEADLINE = ["dataset", "run", "scores", "micro_auc", "micro_eer", "micro_ap", "macro_auc", "videos_defined", "videos"]
-SETTING_KEYS = ("budget", "router", "frame_mode", "clip_len", "stride", "events", "compute")
+SETTING_KEYS = ("budget", "router", "frame_mode", "fusion", "clip_len", "stride", "events", "compute")
 
 
 def build_report(root: str | Path, refs: list[RunRef], *, name: str, protocol: Protocol = Protocol(), overwrite: bool = True) -> Path:
@@ -448,7 +462,8 @@ def build_report(root: str | Path, refs: list[RunRef], *, name: str, protocol: P
                 s_frames, s_clips = (pd.read_parquet(run_dir(root, t, ref.dataset, ref.sweep_run_id)) for t in ("frames", "clips"))
                 s_manifest = read_manifest(root, ref.dataset, ref.sweep_run_id)
                 table = sweep(s_clips, s_frames, clip_len=int(s_manifest["clip_len"]), buckets=[(3, 0.1), (3, 0.2), (5, 0.2)],
-                              protocol=protocol, frame_mode=s_manifest.get("frame_mode", "clip"))
+                              protocol=protocol, frame_mode=s_manifest.get("frame_mode", "clip"),
+                              fusion=run.manifest.get("fusion", "replace"))  # replayed with the rule the run used
                 table.insert(0, "dataset", ref.dataset)
                 table.insert(1, "run", ref.run_id)
                 pareto.append(table)
@@ -536,6 +551,12 @@ def _run_section(doc: _Document, folder: Path, r: _Run, metrics: pd.DataFrame, p
         settings["events"] = {k: v for k, v in settings["events"].items() if k in ("min_event_s", "merge_gap_s", "threshold")}
     settings["seconds_per_1000_frames"] = m.get("seconds_per_1000_frames", {})
     doc.lines(setting_lines(settings))
+    choices = _choice_rows(m)
+    if choices is not None:
+        doc.heading(3, "Choices on validation")
+        doc.para("Chosen at training on a validation set made from this camera's own normal videos (synthetic anomalies; "
+                 "no test label): micro AUC with a 95% bootstrap interval over videos; `vad validate` prints the same.")
+        doc.table(choices)
     videos, top = timeline_videos(r.frames)
     doc.heading(3, "Timelines")
     note = (f"the {len(videos)} of {len(r.videos)} videos with the highest peak score" if top else f"every video ({len(videos)})")

@@ -193,6 +193,35 @@ def route(signals: Signals, video_ids: np.ndarray, budget: Budget) -> Routing:
     return Routing(escalated=escalated, held=fired & ~escalated, difficulty=diff, reasons=reasons)
 
 
+FUSIONS: tuple[str, ...] = ("replace", "mean", "logit_mean")
+_EPS = 1e-6
+
+
+def check_fusion(rule: str) -> str:
+    """`rule` if it is one of `FUSIONS`, else one clear error."""
+    if rule not in FUSIONS:
+        raise ParameterError(f"fusion must be one of {', '.join(FUSIONS)}, got {rule!r}")
+    return rule
+
+
+def fuse(rule: str, small: np.ndarray, large: np.ndarray) -> np.ndarray:
+    """The final score of escalated clips (or frames) from both models' calibrated scores, each a
+    percentile rank against its own model's normal data in (0, 1), so the two are on one scale:
+    "replace" keeps the large model's score (the small one is dropped), "mean" averages the ranks,
+    "logit_mean" averages their logits (clipped to (1e-6, 1 - 1e-6)) and maps back, which lets a
+    model that is sure (a rank near 0 or 1) outweigh one that is unsure near the middle, as a product
+    of odds would, with no parameter to learn."""
+    check_fusion(rule)
+    small, large = np.asarray(small, dtype=np.float64), np.asarray(large, dtype=np.float64)
+    if rule == "replace":
+        return large.copy()
+    if rule == "mean":
+        return (small + large) / 2
+    s, g = (np.clip(x, _EPS, 1 - _EPS) for x in (small, large))
+    z = (np.log(s / (1 - s)) + np.log(g / (1 - g))) / 2
+    return 1 / (1 + np.exp(-z))
+
+
 def budget_record(budget: Budget) -> dict[str, Any]:
     if isinstance(budget, TokenBucket):
         return {"policy": "token-bucket", "capacity": budget.capacity, "refill": budget.refill}

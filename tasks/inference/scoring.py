@@ -34,7 +34,9 @@ from vad.tasks.inference.routing import (
     Routing,
     Signals,
     TokenBucket,
+    check_fusion,
     compute_signals,
+    fuse,
     route,
 )
 from vad.tasks.runtime.checkpoint import Checkpoint, check_pair, load_pair
@@ -51,6 +53,14 @@ def check_frame_mode(mode: str) -> str:
     if mode not in FRAME_MODES:
         raise ParameterError(f"frame mode must be one of {', '.join(FRAME_MODES)}, got {mode!r}")
     return mode
+
+
+def resolve_fusion(fusion: str | None, large: Checkpoint | None) -> str:
+    """The fusion rule a run uses: `fusion` when given (checked), else the large checkpoint's choice
+    (recorded by selection at training, `Checkpoint.chosen_fusion`), else "replace"."""
+    if fusion is not None:
+        return check_fusion(fusion)
+    return check_fusion(large.chosen_fusion if large is not None else "replace")
 
 
 def budget_from_fields(value: object) -> object:
@@ -88,9 +98,12 @@ class ScoreSettings:
     frame_mode: FrameMode = "clip"
     compute: Compute = Compute()
     events: EventSettings = EventSettings()  # how frame scores become the run's events table
+    fusion: str | None = None  # escalated clips' final score (routing.FUSIONS); None: the large checkpoint's choice
 
     def __post_init__(self) -> None:
         check_frame_mode(self.frame_mode)
+        if self.fusion is not None:
+            check_fusion(self.fusion)
 
 
 def score_inputs(root: str, dataset: str, run_id: str, small: str | None, large: str | None,
@@ -144,6 +157,7 @@ class ScoreResult:
     seconds: dict[str, float] = field(default_factory=dict)
     videos: list[str] = field(default_factory=list)
     passes: list[VideoPass] = field(default_factory=list, repr=False)  # pass 1 per video (a benchmark replays it)
+    fusion: str = "replace"  # the rule that made escalated clips' scores (routing.fuse)
 
     @property
     def n_frames(self) -> int:
@@ -204,9 +218,10 @@ def video_frame_scores(
 
 def assemble(
     passes: list[VideoPass], plan: RoutePlan, second: dict[str, PassOutput], small: Checkpoint,
-    large: Checkpoint | None, *, frame_mode: FrameMode = "clip",
+    large: Checkpoint | None, *, frame_mode: FrameMode = "clip", fusion: str = "replace",
 ) -> ScoreResult:
-    """Clip and frame tables from the passes and the routing (see the module docstring for frame modes)."""
+    """Clip and frame tables from the passes and the routing (see the module docstring for frame
+    modes); escalated clips score `fuse(fusion, small, large)`, per frame in frame mode "frame"."""
     t = small.input.clip_len
     t0 = time.perf_counter()
     p1 = PassOutput.concat([p.out for p in passes], t)
@@ -220,7 +235,8 @@ def assemble(
     large_score = np.full(len(starts), np.nan)
     large_raw = np.full(len(starts), np.nan)
     large_score[chosen], large_raw[chosen] = p2.calibrated, p2.raw
-    final = np.where(routing.escalated, large_score, p1.calibrated)
+    final = p1.calibrated.astype(np.float64)
+    final[chosen] = fuse(fusion, p1.calibrated[chosen], p2.calibrated)
     clips = pd.DataFrame({
         "video": video_of.astype(str), "source": pd.Series(video_of).map({p.video: p.source for p in passes}).to_numpy(str),
         "clip": clip_no.astype(np.int32), "start_frame": starts.astype(np.int32),
@@ -238,10 +254,14 @@ def assemble(
         small_frames_cal = small.calibration.calibrate_frames(p1.frame_errors)
         chosen_frames_cal = small_frames_cal.copy()
         if len(chosen):
-            chosen_frames_cal[chosen] = large.calibration.calibrate_frames(p2.frame_errors)  # type: ignore[union-attr]
+            large_frames_cal = large.calibration.calibrate_frames(p2.frame_errors)  # type: ignore[union-attr]
+            chosen_frames_cal[chosen] = fuse(fusion, small_frames_cal[chosen], large_frames_cal)
         # kept with the clips, so that a replay of the run (the report's budget sweep) has them
         clips["small_frame_scores"] = list(small_frames_cal)
-        clips["large_frame_scores"] = [r if e else None for r, e in zip(chosen_frames_cal, routing.escalated)]
+        large_frames = np.full_like(small_frames_cal, np.nan)
+        if len(chosen):
+            large_frames[chosen] = large_frames_cal
+        clips["large_frame_scores"] = [r if e else None for r, e in zip(large_frames, routing.escalated)]
     frame_tables = []
     for p in passes:
         rows = np.flatnonzero(video_of == p.video)
@@ -255,7 +275,7 @@ def assemble(
         }))
     frames = pd.concat(frame_tables, ignore_index=True)
     seconds = {"pass1": p1.seconds, "routing": plan.seconds, "pass2": p2.seconds, "frames": time.perf_counter() - t0}
-    return ScoreResult(clips, frames, p1, p2, routing, seconds, [p.video for p in passes], passes)
+    return ScoreResult(clips, frames, p1, p2, routing, seconds, [p.video for p in passes], passes, fusion)
 
 
 def video_list(store_url: str, videos: list[str] | None, split: str | None) -> list[str]:
@@ -324,12 +344,14 @@ class ReplayMap(VideoMap):
 def score_videos(
     store_url: str, small: Checkpoint, large: Checkpoint | None, budget: Budget, *, videos: list[str] | None = None,
     split: str | None = "test", router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip",
-    compute: Compute = Compute(), mapper: VideoMap | None = None,
+    compute: Compute = Compute(), mapper: VideoMap | None = None, fusion: str | None = None,
 ) -> ScoreResult:
     """Score the store's videos (the test split by default): pass 1 over every clip, the router over
     all clips together, pass 2 on the escalated ones, then clip and frame tables. The one
-    orchestration of scoring; `mapper` says how the per-video passes run (a plain loop by default)."""
+    orchestration of scoring; `mapper` says how the per-video passes run (a plain loop by default);
+    `fusion` is the rule for escalated clips (None: the large checkpoint's choice, `resolve_fusion`)."""
     check_frame_mode(frame_mode)
+    rule = resolve_fusion(fusion, large)
     check_pair(small, large)
     if frame_mode == "frame":  # refused before the passes, not after them
         for ck in (small, large):
@@ -347,7 +369,7 @@ def score_videos(
     with mapper.stage("pass2"):
         second = mapper.pass2(store_url, large, todo, compute) if todo else {}  # type: ignore[arg-type]
     with mapper.stage("frames"):
-        result = assemble(passes, plan, second, small, large, frame_mode=frame_mode)
+        result = assemble(passes, plan, second, small, large, frame_mode=frame_mode, fusion=rule)
     result.seconds["total"] = time.perf_counter() - t0
     return result
 
@@ -356,12 +378,13 @@ def score_dataset(
     root: str, dataset: str, *, small_path: str | None = None, large_path: str | None = None, budget: Budget,
     run_id: str, router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip", split: str | None = "test",
     compute: Compute = Compute(), progress: bool = False, events: EventSettings = EventSettings(),
+    fusion: str | None = None,
 ) -> ScoreSummary:
     """Score a dataset's store with both passes and write the run's clip, frame and event tables and run.json."""
     check_run_id(run_id)
     small, large = load_pair(root, dataset, small_path, large_path)
     url = workspace_store_url(root, dataset)
     result = score_videos(url, small, large, budget, split=split, router=router, frame_mode=frame_mode,
-                          compute=compute, mapper=VideoMap(progress=progress))
+                          compute=compute, mapper=VideoMap(progress=progress), fusion=fusion)
     return write_run(root, dataset, run_id, result, small, large, budget, router=router, frame_mode=frame_mode,
                      compute=compute, events=events)

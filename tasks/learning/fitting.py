@@ -64,7 +64,7 @@ def save_calibrated(plan: TrainingPlan, config: TrainConfig, store_url: str, out
 
 
 def fit_model(plan: TrainingPlan, config: TrainConfig, store_url: str, out: Path, *, progress: bool = False,
-              log: Callable[[str], None] | None = None) -> TrainResult:
+              log: Callable[[str], None] | None = None, selection: dict[str, Any] | None = None) -> TrainResult:
     """A fitted model (`ClipModel.fitted`): no gradient steps; `model.fit` sets its state from the
     training part of the split (every frame once, in order, as clips side by side; never a held-out
     frame), then it is calibrated on the held-out clips like a trained one. `epochs`, `lr` and the
@@ -98,6 +98,7 @@ def fit_model(plan: TrainingPlan, config: TrainConfig, store_url: str, out: Path
         "history": [{"epoch": 0, "fit": True, "seconds": seconds, **record}], "best_epoch": 0,
         "best_val_loss": float("nan"), "stopped": "fitted", "seconds": seconds, "teacher": None,
         "device": str(device), "threads": cores, "workers": 0, "parameters": trainable_parameters(model),
+        **({"selection": selection} if selection is not None else {}),
     }
     save_calibrated(plan, config, store_url, out, state, training, device)
     seconds = time.perf_counter() - t0

@@ -46,12 +46,16 @@ class TrainConfig:
     pseudo_weight: float = 0.0  # weight of the pseudo-anomaly head's loss (tasks/learning/pseudo.py); 0: off
     distill: str | None = None  # checkpoint of an optical-flow teacher whose frame scores the model learns (tasks/learning/distill.py)
     distill_weight: float = 1.0  # weight of the score-distillation loss
+    variant: str | None = None  # one of the architecture's VARIANTS, forced; None: chosen on validation (tasks/learning/selection.py)
 
     def __post_init__(self) -> None:
         if self.role not in DEFAULT_ARCH:
             raise ParameterError(f"role must be 'small' or 'large', got {self.role!r}")
         self.arch = self.arch or DEFAULT_ARCH[self.role]
-        model_class(self.arch)  # unknown names fail here
+        cls = model_class(self.arch)  # unknown names fail here
+        variants = getattr(cls, "VARIANTS", None) or {"default": {}}
+        if self.variant is not None and self.variant not in variants:
+            raise ParameterError(f"{self.arch} has no variant {self.variant!r}; its variants: {', '.join(variants)}")
         for name in ("epochs", "clip_len", "stride", "patience", "lr_patience"):
             if getattr(self, name) < 1:
                 raise ParameterError(f"{name} must be >= 1, got {getattr(self, name)}")

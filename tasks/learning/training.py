@@ -122,13 +122,15 @@ def plan_training(store_url: str, out: str | Path, config: TrainConfig, *, overw
 
 def train_model(
     store_url: str, out: str | Path, config: TrainConfig, *, progress: bool = False, resume: bool = True,
-    overwrite: bool = False, log: Callable[[str], None] | None = None,
+    overwrite: bool = False, log: Callable[[str], None] | None = None, selection: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train `config.arch` on the store's normal training videos and write a calibrated checkpoint.
 
     Each epoch ends by saving the full training state beside `out` (`<out>.state`); a later call with
     the same config resumes from it. The checkpoint holds the weights of the epoch with the lowest
     held-out loss, calibrated on the held-out clips; the state file is removed when it is written.
+    `selection` (JSON-able: what was chosen on validation, `tasks/evaluation/choices.py`) is recorded
+    as the checkpoint's `training["selection"]`.
     """
     say = log or (lambda _msg: None)
     out = Path(out).expanduser()
@@ -137,7 +139,7 @@ def train_model(
     store, videos, spec, model_cfg, split = plan.store, plan.videos, plan.spec, plan.model_config, plan.split
     cls = model_class(config.arch)
     if cls.fitted:
-        return fit_model(plan, config, store_url, out, progress=progress, log=say)
+        return fit_model(plan, config, store_url, out, progress=progress, log=say, selection=selection)
 
     seed_everything(config.seed)
     cores = available_cores()
@@ -251,6 +253,7 @@ def train_model(
         "best_epoch": best_epoch, "best_val_loss": best, "stopped": stopped, "seconds": seconds,
         "teacher": None if distill is None else {"path": distill.teacher.path, "arch": distill.teacher.arch},
         "device": str(device), "threads": cores, "workers": workers, "parameters": trainable_parameters(model),
+        **({"selection": selection} if selection is not None else {}),
     }
     save_calibrated(plan, config, store_url, out, best_state, training, device)
     state_file.unlink(missing_ok=True)

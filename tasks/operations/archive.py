@@ -219,6 +219,7 @@ class ArchiveSettings:
                        "instability_quantile": self.scoring.router.instability_quantile,
                        "signals": list(self.scoring.router.signals)},
             "frame_mode": self.scoring.frame_mode,
+            **({"fusion": self.scoring.fusion} if self.scoring.fusion else {}),  # None: the large checkpoint's (in its sha)
             "events": {"min_event_s": self.scoring.events.min_event_s, "merge_gap_s": self.scoring.events.merge_gap_s},
         }
 
@@ -427,7 +428,8 @@ def score_archive_video(
     try:
         scoring = settings.scoring
         result = score_videos(url, small, large, scoring.budget, videos=[video.video_id], split=None,
-                              router=scoring.router, frame_mode=scoring.frame_mode, compute=scoring.compute)
+                              router=scoring.router, frame_mode=scoring.frame_mode, compute=scoring.compute,
+                              fusion=scoring.fusion)
         stored = ClipStore.open(url).video(video.video_id)
         write_table(root, "clips", dataset, run_id, result.clips, part=video.video_id)
         write_table(root, "frames", dataset, run_id, result.frames, part=video.video_id)

@@ -75,6 +75,17 @@ class Checkpoint:
     # saved or pickled
     cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    @property
+    def selection(self) -> dict[str, Any]:
+        """What selection on the store's own normal footage chose at training (`training["selection"]`,
+        tasks/learning/selection.py: the variant table, the fusion table, the validation set); {} when none ran."""
+        return dict(self.training.get("selection") or {})
+
+    @property
+    def chosen_fusion(self) -> str:
+        """The fusion rule for escalated clips chosen on validation for this (large) checkpoint; "replace" when none."""
+        return str((self.selection.get("fusion") or {}).get("chosen") or "replace")
+
     def build_model(self, device: torch.device | str = "cpu") -> ClipModel:
         """The network with the checkpoint's weights, in eval mode (deterministic scores)."""
         model = model_class(self.arch)(make_config(self.arch, self.model_config))

@@ -1,0 +1,172 @@
+"""Choosing among a model's declared variants (`ClipModel.VARIANTS`) on a validation store made from
+the camera's own normal footage: each variant is fitted on the store's train split exactly as `vad
+train` fits, scores the store's test split (normal videos with synthetic anomalies at known frames,
+`tasks/evaluation/validation.py`), and the best micro AUC wins. Test labels of the real dataset never
+enter: only the validation store is read.
+
+The interval is a 95% bootstrap over videos (seeded, 200 resamples; the frames of the resampled
+videos pooled). The plain default (the first variant) stays unless another variant's whole interval
+lies above the default's AUC (`best`): validation sets are a few held-out videos with synthetic
+anomalies, their intervals are wide (Ped2: about +-0.15), and picking the best point estimate moved
+Ped2's test AUC from 0.954 to 0.882 routed (docs/quality.md), so a choice must rest on more than noise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+from vad.models import DEFAULT_ARCH, model_class
+from vad.storage import ClipStore
+from vad.tasks.learning.train_config import TrainConfig
+from vad.tasks.learning.training import train_model
+from vad.tasks.runtime.checkpoint import load_checkpoint
+from vad.tasks.runtime.passes import VideoPass, first_pass
+
+from vad.errors import ParameterError
+
+__all__ = ["RESAMPLES", "VariantResult", "best", "bootstrap_auc", "evaluate_variants", "selection_wanted", "variants_of"]
+
+RESAMPLES = 200
+LEVEL = 0.95
+
+
+@dataclass
+class VariantResult:
+    """One variant's validation figures: micro AUC over the validation test frames and its interval."""
+
+    name: str
+    overrides: dict[str, Any]
+    auc: float
+    low: float
+    high: float
+    seconds: float = 0.0  # fit + calibration + scoring of the validation test split
+    checkpoint: str = ""  # the variant as fitted on the validation store
+    passes: list[VideoPass] = field(default_factory=list, repr=False, compare=False)  # its pass over the test videos
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record kept in the checkpoint (JSON-able; no passes)."""
+        return {"name": self.name, "overrides": dict(self.overrides), "auc": self.auc, "low": self.low,
+                "high": self.high, "seconds": self.seconds}
+
+
+def variants_of(arch: str) -> dict[str, dict[str, Any]]:
+    """The architecture's declared variants, in order (the first is its plain default, `{}`)."""
+    variants = dict(getattr(model_class(arch), "VARIANTS", None) or {"default": {}})
+    first = next(iter(variants.values()))
+    if first:
+        raise ParameterError(f"{arch}: the first of VARIANTS must be the plain default {{}}, got {first}")
+    return variants
+
+
+def selection_wanted(config: TrainConfig) -> bool:
+    """Whether `vad train` chooses for this config: the role's default architecture and no `--set`
+    options (settings given by hand are kept as given). `--variant` still runs the rest (the fusion)."""
+    return config.arch == DEFAULT_ARCH[config.role] and not config.model
+
+
+def frame_scores(p: VideoPass, clip_len: int) -> np.ndarray:
+    """(n_frames,) the mean calibrated score of the clips covering each frame; frames after the last
+    clip take the last covered value (as `tasks/inference/scoring.aggregate_frames`)."""
+    total, count = np.zeros(p.n_frames), np.zeros(p.n_frames)
+    rows = (p.starts[:, None] + np.arange(clip_len)[None, :]).ravel()
+    keep = rows < p.n_frames
+    np.add.at(total, rows[keep], np.repeat(p.out.calibrated, clip_len)[keep])
+    np.add.at(count, rows[keep], 1)
+    covered = np.flatnonzero(count)
+    out = np.zeros(p.n_frames)
+    out[covered] = total[covered] / count[covered]
+    out[covered[-1] + 1 :] = out[covered[-1]]
+    return out
+
+
+def bootstrap_auc(labels: list[np.ndarray], scores: list[np.ndarray], *, seed: int = 0,
+                  resamples: int = RESAMPLES, level: float = LEVEL) -> tuple[float, float, float]:
+    """Micro AUC of the pooled frames of the videos given (labels < 0 left out), and its `level`
+    bootstrap interval: videos drawn with replacement, their frames pooled; a draw with one class
+    only is drawn again (up to `resamples` more times). (nan, nan, nan) without both classes."""
+    pairs = [(np.asarray(y), np.asarray(s, float)) for y, s in zip(labels, scores)]
+    pairs = [(y[y >= 0], s[y >= 0]) for y, s in pairs]
+
+    def auc(idx: np.ndarray) -> float:
+        y = np.concatenate([pairs[i][0] for i in idx])
+        if y.min(initial=1) == y.max(initial=0):
+            return float("nan")
+        return float(roc_auc_score(y, np.concatenate([pairs[i][1] for i in idx])))
+
+    point = auc(np.arange(len(pairs)))
+    if not np.isfinite(point):
+        return point, point, point
+    rng = np.random.default_rng(seed)
+    draws: list[float] = []
+    for _ in range(2 * resamples):
+        if len(draws) == resamples:
+            break
+        value = auc(rng.integers(0, len(pairs), len(pairs)))
+        if np.isfinite(value):
+            draws.append(value)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail]) if draws else (point, point)
+    return point, float(low), float(high)
+
+
+def score_validation(val_store_url: str, checkpoint_path: str | Path) -> list[VideoPass]:
+    """The checkpoint's pass over every test video of the validation store (its synthetic anomalies)."""
+    ck = load_checkpoint(checkpoint_path)
+    ids = ClipStore.open(val_store_url).video_ids(split="test")
+    if not ids:
+        raise ParameterError(f"validation store {val_store_url} has no test videos")
+    return [first_pass(val_store_url, ck, vid) for vid in ids]
+
+
+def pass_auc(passes: list[VideoPass], clip_len: int, *, seed: int = 0, resamples: int = RESAMPLES) -> tuple[float, float, float]:
+    """`bootstrap_auc` of the frame scores of these passes."""
+    return bootstrap_auc([p.labels for p in passes], [frame_scores(p, clip_len) for p in passes], seed=seed, resamples=resamples)
+
+
+def best(results: list[VariantResult]) -> VariantResult:
+    """The first entry (the plain default) unless validation is sure another is better: a variant
+    replaces it only when its whole interval lies above the default's AUC; among those, the highest
+    AUC (an exact tie keeps the earlier). A default without a finite AUC gives way to the best finite."""
+    default = results[0]
+    if not np.isfinite(default.auc):
+        finite = [r for r in results[1:] if np.isfinite(r.auc)]
+        return max(finite, key=lambda r: r.auc) if finite else default
+    sure = [r for r in results[1:] if np.isfinite(r.auc) and r.low > default.auc]
+    return max(sure, key=lambda r: r.auc) if sure else default
+
+
+def evaluate_variants(
+    val_store_url: str, arch: str, role: str, variants: dict[str, dict[str, Any]] | None = None,
+    base_config: TrainConfig | None = None, *, out_dir: str | Path | None = None, seed: int = 0,
+    resamples: int = RESAMPLES, log: Callable[[str], None] | None = None,
+) -> list[VariantResult]:
+    """Fit each variant of `arch` (`variants`: name -> config overrides, default `variants_of(arch)`)
+    on the validation store's train split with `train_model` (what `vad train` runs, from
+    `base_config` with the variant's overrides on its `model` settings), score the store's test split
+    once, and return every variant's micro AUC with its bootstrap interval (seeded by `seed`), in the
+    order given. Checkpoints go to `out_dir` (default: a `checkpoints` folder beside the store)."""
+    say = log or (lambda _msg: None)
+    variants = variants if variants is not None else variants_of(arch)
+    if not variants:
+        raise ParameterError(f"{arch}: no variants to evaluate")
+    base = base_config or TrainConfig(role=role, arch=arch)
+    folder = Path(out_dir) if out_dir is not None else Path(str(val_store_url)).parent / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name, overrides in variants.items():
+        t0 = time.perf_counter()
+        config = replace(base, role=role, arch=arch, model={**base.model, **overrides})
+        path = folder / f"{role}-{arch}-{name}.pt"
+        train_model(val_store_url, path, config, overwrite=True, resume=False)
+        passes = score_validation(val_store_url, path)
+        auc, low, high = pass_auc(passes, config.clip_len, seed=seed, resamples=resamples)
+        result = VariantResult(name, dict(overrides), auc, low, high, time.perf_counter() - t0, str(path), passes)
+        say(f"  variant {arch}/{name}: validation micro AUC {auc:.3f} [{low:.3f}, {high:.3f}] ({result.seconds:.0f} s)")
+        results.append(result)
+    return results
