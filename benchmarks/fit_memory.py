@@ -3,12 +3,13 @@
     python benchmarks/fit_memory.py [--video ../shared/videos/intel_one-by-one-person-detection_768x432_h264.mp4]
         [--minutes 10] [--fps 25] [--size 360,480] [--models motion_patch,objects] [--set objects:bank_cap=50000]
 
-A real video is decoded once (FFmpeg, gray at `--size`) and looped into `--minutes` of footage at `--fps`;
-each model's `fit` reads it the way `vad train` feeds it (`fit_model`: 16-frame clips side by side,
-batches of 8, (B, 1, T, H, W) floats in [0, 1]), generated on the fly, so the footage is never held.
+A real video is decoded once (FFmpeg, colour at `--size`, as a colour store holds it) and looped into
+`--minutes` of footage at `--fps`; each model's `fit` reads it the way `vad train` feeds it (`fit_model`:
+16-frame uint8 clips side by side, batches of 8, through `prepare_clips`: the luma for gray models,
+(B, C, T, H, W) floats in [0, 1]), generated on the fly, so the footage is never held.
 Each model fits in its own child process; `peak_rss_mb` is that process's high-water mark
-(`resource.getrusage(RUSAGE_SELF).ru_maxrss`), which includes the looped source (H x W bytes a frame
-of the video) and the interpreter with torch and OpenCV (about 350 MB). Prints one table row per model.
+(`resource.getrusage(RUSAGE_SELF).ru_maxrss`), which includes the looped source (H x W x 3 bytes a
+frame of the video) and the interpreter with torch and OpenCV (about 350 MB). Prints one table row per model.
 """
 
 from __future__ import annotations
@@ -33,19 +34,23 @@ CLIP, BATCH = 16, 8
 def _decode(video: Path, height: int, width: int) -> np.ndarray:
     from vad.tasks.sources.ffmpeg_io import DecodeSpec, read_frames
 
-    with read_frames(str(video), DecodeSpec(height, width, 1), batch_frames=256) as reader:
-        return np.concatenate([b[..., 0] for b in reader])  # (N, H, W) uint8
+    with read_frames(str(video), DecodeSpec(height, width, 3), batch_frames=256) as reader:
+        return np.concatenate(list(reader))  # (N, H, W, 3) uint8
 
 
-def _clips(source: np.ndarray, frames: int) -> Iterator[torch.Tensor]:
-    """`frames` frames of the looped source as batches of side-by-side clips, (B, 1, T, H, W) in [0, 1]."""
+def _clips(source: np.ndarray, frames: int, channels: int) -> Iterator[torch.Tensor]:
+    """`frames` frames of the looped colour source as batches of side-by-side clips, (B, C, T, H, W) in
+    [0, 1], C = `channels` (1: the luma, as `vad train` gives a gray model on a colour store)."""
+    from vad.tasks.runtime.model_input import InputSpec, prepare_clips
+
+    spec = InputSpec(CLIP, CLIP, source.shape[1], source.shape[2], channels)
     n_clips = frames // CLIP
     pos = 0
     for first in range(0, n_clips, BATCH):
         b = min(BATCH, n_clips - first)
         idx = (pos + np.arange(b * CLIP)) % len(source)
         pos += b * CLIP
-        yield torch.from_numpy(source[idx]).view(b, 1, CLIP, *source.shape[1:]).float().div_(255.0)
+        yield prepare_clips(torch.from_numpy(source[idx]).view(b, CLIP, *source.shape[1:]), spec, (0.0, 1.0))
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -59,11 +64,12 @@ def _child(args: argparse.Namespace) -> None:
     options = dict(kv.split("=", 1) for m, kv in (s.split(":", 1) for s in args.set) if m == args.child)
     model = build(args.child, clip_len=CLIP, height=h, width=w, fps=args.fps, **{k: float(v) if "." in v else int(v) for k, v in options.items()}).eval()
     t0 = time.perf_counter()
-    record = model.fit(_clips(source, frames))
+    record = model.fit(_clips(source, frames, 1 if model.gray_only else 3))
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-    print(json.dumps({"model": args.child, "minutes": args.minutes, "frames": frames // CLIP * CLIP, "fit_s": round(seconds, 1),
-                      "frames_per_s": round(frames / seconds), "peak_rss_mb": round(peak), **{k: round(v, 3) for k, v in record.items()}}))
+    print(json.dumps({**{k: round(v, 3) for k, v in record.items()}, "model": args.child, "minutes": args.minutes,
+                      "frames": frames // CLIP * CLIP, "fit_s": round(seconds, 1), "frames_per_s": round(frames / seconds),
+                      "peak_rss_mb": round(peak)}))
 
 
 def main() -> None:

@@ -225,6 +225,9 @@ def _interruptible(on_interrupt: str):
     def tripped() -> None:
         if not interrupted.is_set():
             interrupted.set()
+            # prefect._internal does not propagate to "prefect" (Prefect's logging.yml): its services
+            # would log their unsent items as an ERROR after the interrupt line
+            logging.getLogger("prefect._internal").setLevel(logging.CRITICAL + 1)
             if _owns_process:
                 threading.Thread(target=_watchdog, args=(on_interrupt,), daemon=True).start()
 

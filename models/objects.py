@@ -5,7 +5,10 @@ Per frame of a clip (gray frames as stored, uint8 after undoing the [0, 1] scali
 
     foreground  |blur(frame) - blur(background)| > bg_thresh, then a closing; background = the
                 per-pixel median of the leading normal frames (one every `background_step_s`);
-                blur = `blur` x `blur` Gaussian, closing with a `close` x `close` ellipse
+                blur = Gaussian of side `blur_frac` of the height, closing with an ellipse of side
+                `close_frac` (the nearest odd px: 5 and 7 at 240 rows). Options: `noise_k` (the
+                threshold per pixel from the background frames' spread), `light_follow` (per frame,
+                the background under a gain and offset matched on the pixels that are not foreground)
     objects     8-connected components of the foreground whose box is at least `min_box_frac` of
                 the frame height on both sides
     flow        DIS optical flow (OpenCV, `flow_preset`) from the previous frame of the clip to the
@@ -13,7 +16,12 @@ Per frame of a clip (gray frames as stored, uint8 after undoing the [0, 1] scali
     features    per object, three groups: velocity = mean and 90th percentile of the flow magnitude
                 over the component's pixels (px/frame); size = box width and height (px);
                 appearance = the `ae_dim` latent of a small conv autoencoder (`crop` x `crop` crops
-                of the box with a `margin`), trained from scratch on the crops of normal objects
+                of the box with a `margin`), trained from scratch on the crops of normal objects.
+                `position_norm`: speed and size over the median speed and box height of the normal
+                objects in the box centre's grid cell (perspective). `direction` adds a 4th group,
+                dir = signed mean flow (dx, dy; over the cell's speed with `position_norm`, else in
+                frame heights per second), log(w / h), and the change per second of log h and of
+                log(w / h) against the best-overlapping box of the previous frame (a fall)
     distance    per group, standardised features, mean Euclidean distance to the `k` nearest
                 normal objects, divided by the `quantile` of the normal objects' own distances
                 (each to the normal objects more than `self_window_s` seconds away from it, so that it
@@ -21,18 +29,23 @@ Per frame of a clip (gray frames as stored, uint8 after undoing the [0, 1] scali
     frame score the worst object of the frame (B, T); 0 for a frame without an object
     clip score  the mean of its frame scores (B,), as the other models
 
-Embedding (B, 12), for the router's cosine out-of-distribution distance: per group the mean and the
+Embedding (B, 12; 14 with `direction`), for the router's cosine out-of-distribution distance: per group the mean and the
 max of the normalised distances over the clip's objects; the objects per frame over the normal
 number; the clip's mean object speed (mean, p90) and size (w, h) over the normal means; a constant
 1, so a clip without objects has a defined (and large) distance. Uncertainty (B,): the standard
 deviation of the frame scores over the clip (already in normal-quantile units).
 
-Fitted state (buffers, plain tensors: `weights_only` loading): the background (H, W) uint8, per
+Fitted state (buffers, plain tensors: `weights_only` loading): the background (H, W) uint8 (with
+`noise_k` the threshold (H, W) float32; with `position_norm` the cells' heights and speeds), per
 group the scaler (mean, std), the bank of standardised normal features (N, D) and the distance
 scale, the normal means of the embedding's raw features, and the autoencoder (a submodule whose
 shapes the config fixes; its weights are set by `fit`, not by the pipeline's optimiser). The banks
 are the `resizable_buffers`: their length is the number of normal objects, at most `bank_cap` (a
-seeded uniform sample of the normal objects when there are more).
+seeded uniform sample of the normal objects when there are more), found in at most `fit_max_s` of
+footage (evenly spaced clips, seeded, when the footage is longer).
+
+`VARIANTS` declares the settings a camera's validation chooses among (issue 25): the Ped2 default
+(`{}`, the settings below), then position, the camera's own foreground and direction added in turn.
 
 The settings are those the research study (its final.py `CHOSEN`) chose on validation made
 without test labels: synthetic anomalies (segments played 2-4x faster, foreign objects pasted at
@@ -51,16 +64,17 @@ leave-one-video-out, which needs video ids the fit does not get) and scored by t
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
-from vad.models._base import ClipConfig, ClipModel, ClipScores, ModelOutput, Reservoir, to_frames, to_pixels
+from vad.models._base import ClipConfig, ClipModel, ClipScores, ModelOutput, to_frames, to_pixels
 
 from vad.errors import ParameterError
 
@@ -69,8 +83,13 @@ PRESETS = {
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
 }
-GROUPS = ("vel", "size", "app")
-EMBEDDING_DIM = 2 * len(GROUPS) + 6
+GROUPS = ("vel", "size", "app")  # the default groups; `direction` adds "dir"
+EMBEDDING_DIM = 2 * len(GROUPS) + 6  # of the default groups (2 more with "dir")
+
+
+def _odd(px: float) -> int:
+    """The odd whole number nearest px (at least 1): 5.0 -> 5, 6.9 -> 7, 1.3 -> 1."""
+    return max(1, 2 * math.floor(px / 2) + 1)
 
 
 @dataclass
@@ -78,8 +97,8 @@ class ObjectsConfig(ClipConfig):
     height: int = 240  # the stored Ped2 size: the model reads frames as stored
     width: int = 360
     bg_thresh: float = 10.0  # gray levels (0-255) between the blurred frame and the blurred background
-    blur: int = 5  # Gaussian kernel side (odd; 1 = none)
-    close: int = 7  # closing ellipse side (1 = none)
+    blur_frac: float = 5 / 240  # Gaussian kernel side, of the frame height (the nearest odd px: 5 at 240 rows; 1 = none)
+    close_frac: float = 7 / 240  # closing ellipse side, of the frame height (the nearest odd px: 7 at 240 rows)
     min_box_frac: float = 10 / 240  # of the frame height, both sides of an object's box (10 px at 240 rows)
     flow_preset: str = "medium"  # DIS preset, one of PRESETS
     crop: int = 32  # appearance crops are crop x crop (a multiple of 8)
@@ -98,6 +117,20 @@ class ObjectsConfig(ClipConfig):
     bank_cap: int = 50000  # normal objects kept per group (a seeded uniform sample of the stream's)
     fps: float = 10.0  # the store's frame rate (`vad train` sets it), for the settings in seconds
     seed: int = 0  # of the autoencoder's initialisation, crop subset, order and flips; of the bank's sample
+    # position-aware normality: box size and speed over the median of the normal objects in the box
+    # centre's cell of a position_grid x position_grid grid (the global median where a cell has fewer
+    # than position_min normal objects)
+    position_norm: bool = False
+    position_grid: int = 4
+    position_min: int = 20
+    # the camera's own foreground: a per-pixel threshold of noise_k x the robust spread (1.4826 x the
+    # temporal MAD around the median) of the blurred background frames, at least noise_floor gray levels
+    # (0 = the single bg_thresh everywhere)
+    noise_k: float = 0.0
+    noise_floor: float = 4.0
+    light_follow: bool = False  # per frame, the background under a gain and offset matched on its non-foreground pixels
+    direction: bool = False  # a 4th group: signed mean flow (dx, dy), log box aspect, and its and the height's change per second
+    fit_max_s: float = 1200.0  # seconds of footage the fit detects objects in, at most: above it, evenly spaced clips (seeded)
 
     def validate(self) -> None:
         super().validate()
@@ -105,9 +138,12 @@ class ObjectsConfig(ClipConfig):
             raise ParameterError(f"objects: gray input only (in_channels=1), got {self.in_channels}")
         if not 0.0 <= self.bg_thresh < 255.0:
             raise ParameterError(f"objects: bg_thresh must be in [0, 255), got {self.bg_thresh}")
-        if self.blur < 1 or self.blur % 2 == 0:
-            raise ParameterError(f"objects: blur must be an odd size >= 1, got {self.blur}")
-        for name in ("close", "ae_dim", "ae_width", "ae_epochs", "ae_batch", "ae_max_crops", "k"):
+        if not (0.0 <= self.blur_frac <= 1.0 and 0.0 <= self.close_frac <= 1.0):
+            raise ParameterError(f"objects: blur_frac and close_frac must be in [0, 1], got {self.blur_frac}, {self.close_frac}")
+        if not (self.noise_k >= 0 and 0 <= self.noise_floor < 255 and self.fit_max_s > 0):
+            raise ParameterError(f"objects: noise_k must be >= 0, noise_floor in [0, 255), fit_max_s > 0, got "
+                                 f"{self.noise_k}, {self.noise_floor}, {self.fit_max_s}")
+        for name in ("position_grid", "position_min", "ae_dim", "ae_width", "ae_epochs", "ae_batch", "ae_max_crops", "k"):
             if getattr(self, name) < 1:
                 raise ParameterError(f"objects: {name} must be >= 1, got {getattr(self, name)}")
         if self.flow_preset not in PRESETS:
@@ -135,6 +171,20 @@ class ObjectsConfig(ClipConfig):
             raise ParameterError(f"objects: seed must be in [0, 2**32), got {self.seed}")
 
     @property
+    def blur(self) -> int:
+        """Gaussian kernel side in px: the odd size nearest `blur_frac` of the height."""
+        return _odd(self.blur_frac * self.height)
+
+    @property
+    def close(self) -> int:
+        """Closing ellipse side in px: the odd size nearest `close_frac` of the height."""
+        return _odd(self.close_frac * self.height)
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return GROUPS + (("dir",) if self.direction else ())
+
+    @property
     def min_box(self) -> int:
         """px, both sides of an object's box: `min_box_frac` of the height, rounded half up."""
         return to_pixels(self.min_box_frac, self.height)
@@ -155,7 +205,8 @@ class ObjectsConfig(ClipConfig):
         values = dict(values)
         fps, height = values.get("fps", cls.fps), values.get("height", cls.height)
         for old, new, per in (("min_box", "min_box_frac", height), ("self_window", "self_window_s", fps),
-                              ("background_step", "background_step_s", fps)):
+                              ("background_step", "background_step_s", fps), ("blur", "blur_frac", height),
+                              ("close", "close_frac", height)):
             if old in values:
                 values[new] = values.pop(old) / per
         return super().from_dict(values)  # type: ignore[return-value]
@@ -194,6 +245,68 @@ class _Objects:
     box: np.ndarray  # (R, 4) int64: x0, y0, w, h
     velocity: np.ndarray  # (R, 2) float32: mean and p90 flow magnitude over the component, px/frame
     crops: np.ndarray  # (R, crop, crop) uint8
+    motion: np.ndarray | None = None  # (R, 5) float32 with `direction`: mean dx, dy (px/frame), log(w / h),
+    # and d log h, d log(w / h) per second against the best-overlapping object of the previous frame (0 if none)
+
+
+class _Bank:
+    """The normal objects of the fit's kept clips as a seeded uniform sample of at most `cap` rows:
+    each row draws a random key and the `cap` smallest stay (bottom-k sampling, merged every `cap`
+    rows), so that the rows of clips dropped later leave without biasing the rest. Rows are numpy
+    arrays by name sharing their first axis; `cid` (clip id) and `frame` (stream frame) are required."""
+
+    def __init__(self, cap: int, *, seed: int) -> None:
+        self.cap, self._rows = cap, 0
+        self._rng = np.random.default_rng(seed)
+        self._parts: list[dict[str, np.ndarray]] = []
+
+    def add(self, **rows: np.ndarray) -> None:
+        m = len(rows["frame"])
+        self._parts.append({**rows, "key": self._rng.random(m)})
+        self._rows += m
+        if self._rows > 2 * self.cap:
+            self._merge()
+
+    def _merge(self) -> dict[str, np.ndarray]:
+        data = {k: np.concatenate([p[k] for p in self._parts]) for k in self._parts[0]} if self._parts else {}
+        if data and len(data["key"]) > self.cap:
+            idx = np.sort(np.argpartition(data["key"], self.cap - 1)[: self.cap])
+            data = {k: v[idx] for k, v in data.items()}
+        self._parts, self._rows = ([data] if data else []), (len(data["key"]) if data else 0)
+        return data
+
+    def keep(self, kept: Any) -> None:
+        """Drop the rows whose clip `kept(cid)` (a boolean array) refuses."""
+        data = self._merge()
+        if data:
+            mask = kept(data["cid"])
+            self._parts, self._rows = [{k: v[mask] for k, v in data.items()}], int(mask.sum())
+
+    def rows(self) -> dict[str, np.ndarray]:
+        """The sample in stream order (by frame, stable), by name, without the keys."""
+        data = self._merge()
+        if not data:
+            return {}
+        data.pop("key")
+        order = np.argsort(data["frame"], kind="stable")
+        return {k: v[order] for k, v in data.items()}
+
+
+class _Lattice:
+    """Which clips of the fit stream are kept: clip i when i % stride == phase. It starts with every
+    clip; `halve` doubles the stride and picks one of the two residues at random (seeded), so the kept
+    clips stay evenly spaced over the footage seen and every kept clip was kept before."""
+
+    def __init__(self, *, seed: int) -> None:
+        self.stride, self.phase = 1, 0
+        self._rng = np.random.default_rng(seed)
+
+    def kept(self, cid: np.ndarray) -> np.ndarray:
+        return cid % self.stride == self.phase
+
+    def halve(self) -> None:
+        self.phase += self.stride * int(self._rng.integers(2))
+        self.stride *= 2
 
 
 @functools.lru_cache(maxsize=1)
@@ -213,6 +326,38 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def _blur(img: np.ndarray, k: int) -> np.ndarray:
     return cv2.GaussianBlur(img, (k, k), 0) if k > 1 else img
+
+
+def _match_light(cur: np.ndarray, bg: np.ndarray, thresh: np.ndarray | float) -> np.ndarray:
+    """The background (H, W) under the gain and offset that best match the frame (H, W) on its pixels
+    that are not foreground (float32): a robust offset first (the median difference), then a least-squares
+    gain and offset on the pixels within `thresh` of it, twice; a flat background keeps gain 1."""
+    c, b = cur[::4, ::4].astype(np.float32).ravel(), bg[::4, ::4].astype(np.float32).ravel()
+    t = thresh[::4, ::4].ravel() if isinstance(thresh, np.ndarray) else thresh
+    gain, offset = 1.0, float(np.median(c - b))
+    for _ in range(2):
+        inl = np.abs(c - gain * b - offset) <= t
+        if inl.sum() < 16:
+            break
+        bi, ci = b[inl], c[inl]
+        var = float(bi.var())
+        gain = float(np.clip(((bi - bi.mean()) * (ci - ci.mean())).mean() / var, 0.5, 2.0)) if var > 1.0 else 1.0
+        offset = float(ci.mean() - gain * bi.mean())
+    return bg.astype(np.float32) * gain + offset
+
+
+def _best_overlap(box: tuple[int, int, int, int], prev: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int] | None:
+    """The box of `prev` (x0, y0, w, h) with the largest intersection over union with `box`, None if none overlaps."""
+    x0, y0, w, h = box
+    best, out = 0.0, None
+    for p in prev:
+        iw = min(x0 + w, p[0] + p[2]) - max(x0, p[0])
+        ih = min(y0 + h, p[1] + p[3]) - max(y0, p[1])
+        if iw > 0 and ih > 0:
+            iou = iw * ih / (w * h + p[2] * p[3] - iw * ih)
+            if iou > best:
+                best, out = iou, p
+    return out
 
 
 def _crop(img: np.ndarray, x0: int, y0: int, w: int, h: int, size: int, margin: float) -> np.ndarray:
@@ -257,14 +402,30 @@ class Objects(ClipModel):
     native_size = True
     gray_only = True
     cpu_bound = True  # OpenCV's flow and components: no GPU turn, no batch measured on noise
-    resizable_buffers = tuple(f"{g}_bank" for g in GROUPS)
+    resizable_buffers = tuple(f"{g}_bank" for g in (*GROUPS, "dir"))
+    # declared variants (issue 25), for selection on a camera's own validation: the Ped2 settings; size
+    # and speed over what normal objects measure at the same place (perspective); plus the camera's own
+    # foreground (noise threshold, light-following background); plus direction and shape change (falls)
+    VARIANTS: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {},
+        "position": {"position_norm": True},
+        "position+noise": {"position_norm": True, "noise_k": 5.0, "light_follow": True},
+        "position+noise+direction": {"position_norm": True, "noise_k": 5.0, "light_follow": True, "direction": True},
+    }
 
     def __init__(self, config: ObjectsConfig) -> None:
         super().__init__(config)
         self.ae = _CropAE(config.crop, config.ae_dim, config.ae_width)
         self.ae.requires_grad_(False)  # set by `fit`, never by the pipeline's optimiser
-        dims = {"vel": 2, "size": 2, "app": config.ae_dim}
+        dims = {"vel": 2, "size": 2, "app": config.ae_dim, "dir": 5}
+        dims = {g: dims[g] for g in config.groups}
         self.register_buffer("background", torch.zeros(config.height, config.width, dtype=torch.uint8))
+        # the state of the optional settings exists only where they are on: a default checkpoint is as before
+        if config.noise_k > 0:
+            self.register_buffer("threshold", torch.full((config.height, config.width), config.bg_thresh))
+        if config.position_norm:
+            for name in ("cell_height", "cell_speed"):
+                self.register_buffer(name, torch.ones(config.position_grid, config.position_grid))
         for g, d in dims.items():
             self.register_buffer(f"{g}_mean", torch.zeros(d))
             self.register_buffer(f"{g}_std", torch.ones(d))
@@ -276,42 +437,65 @@ class Objects(ClipModel):
         self.register_buffer("is_fitted", torch.zeros((), dtype=torch.bool))
 
     # ------------------------------------------------------------------ objects (OpenCV, numpy)
-    def _detect(self, frames: np.ndarray, background: np.ndarray) -> _Objects:
-        """(B, T, H, W) uint8 clips, (H, W) uint8 background -> their objects (see the module docstring)."""
+    def _threshold(self) -> np.ndarray | float:
+        """The foreground threshold: (H, W) float32 gray levels with `noise_k`, else `bg_thresh`."""
+        return self.threshold.cpu().numpy() if self.config.noise_k > 0 else self.config.bg_thresh
+
+    def _foreground(self, cur: np.ndarray, bg: np.ndarray, thresh: np.ndarray | float) -> np.ndarray:
+        """(H, W) blurred frame, blurred background -> (H, W) uint8 mask (before the closing)."""
+        if self.config.light_follow:
+            return (np.abs(cur.astype(np.float32) - _match_light(cur, bg, thresh)) > thresh).astype(np.uint8)
+        return (cv2.absdiff(cur, bg) > thresh).astype(np.uint8)
+
+    def _detect(self, frames: np.ndarray, background: np.ndarray, thresh: np.ndarray | float) -> _Objects:
+        """(B, T, H, W) uint8 clips, (H, W) uint8 background, the threshold -> their objects (see the module docstring)."""
         cfg = self.config
         bg = _blur(background, cfg.blur)
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cfg.close, cfg.close)) if cfg.close > 1 else None
-        clip, frame, box, vel, crops = [], [], [], [], []
+        clip, frame, box, vel, crops, motion = [], [], [], [], [], []
         min_box = cfg.min_box
         _opencv_threads()
         dis = cv2.DISOpticalFlow_create(PRESETS[cfg.flow_preset])
         for b, video in enumerate(frames):
             n = len(video)
+            prev: list[tuple[int, int, int, int]] = []
             for t in range(n):
                 cur = video[t]
-                mask = (cv2.absdiff(_blur(cur, cfg.blur), bg) > cfg.bg_thresh).astype(np.uint8)
+                mask = self._foreground(_blur(cur, cfg.blur), bg, thresh)
                 if kernel is not None:
                     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
                 count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
                 keep = [i for i in range(1, count) if stats[i, 2] >= min_box and stats[i, 3] >= min_box]
                 if not keep:
+                    prev = []
                     continue  # no object: the flow is not needed
                 partner = t - 1 if t > 0 else min(1, n - 1)
                 flow = dis.calc(video[partner], cur, None)  # (H, W, 2) float32, partner -> cur
                 mag = cv2.magnitude(flow[..., 0], flow[..., 1])
+                boxes = []
                 for i in keep:
                     x0, y0, w, h = (int(v) for v in stats[i, :4])
-                    m = mag[y0 : y0 + h, x0 : x0 + w][labels[y0 : y0 + h, x0 : x0 + w] == i]
+                    inside = labels[y0 : y0 + h, x0 : x0 + w] == i
+                    m = mag[y0 : y0 + h, x0 : x0 + w][inside]
                     clip.append(b)
                     frame.append(t)
                     box.append((x0, y0, w, h))
+                    boxes.append((x0, y0, w, h))
                     vel.append((m.mean(), np.percentile(m, 90)))
                     crops.append(_crop(cur, x0, y0, w, h, cfg.crop, cfg.margin))
+                    if cfg.direction:
+                        f = flow[y0 : y0 + h, x0 : x0 + w][inside]  # (n, 2) dx, dy
+                        p = _best_overlap((x0, y0, w, h), prev)
+                        dh = math.log(h / p[3]) * cfg.fps if p else 0.0
+                        da = math.log(w * p[3] / (h * p[2])) * cfg.fps if p else 0.0
+                        motion.append((f[:, 0].mean(), f[:, 1].mean(), math.log(w / h), dh, da))
+                prev = boxes
         c = cfg.crop
         return _Objects(
             clip=np.asarray(clip, np.int64), frame=np.asarray(frame, np.int64), box=np.asarray(box, np.int64).reshape(-1, 4),
             velocity=np.asarray(vel, np.float32).reshape(-1, 2),
             crops=np.stack(crops) if crops else np.zeros((0, c, c), np.uint8),
+            motion=np.asarray(motion, np.float32).reshape(-1, 5) if cfg.direction else None,
         )
 
     def _check(self, x: torch.Tensor) -> None:
@@ -325,7 +509,7 @@ class Objects(ClipModel):
         """The objects of clips (B, 1, T, H, W) in [0, 1], one row each: `clip`, `frame` (R,), `box`
         (R, 4) x0, y0, w, h in px, `velocity` (R, 2) mean and p90 flow magnitude in px/frame."""
         self._check(x)
-        obj = self._detect(_to_uint8(x), self.background.cpu().numpy())
+        obj = self._detect(_to_uint8(x), self.background.cpu().numpy(), self._threshold())
         return {"clip": torch.from_numpy(obj.clip), "frame": torch.from_numpy(obj.frame), "box": torch.from_numpy(obj.box),
                 "velocity": torch.from_numpy(obj.velocity)}
 
@@ -338,19 +522,52 @@ class Objects(ClipModel):
         x = torch.from_numpy(crops).to(dev).float().div_(255.0).unsqueeze(1)
         return torch.cat([self.ae.encoder(x[i : i + chunk]) for i in range(0, len(x), chunk)]).float()
 
+    def _cells(self, box: np.ndarray) -> torch.Tensor:
+        """(R, 4) boxes -> (R,) index of the box centre's cell in the position_grid x position_grid grid."""
+        cfg, g = self.config, self.config.position_grid
+        col = np.clip((box[:, 0] + box[:, 2] / 2) * g // cfg.width, 0, g - 1)
+        row = np.clip((box[:, 1] + box[:, 3] / 2) * g // cfg.height, 0, g - 1)
+        return torch.from_numpy((row * g + col).astype(np.int64)).to(self.background.device)
+
     def _groups(self, obj: _Objects) -> dict[str, torch.Tensor]:
         dev = self.background.device
-        return {
-            "vel": torch.from_numpy(obj.velocity).to(dev),
-            "size": torch.from_numpy(obj.box[:, 2:].astype(np.float32)).to(dev),
-            "app": self._embed(obj.crops),
-        }
+        vel = torch.from_numpy(obj.velocity).to(dev)
+        size = torch.from_numpy(obj.box[:, 2:].astype(np.float32)).to(dev)
+        if self.config.position_norm:  # over what normal objects measure there
+            cell = self._cells(obj.box)
+            ref_h, ref_v = self.cell_height.flatten()[cell, None], self.cell_speed.flatten()[cell, None]
+            vel, size = vel / ref_v, size / ref_h
+        feats = {"vel": vel, "size": size, "app": self._embed(obj.crops)}
+        if self.config.direction:
+            m = torch.from_numpy(obj.motion).to(dev)
+            # signed flow over the position's normal speed, or in frame heights per second
+            flow = m[:, :2] / ref_v if self.config.position_norm else m[:, :2] * (self.config.fps / self.config.height)
+            feats["dir"] = torch.cat([flow, m[:, 2:]], dim=1)
+        return feats
+
+    def _fit_position(self, box: np.ndarray, velocity: np.ndarray) -> None:
+        """Per cell, the median box height and mean speed of the normal objects (R, 4), (R, 2) whose
+        centre lies there; the global medians where fewer than `position_min` do. Speeds are at least
+        a quarter of the global median (a cell of parked objects does not make every walker anomalous)."""
+        cfg = self.config
+        cell = self._cells(box).cpu()
+        h, v = torch.from_numpy(box[:, 3].astype(np.float32)), torch.from_numpy(velocity[:, 0].copy())
+        gh, gv = float(h.median()) if len(h) else 1.0, float(v.median()) if len(v) else 1.0
+        gh, gv = max(gh, 1.0), max(gv, 1e-3)
+        heights, speeds = torch.full((cfg.position_grid**2,), gh), torch.full((cfg.position_grid**2,), gv)
+        for c in range(cfg.position_grid**2):
+            inside = cell == c
+            if int(inside.sum()) >= cfg.position_min:
+                heights[c] = max(float(h[inside].median()), 1.0)
+                speeds[c] = max(float(v[inside].median()), gv / 4)
+        self.cell_height.copy_(heights.view_as(self.cell_height))
+        self.cell_speed.copy_(speeds.view_as(self.cell_speed))
 
     def _distances(self, obj: _Objects) -> torch.Tensor:
         """(R, G) normalised distance of each object in each group (1 = the normal `quantile`)."""
         feats = self._groups(obj)
         cols = []
-        for g in GROUPS:
+        for g in self.config.groups:
             z = (feats[g] - getattr(self, f"{g}_mean")) / getattr(self, f"{g}_std")
             cols.append(_knn_mean(z, getattr(self, f"{g}_bank"), self.config.k) / getattr(self, f"{g}_scale"))
         return torch.stack(cols, dim=1)
@@ -363,7 +580,7 @@ class Objects(ClipModel):
         per = torch.cat([dist, raw], dim=1)  # (R, G + 4)
         mean = torch.zeros(b, per.shape[1], device=dev).index_add_(0, idx, per) / count.clamp_min(1)[:, None]
         peak = torch.zeros(b, dist.shape[1], device=dev).scatter_reduce_(0, idx[:, None].expand_as(dist), dist, "amax")
-        g = len(GROUPS)
+        g = len(self.config.groups)
         level = torch.stack([mean[:, :g], peak], dim=2).flatten(1)  # per group: mean, max
         density = (count / t / self.objects_per_frame.clamp_min(1e-6))[:, None]
         return torch.cat([level, density, mean[:, g:], torch.ones(b, 1, device=dev)], dim=1)
@@ -373,12 +590,11 @@ class Objects(ClipModel):
         s = self.score(x)
         return ModelOutput(recon=x, embedding=s.embedding, uncertainty=s.uncertainty)
 
-    @torch.compiler.disable  # OpenCV and numpy work: nothing for `--compile` to compile, so it runs as is
     @torch.inference_mode()
     def score(self, x: torch.Tensor) -> ClipScores:  # (B, 1, T, H, W) in [0, 1] -> ClipScores
         self._check(x)
         b, _, t, _, _ = x.shape
-        obj = self._detect(_to_uint8(x), self.background.cpu().numpy())
+        obj = self._detect(_to_uint8(x), self.background.cpu().numpy(), self._threshold())
         with torch.autocast(self.background.device.type, enabled=False):  # nearest-neighbour distances in float32
             dist = self._distances(obj)  # (R, G)
             idx = torch.from_numpy(obj.clip * t + obj.frame).to(dist.device)
@@ -392,80 +608,119 @@ class Objects(ClipModel):
         """Fit every buffer and the autoencoder from normal clips, each (B, 1, T, H, W) in [0, 1], read
         once in stream order (each clip is a short video: its flow stays inside it), in bounded memory.
 
-        The background has to be known before the first object is cut out: the leading clips are
-        held (as uint8, at most `background_mb`: Ped2's 2,550 training frames take 220 MB) until it
-        is found, then detected; later clips are detected as they come. The objects go into a seeded
-        uniform sample of at most `bank_cap` (all of them when there are fewer, in stream order).
+        The background (and with `noise_k` the threshold) has to be known before the first object is
+        cut out: the leading clips are held (as uint8, at most `background_mb`: Ped2's 2,550 training
+        frames take 220 MB) until it is found, then detected; later clips are detected as they come.
+        Objects are found in at most `fit_max_s` seconds of clips (`_Lattice`: every clip while the
+        footage is shorter, evenly spaced clips over all of it when longer) and go into a seeded uniform
+        sample of at most `bank_cap` (all of them when there are fewer, in stream order).
         Deterministic on the CPU.
         """
         cfg = self.config
         dev = self.background.device
         t0 = time.perf_counter()
-        held: list[np.ndarray] = []
-        background: np.ndarray | None = None
-        bank = Reservoir(cfg.bank_cap, seed=cfg.seed)
-        seen = 0
+        held: list[tuple[int, int, np.ndarray]] = []  # (first clip id, first stream frame, uint8 batch)
+        state: dict[str, Any] = {}  # "bg", "thresh" once found
+        bank = _Bank(cfg.bank_cap, seed=cfg.seed)
+        lattice = _Lattice(seed=cfg.seed)
+        budget = max(1, to_frames(cfg.fit_max_s, cfg.fps))
+        kept: dict[int, tuple[int, int]] = {}  # kept clip id -> (frames, objects)
+        seen = n_clips = 0
 
-        def detect(u8: np.ndarray, first: int, bg: np.ndarray) -> None:  # first: the stream's frame index of u8[0, 0]
-            obj = self._detect(u8, bg)
+        def detect(u8: np.ndarray, cid0: int, first: int) -> None:  # first: the stream's frame index of u8[0, 0]
+            b, t = u8.shape[:2]
+            sel = np.flatnonzero(lattice.kept(cid0 + np.arange(b)))
+            if len(sel) == 0:
+                return
+            obj = self._detect(u8 if len(sel) == b else u8[sel], state["bg"], state["thresh"])
+            for j, count in zip(sel, np.bincount(obj.clip, minlength=len(sel))):
+                kept[cid0 + int(j)] = (t, int(count))
             if len(obj.frame):
-                bank.add(frame=first + obj.clip * u8.shape[1] + obj.frame, box=obj.box, velocity=obj.velocity, crops=obj.crops)
+                rows = {"cid": cid0 + sel[obj.clip], "frame": first + sel[obj.clip] * t + obj.frame, "box": obj.box,
+                        "velocity": obj.velocity, "crops": obj.crops}
+                bank.add(**rows, **({"motion": obj.motion} if obj.motion is not None else {}))
+            while sum(f for f, _ in kept.values()) > budget:  # over the footage budget: every other kept clip
+                lattice.halve()
+                for c in [c for c in kept if not lattice.kept(np.asarray([c]))[0]]:
+                    del kept[c]
+                bank.keep(lattice.kept)
 
-        def start() -> np.ndarray:
+        def start() -> None:
             """The background from the held clips (every `background_step`-th frame's median), then their objects."""
             step, first, sample = cfg.background_step, 0, []
-            for u8 in held:
+            for _, _, u8 in held:
                 sample.append(u8.reshape(-1, *u8.shape[2:])[(-first) % step :: step])  # every step-th frame of the stream
                 first += u8.shape[0] * u8.shape[1]
-            bg = np.median(np.concatenate(sample), axis=0).astype(np.uint8)
+            frames = np.concatenate(sample)
             del sample
-            first = 0
-            for u8 in held:
-                detect(u8, first, bg)
-                first += u8.shape[0] * u8.shape[1]
+            state["bg"] = bg = np.median(frames, axis=0).astype(np.uint8)
+            state["thresh"] = self._fit_threshold(frames, bg) if cfg.noise_k > 0 else cfg.bg_thresh
+            del frames
+            for cid0, first, u8 in held:
+                detect(u8, cid0, first)
             held.clear()
-            return bg
 
         with torch.no_grad():
             for x in clips:
                 self._check(x)
                 u8 = _to_uint8(x)
-                if background is None:
-                    held.append(u8)
+                if "bg" not in state:
+                    held.append((n_clips, seen, u8))
                     if (seen + u8.shape[0] * u8.shape[1]) * u8[0, 0].nbytes >= cfg.background_mb * 2**20:
-                        background = start()
+                        start()
                 else:
-                    detect(u8, seen, background)
+                    detect(u8, n_clips, seen)
                 seen += u8.shape[0] * u8.shape[1]
-            if background is None:
+                n_clips += u8.shape[0]
+            if "bg" not in state:
                 if not held:
                     raise ParameterError("objects: no normal clips to fit on")
-                background = start()
-        self.background.copy_(torch.from_numpy(background))
-        n = bank.seen
+                start()
+        self.background.copy_(torch.from_numpy(state["bg"]))
+        if cfg.noise_k > 0:
+            self.threshold.copy_(torch.from_numpy(state["thresh"]))
+        n = sum(c for _, c in kept.values())
+        detected = sum(f for f, _ in kept.values())
         if n <= cfg.k:
             raise ParameterError(
                 f"objects: {n} objects in the normal footage, the density needs more than k={cfg.k}; "
                 "lower bg_thresh or min_box_frac, or fit on more footage"
             )
-        rows = bank.rows()
-        order = np.argsort(rows["frame"], kind="stable")  # stream order (a full sample's slots are not)
-        obj = _Objects(clip=np.zeros(len(order), np.int64), **{k: v[order] for k, v in rows.items()})
+        rows = bank.rows()  # in stream order
+        rows.pop("cid")
+        obj = _Objects(clip=np.zeros(len(rows["frame"]), np.int64), **rows)
+        if cfg.position_norm:
+            self._fit_position(obj.box, obj.velocity)
         t1 = time.perf_counter()
         loss = self._fit_appearance(obj.crops)
         t2 = time.perf_counter()
         with torch.no_grad():
             feats = self._groups(obj)
             stream = torch.from_numpy(obj.frame).to(dev)
-            for g in GROUPS:
+            for g in cfg.groups:
                 self._fit_density(g, feats[g], stream)
-            raw = torch.cat([feats["vel"], feats["size"]], dim=1)
+            raw = torch.from_numpy(np.concatenate([obj.velocity, obj.box[:, 2:].astype(np.float32)], axis=1)).to(dev)
             self.feature_mean.copy_(raw.mean(dim=0).clamp_min(1e-6))
-            self.objects_per_frame.fill_(n / seen)
+            self.objects_per_frame.fill_(n / detected)
             self.is_fitted.fill_(True)
         t3 = time.perf_counter()
-        return {"objects": float(n), "banked": float(len(obj.frame)), "frames": float(seen), "appearance_loss": loss,
+        return {"objects": float(n), "banked": float(len(obj.frame)), "frames": float(seen), "frames_detected": float(detected),
+                "clip_stride": float(lattice.stride), "appearance_loss": loss,
                 "seconds_objects": t1 - t0, "seconds_appearance": t2 - t1, "seconds_density": t3 - t2}
+
+    def _fit_threshold(self, frames: np.ndarray, bg: np.ndarray) -> np.ndarray:
+        """(N, H, W) uint8 background sample, its (H, W) median -> (H, W) float32 per-pixel threshold:
+        `noise_k` x 1.4826 x the median absolute deviation of the blurred frames from the blurred median
+        (light-matched with `light_follow`), at least `noise_floor`."""
+        cfg = self.config
+        bb = _blur(bg, cfg.blur)
+        dev = np.empty(frames.shape, np.uint8)
+        for i, f in enumerate(frames):
+            fb = _blur(f, cfg.blur)
+            ref = _match_light(fb, bb, cfg.bg_thresh) if cfg.light_follow else bb.astype(np.float32)
+            dev[i] = np.minimum(np.abs(fb.astype(np.float32) - ref).round(), 255)
+        mad = np.median(dev, axis=0)
+        return np.maximum(cfg.noise_floor, cfg.noise_k * 1.4826 * mad).astype(np.float32)
 
     def _fit_appearance(self, crops: np.ndarray) -> float:
         """Train the crop autoencoder on normal crops (MSE, Adam, cosine schedule, horizontal flips)

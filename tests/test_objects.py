@@ -11,6 +11,7 @@ from vad.tasks.runtime.checkpoint import load_checkpoint
 from vad.tasks.learning.training import TrainConfig, train_model
 
 from vad.errors import ParameterError
+from vad.models.objects import GROUPS
 
 H = W = 64
 T = 8
@@ -20,8 +21,8 @@ LANES = (4, 18, 32, 46)  # rows of the squares' top edges: each pixel is covered
 
 
 def _model(**kw):
-    """The model at H x W with the 10 px minimum box of the defaults at 240 rows."""
-    return build("objects", clip_len=T, height=H, width=W, **{"min_box_frac": 10 / H, **kw}).eval()
+    """The model at H x W with the pixel sizes of the defaults at 240 rows: 10 px minimum box, 5 px blur, 7 px closing."""
+    return build("objects", clip_len=T, height=H, width=W, **{"min_box_frac": 10 / H, "blur_frac": 5 / H, "close_frac": 7 / H, **kw}).eval()
 
 
 def _texture(side: int = SIDE, seed: int = 0) -> np.ndarray:
@@ -125,8 +126,10 @@ def test_fit_is_deterministic(fitted):
 def test_bad_settings_are_refused():
     with pytest.raises(ParameterError, match="gray input only"):
         _model(in_channels=3)
-    with pytest.raises(ParameterError, match="blur"):
-        _model(blur=4)
+    with pytest.raises(ParameterError, match="blur_frac"):
+        _model(blur_frac=1.5)
+    with pytest.raises(ParameterError, match="noise_k"):
+        _model(noise_k=-1.0)
     with pytest.raises(ParameterError, match="flow_preset"):
         _model(flow_preset="slow")
     with pytest.raises(ParameterError, match="expected gray clips"):
@@ -190,3 +193,176 @@ def test_footage_shorter_than_the_self_window_still_fits_a_distance_scale():
     assert np.isfinite(scale) and scale > 1e-6
     with pytest.raises(ParameterError, match="no normal object"):  # one frame of footage: nothing to compare
         _model(self_window_s=15.0, fps=10.0)._fit_density("vel", z[:6], torch.zeros(6, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- the declared variants' settings (issue 25)
+
+def test_the_default_config_scores_as_before_the_variants():
+    # frame scores of this fit and clips recorded with the module before the variant settings existed
+    # (blur and close in px, no fit_max_s): the `{}` variant must reproduce them
+    from vad.tasks.learning.fitting import torch_threads
+
+    with torch_threads(1):
+        model = _model(**FIT)
+        model.fit(_normal_clips())
+    x = torch.cat([_clip(1.0, x0=7.0, lane=1), _clip(3.0, x0=7.0, lane=1), _clip(2.0, x0=3.0, lane=3, present=5)])
+    before = [0.5236, 0.1256, 0.2347, 0.1138, 0.0339, 0.2959, 0.4966, 0.0764, 42.1068, 45.1523, 41.0145, 45.0816,
+              39.4746, 44.5076, 39.4308, 44.4943, 24.3802, 22.2474, 22.5172, 22.5148, 22.2549, 0.0, 0.0, 0.0]
+    assert model.eval().score(x).frames.flatten().tolist() == pytest.approx(before, abs=2e-3)
+    assert set(model.state_dict()) == {"background", "feature_mean", "objects_per_frame", "is_fitted",
+                                       *(f"{g}_{p}" for g in GROUPS for p in ("mean", "std", "bank", "scale")),
+                                       *(f"ae.{k}" for k in model.ae.state_dict())}
+
+
+def test_variants_start_with_the_default_and_each_builds():
+    from vad.models.objects import Objects
+
+    assert list(Objects.VARIANTS)[0] == "default" and Objects.VARIANTS["default"] == {} and len(Objects.VARIANTS) <= 4
+    for overrides in Objects.VARIANTS.values():
+        _model(**overrides)
+
+
+def test_blur_and_close_are_fractions_of_the_height_with_the_old_px_at_240_rows():
+    from vad.models.objects import ObjectsConfig
+
+    at240, at480 = ObjectsConfig(height=240), ObjectsConfig(height=480, width=640)
+    assert (at240.blur, at240.close) == (5, 7)  # the Ped2 settings
+    assert (at480.blur, at480.close) == (11, 15)  # 10 and 14 px: the nearest odd sizes
+    old = ObjectsConfig.from_dict({"height": 120, "width": 160, "blur": 3, "close": 5})  # a checkpoint in px
+    assert (old.blur_frac, old.close_frac, old.blur, old.close) == (3 / 120, 5 / 120, 3, 5)
+    with pytest.raises(ParameterError, match="blur_frac"):
+        _model(blur_frac=-0.1)
+
+
+def _two_sizes(big: int, where: str, x0: int = 5, seed: int = 0) -> torch.Tensor:
+    """(1, 1, T, H, W): a textured square of side `big` moving right at 1 px/frame from x0, its top edge
+    at row 2 ("top") or row 62 - big ("bottom")."""
+    x = np.full((T, H, W), BG, np.uint8)
+    tex = _texture(big, seed)
+    y0 = 2 if where == "top" else H - 2 - big
+    for t in range(T):
+        x[t, y0 : y0 + big, x0 + t : x0 + t + big] = tex
+    return torch.from_numpy(x).float().div(255.0)[None, None]
+
+
+def _perspective_clips() -> list[torch.Tensor]:
+    """16 normal clips: 11-13 px squares high in the frame, 22-26 px ones low (a walker twice as tall near
+    the camera; 3, 3 and 2 clips of each size), each clip with its own start and texture."""
+    side = [11 + (i // 2) % 3 for i in range(16)]
+    clips = [_two_sizes(side[i], "top", 4 + i, i) if i % 2 else _two_sizes(2 * side[i], "bottom", 4 + i, i) for i in range(16)]
+    return [torch.cat(clips[i : i + 4]) for i in range(0, 16, 4)]
+
+
+def test_a_walker_twice_as_tall_is_normal_low_in_the_frame_and_anomalous_high_with_position_norm():
+    pos = _model(**FIT, position_norm=True, position_grid=2, position_min=5)
+    pos.fit(_perspective_clips())
+    # the blur adds 3 px to each box's height at this contrast (1 above the bottom ones, 2 below; 1 below
+    # the top ones, cut by the frame's edge above): medians 12 + 3 in the top cell, 24 + 3 in the bottom one
+    assert pos.cell_height[0, 0] == 15 and pos.cell_height[1, 0] == 27
+    plain = _model(**FIT)
+    plain.fit(_perspective_clips())
+    x = torch.cat([_two_sizes(24, "bottom", 9, 99), _two_sizes(24, "top", 9, 99)])
+    low, high = pos.eval().score(x).frames
+    assert high.min() > 3 * low.max()  # 27 / 15 = 1.8 x the normal height there
+    p_low, p_high = plain.eval().score(x).frames  # by size alone a 24 px square is normal anywhere
+    assert p_high.max() < 2 * p_low.max() + 1
+
+
+def test_a_noise_threshold_from_a_noisy_static_background():
+    # left half flips between 60 - 16 and 60 + 16 every frame, right half is a flat 60: the median is 60,
+    # the absolute deviation 16 on the left (threshold 5 x 1.4826 x 16 = 118.6), 0 on the right (the floor, 4)
+    model = _model(noise_k=5.0, blur_frac=0.0)
+    frames = np.full((10, H, W), BG, np.uint8)
+    frames[0::2, :, : W // 2] = BG - 16
+    frames[1::2, :, : W // 2] = BG + 16
+    bg = np.median(frames, axis=0).astype(np.uint8)
+    thresh = model._fit_threshold(frames, bg)
+    assert thresh[:, : W // 2] == pytest.approx(5 * 1.4826 * 16) and np.all(thresh[:, W // 2 :] == 4.0)
+    model.background.copy_(torch.from_numpy(bg))
+    model.threshold.copy_(torch.from_numpy(thresh))
+    x = frames[:T].copy()
+    x[:, 20:32, 40:52] = BG + 30  # a 12 px square on the clean half
+    clip = torch.from_numpy(x).float().div(255.0)[None, None]
+    assert model.objects(clip)["box"].tolist() == [[40, 20, 12, 12]] * T  # the noise is no object
+    plain = _model(blur_frac=0.0)
+    plain.background.copy_(torch.from_numpy(bg))
+    assert [32, 64] in plain.objects(clip)["box"][:, 2:].tolist()  # 16 levels > 10: the noisy half is one object
+
+
+def test_a_brightness_step_is_no_foreground_with_the_light_following_background():
+    from vad.models.objects import _match_light
+
+    ramp = np.tile(np.linspace(40, 200, W).astype(np.uint8), (H, 1))  # a textured background
+    lit = (ramp.astype(np.float32) * 1.2 + 5).round()
+    assert _match_light(lit, ramp, 10.0) == pytest.approx(ramp * 1.2 + 5, abs=0.6)  # gain 1.2, offset 5
+    x = np.full((T, H, W), BG + 20, np.uint8)  # the light went up by 20 levels
+    x[:, 10:22, 20:32] = BG + 50  # a 12 px square 30 above the lit background
+    clip = torch.from_numpy(x).float().div(255.0)[None, None]
+    following, plain = _model(light_follow=True), _model()
+    for m in (following, plain):
+        m.background.fill_(BG)
+    assert following.objects(clip)["box"].tolist() == [[20, 10, 12, 12]] * T
+    assert plain.objects(clip)["box"].tolist() == [[0, 0, W, H]] * T  # the whole frame is 20 levels off
+
+
+def test_direction_features_signed_flow_aspect_and_the_change_of_height():
+    model = _model(direction=True)
+    bg = np.full((H, W), BG, np.uint8)
+    x = np.full((1, 3, H, W), BG, np.uint8)
+    x[0, 0, 10:22, 20:32] = BG + 30  # 12 x 12, then 12 wide and 16, then 24 high: a flat box (no visible flow)
+    x[0, 1, 10:26, 20:32] = BG + 30
+    x[0, 2, 10:34, 20:32] = BG + 30
+    m = model._detect(x, bg, 10.0).motion  # dx, dy, log(w / h), d log h / s, d log(w / h) / s at 10 fps
+    assert m[:, 2] == pytest.approx(np.log([1.0, 12 / 16, 12 / 24]), abs=1e-6)
+    assert m[:, 3] == pytest.approx([0.0, 10 * np.log(16 / 12), 10 * np.log(24 / 16)], abs=1e-5)
+    assert m[:, 4] == pytest.approx(-m[:, 3], abs=1e-5)  # the width stays
+    down = np.full((1, T, H, W), BG, np.uint8)
+    tex = _texture()
+    for t in range(T):
+        down[0, t, 4 + 3 * t : 16 + 3 * t, 20:32] = tex  # 3 px/frame down
+    m = model._detect(down, bg, 10.0).motion
+    assert m[1:, 1].mean() == pytest.approx(3.0, abs=0.5) and abs(m[1:, 0].mean()) < 0.5
+
+
+def test_a_fall_is_a_direction_the_direction_group_sees():
+    # normal: the square walks right at 1 px/frame; the same square moving down at 1 px/frame has the
+    # normal speed, size and look, and only the direction group (with every variant setting on) sees it
+    full = _model(**FIT, **_variant("position+noise+direction"), position_grid=2, position_min=5)
+    full.fit(_normal_clips())
+    down = np.full((1, T, H, W), BG, np.uint8)
+    for t in range(T):
+        down[0, t, 20 + t : 32 + t, 30:42] = _texture()
+    x = torch.cat([_clip(1.0, x0=7.0, lane=1), torch.from_numpy(down).float().div(255.0)[:, None]])
+    walk, fall = full.eval().score(x).frames
+    assert fall[1:].min() > walk.max()
+    dist = full._distances(full._detect(_to_u8(x), full.background.numpy(), full._threshold()))  # (R, 4)
+    assert dist.shape[1] == 4
+    # saved and loaded, the extra state (threshold, cells, the direction bank) comes back
+    fresh = _model(**FIT, **_variant("position+noise+direction"), position_grid=2, position_min=5)
+    fresh.load_state_dict(full.state_dict())
+    for other in (fresh.eval(), for_inference(full)):
+        assert torch.equal(other.score(x).frames, full.score(x).frames)
+
+
+def test_fit_max_s_detects_evenly_spaced_clips_of_the_footage():
+    # 24 clips of 8 frames (19.2 s at 10 fps) with at most 5 s (50 frames) to detect in: the stride doubles
+    # whenever the kept clips pass 50 frames (after batches 2 and 4), ending at every 4th clip (6 clips, 48 frames)
+    model = _model(**FIT, fit_max_s=5.0)
+    record = model.fit(_normal_clips())
+    assert record["frames"] == 192 and record["frames_detected"] == 48 and record["clip_stride"] == 4
+    assert record["objects"] == 48 == record["banked"]  # one object a frame
+    again = _model(**FIT, fit_max_s=5.0)
+    again.fit(_normal_clips())
+    assert torch.equal(again.vel_bank, model.vel_bank)  # seeded
+
+
+def _variant(name: str) -> dict:
+    from vad.models.objects import Objects
+
+    return Objects.VARIANTS[name]
+
+
+def _to_u8(x: torch.Tensor) -> np.ndarray:
+    from vad.models.objects import _to_uint8
+
+    return _to_uint8(x)

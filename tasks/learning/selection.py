@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 from vad.models import DEFAULT_ARCH, model_class
 from vad.storage import ClipStore
 from vad.tasks.learning.train_config import TrainConfig
@@ -92,6 +91,8 @@ def bootstrap_auc(labels: list[np.ndarray], scores: list[np.ndarray], *, seed: i
     only is drawn again (up to `resamples` more times). (nan, nan, nan) without both classes."""
     pairs = [(np.asarray(y), np.asarray(s, float)) for y, s in zip(labels, scores)]
     pairs = [(y[y >= 0], s[y >= 0]) for y, s in pairs]
+
+    from sklearn.metrics import roc_auc_score  # here: scikit-learn's import costs every `vad` process 2-3 s
 
     def auc(idx: np.ndarray) -> float:
         y = np.concatenate([pairs[i][0] for i in idx])

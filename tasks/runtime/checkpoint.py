@@ -100,7 +100,7 @@ class Checkpoint:
         with _BUILD_LOCK:  # the passes of several videos may ask at once, on threads
             if key not in self.cache:
                 model = for_inference(self.build_model(device))
-                if compile:
+                if compile and not model.cpu_bound:  # a CPU-bound model's OpenCV work has nothing to compile
                     # weights frozen in as constants; static shapes (run_pass pads the last batch)
                     model.score = torch.compile(model.score, options={"freezing": True}, dynamic=False)  # type: ignore[method-assign]
                 self.cache[key] = model
