@@ -49,7 +49,7 @@ class Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=None)  # none off a terminal
         self.start, self.clips = time.perf_counter(), 0
 
     def update(self, clips: int, loss: float) -> None:
