@@ -22,7 +22,11 @@ from vad.models.vae3d import VAE3D, VAE3DConfig
 from vad.errors import ParameterError
 
 REGISTRY: dict[str, type[ClipModel]] = {m.arch: m for m in (VAE3D, TopHeavy, AE3D, ResNet3DAttn, Predictor, ResNet18AE, Forecaster, MotionPatch, Objects)}
-# chosen on Ped2's validation set (held-out normal videos with synthetic anomalies), benchmarks/detection.py
+# The roles' architectures. Their plain settings were not chosen on a validation of each camera: motion_patch's
+# are the design notes' frame-difference baseline, fixed before any validation; objects' were picked on a
+# Ped2 validation (version 1) whose synthetic anomalies came from objects' own detector, so it flattered them.
+# `vad train` keeps them unless the camera's own validation is sure one of the model's VARIANTS is better
+# (tasks/learning/selection.py, docs/quality.md).
 DEFAULT_ARCH = {"small": "motion_patch", "large": "objects"}
 
 

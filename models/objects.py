@@ -54,7 +54,10 @@ the model fitted on the other 12. Of 31 variants (foreground by frame differenci
 background; background thresholds 10-35; joint or per-group densities; orientation histograms,
 perspective-normalised size, position, reconstruction error; k 1-10) the background foreground at
 threshold 10 with the three groups summed ranked best, validation micro AUC 0.977 (runner-up 0.974,
-threshold 15). Fitted on all 16 training videos, the research script measured Ped2 test micro AUC
+threshold 15). That validation found its objects with this module's own detector, so it favoured
+this model and these settings; they are a Ped2 choice, kept as the plain default, and `vad train`
+leaves them only when a camera's own validation (version 2, no detector) is sure a variant is
+better. Fitted on all 16 training videos, the research script measured Ped2 test micro AUC
 0.908 (macro 0.911, Test001 0.990), scoring 16-frame clips at stride 8. This module, fitted the way
 `vad train` fits it (the stream of non-overlapping clips, `self_window_s` in place of the research's
 leave-one-video-out, which needs video ids the fit does not get) and scored by that script, gave
