@@ -63,9 +63,11 @@ def _store_text(url: str) -> str:
     train = sum(v.split == "train" for v in videos)
     sizes = "/".join(sorted({f"{v.frames.shape[1]}x{v.frames.shape[2]}" for v in videos}))
     channels = "/".join(sorted({"gray" if v.frames.shape[3] == 1 else "RGB" for v in videos}))
-    fps = "/".join(sorted({f"{float(v.attrs.get('fps') or 0):g}" for v in videos}))
+    rates = sorted({f"{float(v.attrs['fps']):g}" for v in videos if v.attrs.get("fps")})
+    unrated = any(not v.attrs.get("fps") for v in videos)  # frame images: FFmpeg gives them no rate
+    fps = ", ".join(([f"{'/'.join(rates)} fps"] if rates else []) + (["no frame rate of their own (frame images)"] if unrated else []))
     return (f"store {url}: {len(videos)} videos ({train} train, {len(videos) - train} test), "
-            f"{sum(v.n_frames for v in videos):,} frames at {sizes} {channels}, {fps} fps")
+            f"{sum(v.n_frames for v in videos):,} frames at {sizes} {channels}, {fps}")
 
 
 def _ingest_text(summary: IngestSummary) -> str:

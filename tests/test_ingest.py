@@ -171,3 +171,15 @@ def test_parameters_are_validated():
     assert Preprocess().output_size(240, 360) == (240, 360)
     assert batch_frames(16, 240 * 360 * 3) == 16 * 8  # eight 4.1 MB chunks fit in 32 MiB
     assert batch_frames(16, 1080 * 1920 * 3) == 32  # never less than two chunks
+
+
+def test_the_store_line_says_when_frame_images_carry_no_frame_rate(tmp_path):
+    # a folder of frame images (Ped2's layout) has no rate of its own: say so, not "0 fps"
+    from vad.flows.pipeline import _store_text
+
+    url = str(tmp_path / "s.zarr")
+    frames = np.zeros((20, 32, 48, 1), dtype=np.uint8)
+    ingest_video(url, frames_source("v", "train", write_frames(tmp_path / "v", frames)), Preprocess(gray=True), dataset="d")
+    text = _store_text(url)
+    assert "1 videos (1 train, 0 test)" in text and "frames at 32x48 gray" in text
+    assert text.endswith("gray, no frame rate of their own (frame images)")
