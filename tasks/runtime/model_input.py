@@ -7,6 +7,8 @@ onto a GPU); conversion, channel mapping and resizing happen in one step on the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -179,6 +181,18 @@ def plan_batches(index: list[tuple[str, int]], batch: int) -> list[tuple[str, np
     return out
 
 
+def clip_runs(starts: np.ndarray, clip_len: int) -> Iterator[tuple[int, int]]:
+    """[i, j) index ranges of the runs of clips that overlap or touch: each next start ascending and at
+    most `clip_len` after the previous one. Each run is read from the store as one span."""
+    i = 0
+    while i < len(starts):
+        j = i + 1
+        while j < len(starts) and starts[j - 1] <= starts[j] <= starts[j - 1] + clip_len:
+            j += 1
+        yield i, j
+        i = j
+
+
 def read_clips(video: Any, starts: np.ndarray, clip_len: int) -> np.ndarray:
     """Clips of one stored video at `starts` as uint8 (B, T, H, W, C), each run of clips that
     overlap or touch (next start at most `clip_len` after the previous, ascending) read as one span.
@@ -189,16 +203,11 @@ def read_clips(video: Any, starts: np.ndarray, clip_len: int) -> np.ndarray:
     """
     h, w, c = video.frames.shape[1:]
     out = np.empty((len(starts), clip_len, h, w, c), dtype=np.uint8)
-    i = 0
-    while i < len(starts):
-        j = i + 1
-        while j < len(starts) and starts[j - 1] <= starts[j] <= starts[j - 1] + clip_len:
-            j += 1
+    for i, j in clip_runs(starts, clip_len):
         lo = int(starts[i])
         span = video.read(lo, int(starts[j - 1]) + clip_len)
         for k in range(i, j):
             out[k] = span[starts[k] - lo : starts[k] - lo + clip_len]
-        i = j
     return out
 
 
@@ -207,16 +216,11 @@ def read_spans(video: Any, starts: np.ndarray, clip_len: int) -> tuple[np.ndarra
     the runs of clips that overlap or touch (as `read_clips` finds them) one after another, and (B,)
     each clip's first row in them. Clip k is `frames[offsets[k] : offsets[k] + clip_len]`."""
     parts, offsets, rows = [], np.empty(len(starts), dtype=np.int64), 0
-    i = 0
-    while i < len(starts):
-        j = i + 1
-        while j < len(starts) and starts[j - 1] <= starts[j] <= starts[j - 1] + clip_len:
-            j += 1
+    for i, j in clip_runs(starts, clip_len):
         lo = int(starts[i])
         parts.append(video.read(lo, int(starts[j - 1]) + clip_len))
         offsets[i:j] = rows + starts[i:j] - lo
         rows += len(parts[-1])
-        i = j
     return (parts[0] if len(parts) == 1 else np.concatenate(parts)), offsets
 
 
