@@ -5,10 +5,10 @@ labelled benchmark (UCSD Ped2 by default).
         [--dataset ped2] [--small motion_patch] [--large objects] [--budgets 0.1,0.2,0.3]
 
 Steps:
-1. ingest the dataset (gray, at its stored size) into `<root>/stores/<dataset>.zarr`;
-2. build the validation set from its normal training videos only (`tasks/evaluation/validation.py`: 4 held-out
-   normal videos with synthetic anomalies, the other training videos as the fit part) and ingest it as
-   `<dataset>-val`;
+1. ingest the dataset (colour, as `vad run` does; `--gray` for luma) at its stored size into
+   `<root>/stores/<dataset>.zarr`;
+2. make and ingest the validation set `vad train` uses (`choices.validation_store`: held-out normal
+   training videos with synthetic anomalies, the other training videos as the fit part);
 3. on each of the two (validation, then test): fit or train both models on the store's training
    videos (`train_model`, as `vad train` does), score every clip with both models once, then replay
    the router at each budget through `score_videos` (`ReplayMap`: exactly what a real run writes),
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,14 +37,12 @@ import torch
 from vad.storage import ClipStore
 from vad.tasks.evaluation.metrics import Protocol, evaluate
 from vad.tasks.evaluation.report import _md_table
-from vad.tasks.evaluation.validation import make_validation_set
+from vad.tasks.evaluation.choices import ingest_folder, validation_store
 from vad.tasks.runtime.compute import Compute, available_cores
 from vad.tasks.inference.routing import BatchBudget
 from vad.tasks.inference.scoring import FRAME_MODES, ReplayMap, VideoMap, score_videos
 from vad.tasks.runtime.checkpoint import cached_checkpoint
 from vad.tasks.learning.training import TrainConfig, train_model
-from vad.tasks.sources.datasets import discover
-from vad.tasks.sources.ingest import Preprocess, ingest_video
 from vad.tasks.workspace import store_url
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,13 +50,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def say(msg: str) -> None:
     print(msg, flush=True)
-
-
-def ingest(folder: Path, url: str, dataset: str, fmt: str = "auto") -> None:
-    t0 = time.perf_counter()
-    sources = discover(str(folder), fmt)
-    done = sum(ingest_video(url, s, Preprocess(gray=True), dataset=dataset).status == "ingested" for s in sources)
-    say(f"ingest {dataset}: {len(sources)} videos ({done} decoded) in {time.perf_counter() - t0:.0f} s")
 
 
 def fit(url: str, root: Path, dataset: str, role: str, arch: str) -> tuple[Path, float]:
@@ -128,22 +118,20 @@ def main() -> None:
     ap.add_argument("--small", default="motion_patch")
     ap.add_argument("--large", default="objects")
     ap.add_argument("--budgets", default="0.1,0.2,0.3")
+    ap.add_argument("--gray", action="store_true", help="ingest luma only (the default keeps colour, as vad run does)")
     args = ap.parse_args()
     budgets = [float(b) for b in args.budgets.split(",") if b]
     root = args.root.resolve()
     torch.set_num_threads(available_cores())
 
     url = store_url(str(root), args.dataset)
-    ingest(args.data, url, args.dataset)
-    val_name = f"{args.dataset}-val"
-    val_dir, val_url = root / "validation" / val_name, store_url(str(root), val_name)
-    if not (val_dir / "validation.json").exists():
-        shutil.rmtree(val_dir, ignore_errors=True)
-        t0 = time.perf_counter()
-        vs = make_validation_set(url, val_dir)
-        say(f"validation set: {len(vs.videos)} videos with synthetic anomalies from held-out {list(vs.held_out)}, "
-            f"fit part {len(vs.fit_videos)} videos ({time.perf_counter() - t0:.0f} s)")
-    ingest(val_dir, val_url, val_name, "folder")
+    t0 = time.perf_counter()
+    done = ingest_folder(args.data, url, args.dataset, gray=args.gray, layout="auto")
+    say(f"ingest {args.dataset}: {done} videos decoded in {time.perf_counter() - t0:.0f} s")
+    t0 = time.perf_counter()
+    val_id, val_url = validation_store(str(root), args.dataset)
+    val_name = f"{args.dataset}-val-{val_id}"
+    say(f"validation set {val_id} ready in {time.perf_counter() - t0:.0f} s")
 
     rows, minutes = [], {}
     for split, (name, store) in (("validation", (val_name, val_url)), ("test", (args.dataset, url))):

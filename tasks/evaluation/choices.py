@@ -53,11 +53,11 @@ def validation_id(store: ClipStore, seed: int = SEED) -> str:
     return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
 
 
-def ingest_folder(folder: str | Path, url: str, dataset: str, *, gray: bool) -> None:
-    """Ingest a dataset folder at its stored size (what benchmarks/detection.py's `ingest` does);
-    unchanged videos are skipped."""
-    for source in discover(str(folder), "folder"):
-        ingest_video(url, source, Preprocess(gray=gray), dataset=dataset)
+def ingest_folder(folder: str | Path, url: str, dataset: str, *, gray: bool, layout: str = "folder") -> int:
+    """Ingest a dataset folder at its stored size (`layout` as `discover` takes it); unchanged videos
+    are skipped. Returns how many videos were decoded."""
+    results = [ingest_video(url, s, Preprocess(gray=gray), dataset=dataset) for s in discover(str(folder), layout)]
+    return sum(r.status == "ingested" for r in results)
 
 
 def validation_store(root: str, dataset: str, *, seed: int = SEED) -> tuple[str, str]:
