@@ -29,6 +29,13 @@ Per frame of a clip (gray frames as stored, uint8 after undoing the [0, 1] scali
     frame score the worst object of the frame (B, T); 0 for a frame without an object
     clip score  the mean of its frame scores (B,), as the other models
 
+Scoring a pass (`frame_records`, `score_records`; `tasks/runtime/passes.py`) finds each frame of a run
+of overlapping clips once: its foreground, objects, crops, latents and size and appearance
+distances; speed and direction are measured per frame from the flow of the frame before, and again
+as a clip's frame 0 (the flow from frame 1, no previous box) for the frames that start a clip, so
+the clips assembled from them score as `score` scores them alone (about L + L / stride flows a span
+of L frames, against 2L clip by clip).
+
 Embedding (B, 12; 14 with `direction`), for the router's cosine out-of-distribution distance: per group the mean and the
 max of the normalised distances over the clip's objects; the objects per frame over the normal
 number; the clip's mean object speed (mean, p90) and size (w, h) over the normal means; a constant
@@ -252,6 +259,24 @@ class _Objects:
     # and d log h, d log(w / h) per second against the best-overlapping object of the previous frame (0 if none)
 
 
+@dataclass
+class _SpanObjects:
+    """The objects of a span of frames, each frame's found once (`Objects.frame_records`): per object
+    its span row, box and crop; per measure (one or two an object) what the flow into its frame gives.
+    A frame inside a clip is measured against the frame before (the flow from it, its boxes); a frame
+    that starts a clip as a clip's frame 0 is (the flow from the next frame, no boxes before); a frame
+    that is both has both measures."""
+
+    row: np.ndarray  # (R,) int64, span row of each object
+    box: np.ndarray  # (R, 4) int64: x0, y0, w, h
+    crops: np.ndarray  # (R, crop, crop) uint8
+    obj: np.ndarray  # (V,) int64, the object of each measure, in (row, first before inner) order
+    first: np.ndarray  # (V,) bool: measured as its clip's first frame
+    velocity: np.ndarray  # (V, 2) float32, as `_Objects.velocity`
+    motion: np.ndarray | None  # (V, 5) float32 with `direction`, as `_Objects.motion`
+    flows: int  # DIS flows computed
+
+
 class _Bank:
     """The normal objects of the fit's kept clips as a seeded uniform sample of at most `cap` rows:
     each row draws a random key and the `cap` smallest stay (bottom-k sampling, merged every `cap`
@@ -450,55 +475,116 @@ class Objects(ClipModel):
             return (np.abs(cur.astype(np.float32) - _match_light(cur, bg, thresh)) > thresh).astype(np.uint8)
         return (cv2.absdiff(cur, bg) > thresh).astype(np.uint8)
 
+    def _detector(self, background: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, Any]:
+        """The blurred background, the closing kernel (None without one) and a DIS flow finder."""
+        cfg = self.config
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cfg.close, cfg.close)) if cfg.close > 1 else None
+        _opencv_threads()
+        return _blur(background, cfg.blur), kernel, cv2.DISOpticalFlow_create(PRESETS[cfg.flow_preset])
+
+    def _components(self, cur: np.ndarray, bg: np.ndarray, thresh: np.ndarray | float,
+                    kernel: np.ndarray | None) -> tuple[np.ndarray, list[tuple[int, int, int, int, int]]]:
+        """(H, W) uint8 frame -> its component labels (H, W) and the kept components (label, x0, y0, w, h)."""
+        mask = self._foreground(_blur(cur, self.config.blur), bg, thresh)
+        if kernel is not None:
+            mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        min_box = self.config.min_box
+        keep = [(i, *(int(v) for v in stats[i, :4])) for i in range(1, count) if stats[i, 2] >= min_box and stats[i, 3] >= min_box]
+        return labels, keep
+
+    def _measures(self, flow: np.ndarray, labels: np.ndarray, keep: list[tuple[int, int, int, int, int]],
+                  prev: list[tuple[int, int, int, int]]) -> tuple[list[tuple[Any, Any]], list[tuple[Any, ...]]]:
+        """Per kept component, what the flow (H, W, 2) into its frame gives: (mean, p90) of the magnitude
+        over its pixels and, with `direction`, its motion against the best-overlapping box of `prev`."""
+        cfg = self.config
+        mag = cv2.magnitude(flow[..., 0], flow[..., 1])
+        vel, motion = [], []
+        for i, x0, y0, w, h in keep:
+            inside = labels[y0 : y0 + h, x0 : x0 + w] == i
+            m = mag[y0 : y0 + h, x0 : x0 + w][inside]
+            vel.append((m.mean(), np.percentile(m, 90)))
+            if cfg.direction:
+                f = flow[y0 : y0 + h, x0 : x0 + w][inside]  # (n, 2) dx, dy
+                p = _best_overlap((x0, y0, w, h), prev)
+                dh = math.log(h / p[3]) * cfg.fps if p else 0.0
+                da = math.log(w * p[3] / (h * p[2])) * cfg.fps if p else 0.0
+                motion.append((f[:, 0].mean(), f[:, 1].mean(), math.log(w / h), dh, da))
+        return vel, motion
+
     def _detect(self, frames: np.ndarray, background: np.ndarray, thresh: np.ndarray | float) -> _Objects:
         """(B, T, H, W) uint8 clips, (H, W) uint8 background, the threshold -> their objects (see the module docstring)."""
         cfg = self.config
-        bg = _blur(background, cfg.blur)
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cfg.close, cfg.close)) if cfg.close > 1 else None
+        bg, kernel, dis = self._detector(background)
         clip, frame, box, vel, crops, motion = [], [], [], [], [], []
-        min_box = cfg.min_box
-        _opencv_threads()
-        dis = cv2.DISOpticalFlow_create(PRESETS[cfg.flow_preset])
         for b, video in enumerate(frames):
             n = len(video)
             prev: list[tuple[int, int, int, int]] = []
             for t in range(n):
                 cur = video[t]
-                mask = self._foreground(_blur(cur, cfg.blur), bg, thresh)
-                if kernel is not None:
-                    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
-                count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-                keep = [i for i in range(1, count) if stats[i, 2] >= min_box and stats[i, 3] >= min_box]
+                labels, keep = self._components(cur, bg, thresh, kernel)
                 if not keep:
                     prev = []
                     continue  # no object: the flow is not needed
                 partner = t - 1 if t > 0 else min(1, n - 1)
                 flow = dis.calc(video[partner], cur, None)  # (H, W, 2) float32, partner -> cur
-                mag = cv2.magnitude(flow[..., 0], flow[..., 1])
-                boxes = []
-                for i in keep:
-                    x0, y0, w, h = (int(v) for v in stats[i, :4])
-                    inside = labels[y0 : y0 + h, x0 : x0 + w] == i
-                    m = mag[y0 : y0 + h, x0 : x0 + w][inside]
+                v, m = self._measures(flow, labels, keep, prev)
+                vel += v
+                motion += m
+                for _, x0, y0, w, h in keep:
                     clip.append(b)
                     frame.append(t)
                     box.append((x0, y0, w, h))
-                    boxes.append((x0, y0, w, h))
-                    vel.append((m.mean(), np.percentile(m, 90)))
                     crops.append(_crop(cur, x0, y0, w, h, cfg.crop, cfg.margin))
-                    if cfg.direction:
-                        f = flow[y0 : y0 + h, x0 : x0 + w][inside]  # (n, 2) dx, dy
-                        p = _best_overlap((x0, y0, w, h), prev)
-                        dh = math.log(h / p[3]) * cfg.fps if p else 0.0
-                        da = math.log(w * p[3] / (h * p[2])) * cfg.fps if p else 0.0
-                        motion.append((f[:, 0].mean(), f[:, 1].mean(), math.log(w / h), dh, da))
-                prev = boxes
+                prev = [k[1:] for k in keep]
         c = cfg.crop
         return _Objects(
             clip=np.asarray(clip, np.int64), frame=np.asarray(frame, np.int64), box=np.asarray(box, np.int64).reshape(-1, 4),
             velocity=np.asarray(vel, np.float32).reshape(-1, 2),
             crops=np.stack(crops) if crops else np.zeros((0, c, c), np.uint8),
             motion=np.asarray(motion, np.float32).reshape(-1, 5) if cfg.direction else None,
+        )
+
+    def _detect_span(self, frames: np.ndarray, background: np.ndarray, thresh: np.ndarray | float,
+                     offsets: np.ndarray) -> _SpanObjects:
+        """(L, H, W) uint8 frames, (B,) the rows where clips of `clip_len` frames start -> the span's
+        objects, each frame's components and crops found once, and measured as `_detect` measures
+        them in each clip: a clip's frame 0 with the flow from frame 1 and no previous boxes (only at
+        the rows that start a clip), its other frames with the flow from the frame before and that
+        frame's boxes (only at the rows some clip holds with the frame before). About L + B flows
+        where clip by clip takes B x clip_len."""
+        cfg, t = self.config, self.config.clip_len
+        first, inner = np.zeros(len(frames), bool), np.zeros(len(frames), bool)
+        first[offsets] = True
+        for o in offsets:
+            inner[o + 1 : o + t] = True
+        bg, kernel, dis = self._detector(background)
+        row, box, crops, obj, is_first, vel, motion = [], [], [], [], [], [], []
+        flows = 0
+        prev: list[tuple[int, int, int, int]] = []  # the boxes of the row before
+        for r, cur in enumerate(frames):
+            labels, keep = self._components(cur, bg, thresh, kernel)
+            base = len(box)
+            for _, x0, y0, w, h in keep:
+                row.append(r)
+                box.append((x0, y0, w, h))
+                crops.append(_crop(cur, x0, y0, w, h, cfg.crop, cfg.margin))
+            # frame 0 of a clip takes the flow from frame 1 (itself in a 1-frame clip), the others from the frame before
+            for starts, partner, before in ((True, r + 1 if t > 1 else r, []), (False, r - 1, prev)):
+                if keep and (first if starts else inner)[r]:
+                    v, m = self._measures(dis.calc(frames[partner], cur, None), labels, keep, before)
+                    flows += 1
+                    vel += v
+                    motion += m
+                    obj.extend(range(base, base + len(keep)))
+                    is_first += [starts] * len(keep)
+            prev = [k[1:] for k in keep]
+        c = cfg.crop
+        return _SpanObjects(
+            row=np.asarray(row, np.int64), box=np.asarray(box, np.int64).reshape(-1, 4),
+            crops=np.stack(crops) if crops else np.zeros((0, c, c), np.uint8), obj=np.asarray(obj, np.int64),
+            first=np.asarray(is_first, bool), velocity=np.asarray(vel, np.float32).reshape(-1, 2),
+            motion=np.asarray(motion, np.float32).reshape(-1, 5) if cfg.direction else None, flows=flows,
         )
 
     def _check(self, x: torch.Tensor) -> None:
@@ -532,21 +618,29 @@ class Objects(ClipModel):
         row = np.clip((box[:, 1] + box[:, 3] / 2) * g // cfg.height, 0, g - 1)
         return torch.from_numpy((row * g + col).astype(np.int64)).to(self.background.device)
 
-    def _groups(self, obj: _Objects) -> dict[str, torch.Tensor]:
-        dev = self.background.device
-        vel = torch.from_numpy(obj.velocity).to(dev)
-        size = torch.from_numpy(obj.box[:, 2:].astype(np.float32)).to(dev)
-        if self.config.position_norm:  # over what normal objects measure there
-            cell = self._cells(obj.box)
+    def _feature(self, group: str, box: np.ndarray, velocity: np.ndarray | None = None, motion: np.ndarray | None = None,
+                 crops: np.ndarray | None = None) -> torch.Tensor:
+        """One group's features (R, D) of R objects from what that group reads: the boxes (R, 4) and
+        the velocity (R, 2), the motion (R, 5) or the crops (R, c, c) (see the module docstring)."""
+        cfg, dev = self.config, self.background.device
+        if group == "app":
+            return self._embed(crops)
+        if cfg.position_norm:  # over what normal objects measure there
+            cell = self._cells(box)
             ref_h, ref_v = self.cell_height.flatten()[cell, None], self.cell_speed.flatten()[cell, None]
-            vel, size = vel / ref_v, size / ref_h
-        feats = {"vel": vel, "size": size, "app": self._embed(obj.crops)}
-        if self.config.direction:
-            m = torch.from_numpy(obj.motion).to(dev)
-            # signed flow over the position's normal speed, or in frame heights per second
-            flow = m[:, :2] / ref_v if self.config.position_norm else m[:, :2] * (self.config.fps / self.config.height)
-            feats["dir"] = torch.cat([flow, m[:, 2:]], dim=1)
-        return feats
+        if group == "size":
+            size = torch.from_numpy(box[:, 2:].astype(np.float32)).to(dev)
+            return size / ref_h if cfg.position_norm else size
+        if group == "vel":
+            vel = torch.from_numpy(velocity).to(dev)
+            return vel / ref_v if cfg.position_norm else vel
+        m = torch.from_numpy(motion).to(dev)
+        # signed flow over the position's normal speed, or in frame heights per second
+        flow = m[:, :2] / ref_v if cfg.position_norm else m[:, :2] * (cfg.fps / cfg.height)
+        return torch.cat([flow, m[:, 2:]], dim=1)
+
+    def _groups(self, obj: _Objects) -> dict[str, torch.Tensor]:
+        return {g: self._feature(g, obj.box, obj.velocity, obj.motion, obj.crops) for g in self.config.groups}
 
     def _fit_position(self, box: np.ndarray, velocity: np.ndarray) -> None:
         """Per cell, the median box height and mean speed of the normal objects (R, 4), (R, 2) whose
@@ -566,20 +660,22 @@ class Objects(ClipModel):
         self.cell_height.copy_(heights.view_as(self.cell_height))
         self.cell_speed.copy_(speeds.view_as(self.cell_speed))
 
+    def _distance(self, group: str, feats: torch.Tensor) -> torch.Tensor:
+        """(R, D) features of a group -> (R,) normalised distances (1 = the normal `quantile`)."""
+        z = (feats - getattr(self, f"{group}_mean")) / getattr(self, f"{group}_std")
+        return _knn_mean(z, getattr(self, f"{group}_bank"), self.config.k) / getattr(self, f"{group}_scale")
+
     def _distances(self, obj: _Objects) -> torch.Tensor:
         """(R, G) normalised distance of each object in each group (1 = the normal `quantile`)."""
         feats = self._groups(obj)
-        cols = []
-        for g in self.config.groups:
-            z = (feats[g] - getattr(self, f"{g}_mean")) / getattr(self, f"{g}_std")
-            cols.append(_knn_mean(z, getattr(self, f"{g}_bank"), self.config.k) / getattr(self, f"{g}_scale"))
-        return torch.stack(cols, dim=1)
+        return torch.stack([self._distance(g, feats[g]) for g in self.config.groups], dim=1)
 
-    def _embedding(self, obj: _Objects, dist: torch.Tensor, b: int, t: int) -> torch.Tensor:  # -> (B, EMBEDDING_DIM)
+    def _embedding(self, clip: np.ndarray, velocity: np.ndarray, box: np.ndarray, dist: torch.Tensor, b: int,
+                   t: int) -> torch.Tensor:  # (R,) clip of each object, (R, 2), (R, 4), (R, G) -> (B, EMBEDDING_DIM)
         dev = dist.device
-        idx = torch.from_numpy(obj.clip).to(dev)
+        idx = torch.from_numpy(clip).to(dev)
         count = torch.bincount(idx, minlength=b).float()  # (B,)
-        raw = torch.from_numpy(np.concatenate([obj.velocity, obj.box[:, 2:].astype(np.float32)], axis=1)).to(dev) / self.feature_mean
+        raw = torch.from_numpy(np.concatenate([velocity, box[:, 2:].astype(np.float32)], axis=1)).to(dev) / self.feature_mean
         per = torch.cat([dist, raw], dim=1)  # (R, G + 4)
         mean = torch.zeros(b, per.shape[1], device=dev).index_add_(0, idx, per) / count.clamp_min(1)[:, None]
         peak = torch.zeros(b, dist.shape[1], device=dev).scatter_reduce_(0, idx[:, None].expand_as(dist), dist, "amax")
@@ -602,10 +698,49 @@ class Objects(ClipModel):
             dist = self._distances(obj)  # (R, G)
             idx = torch.from_numpy(obj.clip * t + obj.frame).to(dist.device)
             frames = torch.zeros(b * t, device=dist.device).scatter_reduce_(0, idx, dist.sum(dim=1), "amax").view(b, t)
-            embedding = self._embedding(obj, dist, b, t)
+            embedding = self._embedding(obj.clip, obj.velocity, obj.box, dist, b, t)
         uncertainty = frames.std(dim=1) if t > 1 else torch.zeros(b, device=frames.device)
         dev = x.device
         return ClipScores(clip=frames.mean(dim=1).to(dev), frames=frames.to(dev), embedding=embedding.to(dev), uncertainty=uncertainty.to(dev))
+
+    # Per-frame work once (`tasks/runtime/passes.py`): a pass over overlapping clips finds the objects
+    # of each frame of a span once (`frame_records`), and assembles each clip from them
+    # (`score_records`); the scores are those of `score` on the clips alone, up to float rounding.
+    @torch.inference_mode()
+    def frame_records(self, x: torch.Tensor, offsets: torch.Tensor | np.ndarray) -> _SpanObjects:
+        """(1, 1, L, H, W) span in [0, 1], (B,) the rows where its clips start -> its objects (`_detect_span`)."""
+        self._check(x)
+        rows = torch.as_tensor(offsets).cpu().numpy().astype(np.int64)
+        return self._detect_span(_to_uint8(x)[0], self.background.cpu().numpy(), self._threshold(), rows)
+
+    @torch.inference_mode()
+    def score_records(self, span: _SpanObjects, offsets: torch.Tensor | np.ndarray) -> ClipScores:
+        """The span's objects, (B,) the rows where its clips start -> ClipScores of the clips, as `score`
+        gives them: size and appearance distances once per object, speed and direction once per measure."""
+        cfg, t = self.config, self.config.clip_len
+        rows = torch.as_tensor(offsets).cpu().numpy().astype(np.int64)
+        b = len(rows)
+        # the measures of each clip's frames, in clip, frame, object order: a clip's frame 0 takes its
+        # row's first measures, the other frames their rows' inner ones (measures sort by row, first before inner)
+        key = span.row[span.obj] * 2 + ~span.first
+        want = ((rows[:, None] + np.arange(t)) * 2 + (np.arange(t) > 0)).ravel()  # (B * T,)
+        lo, hi = np.searchsorted(key, want, "left"), np.searchsorted(key, want, "right")
+        count = hi - lo
+        ends = np.cumsum(count)
+        sel = np.arange(ends[-1] if b else 0) - np.repeat(ends - count - lo, count)  # (R',) measures
+        slot = np.repeat(np.arange(b * t), count)  # clip * T + frame of each
+        with torch.autocast(self.background.device.type, enabled=False):  # nearest-neighbour distances in float32
+            per_obj = {g: self._distance(g, self._feature(g, span.box, crops=span.crops)) for g in ("size", "app")}
+            obj = torch.from_numpy(span.obj).to(self.background.device)
+            box = span.box[span.obj]  # (V, 4)
+            cols = [per_obj[g][obj] if g in per_obj else self._distance(g, self._feature(g, box, span.velocity, span.motion))
+                    for g in cfg.groups]
+            dist = torch.stack(cols, dim=1)[torch.from_numpy(sel).to(obj.device)]  # (V, G) per measure -> (R', G)
+            idx = torch.from_numpy(slot).to(dist.device)
+            frames = torch.zeros(b * t, device=dist.device).scatter_reduce_(0, idx, dist.sum(dim=1), "amax").view(b, t)
+            embedding = self._embedding(slot // t, span.velocity[sel], box[sel], dist, b, t)
+        uncertainty = frames.std(dim=1) if t > 1 else torch.zeros(b, device=frames.device)
+        return ClipScores(clip=frames.mean(dim=1), frames=frames, embedding=embedding, uncertainty=uncertainty)
 
     def fit(self, clips: Iterable[torch.Tensor]) -> dict[str, float]:
         """Fit every buffer and the autoencoder from normal clips, each (B, 1, T, H, W) in [0, 1], read

@@ -42,6 +42,11 @@ FRAME_CHUNK = 8  # frames converted and featurised at a time (`span_features`)
 # of each frame, reading `frame_lookback` frames before it; `clip_rows()` (T,) the rows a clip's
 # frames take, from its first; `score_features` (B, T, ...) -> ClipScores, equal to `score` of the clips
 PER_FRAME = ("frame_features", "frame_lookback", "clip_rows", "score_features")
+# what a model whose per-frame results are not tensors has (`objects`: each frame's objects):
+# `frame_records` ((1, C, L, H, W) span, (B,) each clip's first row) -> its per-frame results, each
+# frame's found once (with a clip-start alternative where a clip's first frame differs); `score_records`
+# (those, the (B,) rows) -> ClipScores, equal to `score` of the clips
+PER_FRAME_RECORDS = ("frame_records", "score_records")
 
 
 @dataclass
@@ -113,11 +118,11 @@ def score_clips(
     are enough clips to pay for its start-up (a few seconds). They are converted on the compute
     device. The model is the checkpoint's scoring model (`Checkpoint.scoring_model`), built once per
     device; with `compile` a short last batch is padded to the next power of two, so few shapes are
-    compiled. A model with per-frame features (`PER_FRAME`: `motion_patch`) reads each batch's
-    frames once (`read_spans`, about `SPAN_PIXELS` pixels a batch unless `batch` is given) and
-    scores clips assembled from them, uncompiled. Passes on one GPU, and compiled passes anywhere, take turns (`pass_lock`), except
-    those of a model whose work is on the CPU (`is_cpu_bound`). A NaN or infinite score fails the
-    video here (`check_finite`).
+    compiled. A model with per-frame features (`PER_FRAME`: `motion_patch`; `PER_FRAME_RECORDS`:
+    `objects`) reads each batch's frames once (`read_spans`, about `SPAN_PIXELS` pixels a batch
+    unless `batch` is given) and scores clips assembled from them, uncompiled. Passes on one GPU,
+    and compiled passes anywhere, take turns (`pass_lock`), except those of a model whose work is
+    on the CPU (`is_cpu_bound`). A NaN or infinite score fails the video here (`check_finite`).
     """
     spec = checkpoint.input
     if not index:
@@ -126,9 +131,11 @@ def score_clips(
     precision, compile = compute.precision, compute.compile
     torch.set_num_threads(available_cores())
     model = checkpoint.scoring_model(dev, compile=compile)
-    per_frame = all(hasattr(model, a) for a in PER_FRAME) and not compile and not (spec.motion or spec.flow)
-    if per_frame:
-        rows = model.clip_rows().to(dev)
+    span_ok = not compile and not (spec.motion or spec.flow)
+    per_frame = span_ok and all(hasattr(model, a) for a in PER_FRAME)
+    records = span_ok and not per_frame and all(hasattr(model, a) for a in PER_FRAME_RECORDS)
+    if per_frame or records:
+        rows = model.clip_rows().to(dev) if per_frame else None
         h, w = checkpoint.source["frame_size"][:2]
         batch = compute.batch or max(4, (SPAN_PIXELS // (h * w) - spec.clip_len) // spec.stride + 1)
     else:
@@ -141,8 +148,8 @@ def score_clips(
         # worker) may not start children.
         spawn_ok = len(index) >= 400 and not multiprocessing.current_process().daemon
         workers = 1 if dev.type == "cuda" and spawn_ok else 0
-    batches = ClipBatches(store_url, index, spec.clip_len, batch, spans=per_frame)
-    loader = read_ahead(batches) if per_frame and not workers and dev.type == "cpu" else DataLoader(
+    batches = ClipBatches(store_url, index, spec.clip_len, batch, spans=per_frame or records)
+    loader = read_ahead(batches) if (per_frame or records) and not workers and dev.type == "cpu" else DataLoader(
         batches, batch_size=None, num_workers=workers,
         # about 64 clips read ahead, whatever the batch size
         multiprocessing_context="spawn" if workers else None, prefetch_factor=max(1, min(4, 64 // batch)) if workers else None,
@@ -170,6 +177,10 @@ def score_clips(
                 span, offsets = clips
                 feats = span_features(model, span, spec, dev)
                 m, s = len(offsets), model.score_features(feats[offsets.to(dev)[:, None] + rows])
+            elif records:  # the same, the per-frame results the model's own
+                span, offsets = clips
+                x = prepare_clips(span[None], spec, model.value_range, device=dev)
+                m, s = len(offsets), model.score_records(model.frame_records(x, offsets), offsets)
             else:
                 m = len(clips)
                 if compile and m < batch:

@@ -1,0 +1,95 @@
+"""objects' per-frame path (issue 26): a pass finds each frame's objects once per run of overlapping
+clips and assembles the clips from them, with the scores `score` gives clip by clip, every variant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from vad.models import build
+from vad.models.objects import Objects
+from vad.storage import ClipStore
+from vad.tasks.runtime.calibration import Calibration
+from vad.tasks.runtime.checkpoint import Checkpoint, source_spec
+from vad.tasks.runtime.compute import Compute
+from vad.tasks.runtime.model_input import InputSpec, prepare_clips
+from vad.tasks.runtime.passes import score_clips
+
+T, STRIDE = 16, 8
+SPEC = InputSpec(T, STRIDE, 32, 32, 1)
+# the synthetic store is 32x32: its squares are about 3x2 px (as tests/test_objects.py's training test);
+# a short autoencoder fit and a self window below a video (25 fps) keep the fit to a few seconds
+MODEL = {"min_box_frac": 2 / 32, "ae_epochs": 2, "self_window_s": 1.0, "fps": 25.0, "position_min": 5}
+
+
+@pytest.fixture(scope="module", params=list(Objects.VARIANTS))
+def checkpoint(request, synthetic_store):
+    """The variant fitted on the store's normal videos (non-overlapping clips, as `vad train` streams them)."""
+    store = ClipStore.open(synthetic_store)
+    model = build("objects", clip_len=T, height=32, width=32, **MODEL, **Objects.VARIANTS[request.param]).eval()
+    videos = list(store.videos(split="train"))
+    batches = [prepare_clips(torch.from_numpy(v.read(0, 9 * T)).view(9, T, 32, 32, 1), SPEC, (0.0, 1.0)) for v in videos]
+    model.fit(batches)
+    rng = np.random.default_rng(0)
+    dim = model.score(torch.zeros(1, 1, T, 32, 32)).embedding.shape[1]
+    return Checkpoint(
+        arch="objects", role="large", model_config=model.config.to_dict(), state_dict=model.state_dict(), input=SPEC,
+        source=source_spec(videos[0]), dataset="synthetic", fingerprint="0" * 32,
+        calibration=Calibration.fit(scores=rng.uniform(0, 0.05, 40), embeddings=rng.normal(size=(40, dim)),
+                                    video_ids=["a"] * 20 + ["b"] * 20),
+    )
+
+
+def _tests(url):
+    return ClipStore.open(url).video_ids(split="test")
+
+
+@pytest.mark.parametrize("case", ["every clip", "a missing clip", "out of order"])
+def test_the_pass_scores_each_clip_as_the_model_does_alone(checkpoint, synthetic_store, case):
+    a, b = _tests(synthetic_store)[:2]
+    index = {
+        # 150 frames: 17 clips from frame 0, 5 a span (spans from frames 0, 40, 80, 120)
+        "every clip": [(a, s) for s in range(0, 150 - T + 1, STRIDE)],
+        # 16 missing: clips 8 and 24 only touch (one span, frame 24 starts a clip and ends none);
+        # 48 to 72 missing: a new run from 80
+        "a missing clip": [(a, s) for s in (0, 8, 24, 32, 40, 80, 88)],
+        # another video first, then clips 4 frames apart and one before them (a run of its own)
+        "out of order": [(b, 40), (a, 20), (a, 24), (a, 28), (a, 3)],
+    }[case]
+    got = score_clips(checkpoint, synthetic_store, index, compute=Compute(device="cpu", batch=5), workers=0)
+    model, store = checkpoint.build_model(), ClipStore.open(synthetic_store)
+    clips = torch.stack([torch.from_numpy(store.video(v).read(s, s + T)) for v, s in index])
+    want = model.score(prepare_clips(clips, SPEC, (0.0, 1.0)))
+    assert want.frames.max() > 0  # objects were found and scored
+    assert got.frame_errors == pytest.approx(want.frames.numpy(), rel=1e-5, abs=1e-6)
+    assert got.raw == pytest.approx(want.clip.numpy(), rel=1e-5, abs=1e-6)
+    assert got.embedding == pytest.approx(want.embedding.numpy(), rel=1e-5, abs=1e-6)
+    assert got.uncertainty == pytest.approx(want.uncertainty.numpy(), rel=1e-5, abs=1e-6)
+
+
+def test_a_span_takes_one_flow_per_frame_and_one_per_clip_start():
+    # a textured square in every frame, 3 clips of 8 frames every 4 (16 frames): frames 1-15 each take
+    # the flow from the frame before, the clips' first frames (0, 4, 8) the flow from the next one:
+    # 15 + 3 flows, where clip by clip takes 3 x 8
+    model = build("objects", clip_len=8, height=64, width=64, min_box_frac=10 / 64, blur_frac=5 / 64, close_frac=7 / 64,
+                  direction=True).eval()
+    model.background.fill_(60)
+    x = np.full((16, 64, 64), 60, np.uint8)
+    tex = np.random.default_rng(0).integers(140, 231, size=(20, 12)).astype(np.uint8)
+    for t in range(16):  # moving right 2 px a frame, 1 px taller every other frame
+        x[t, 20 : 32 + t // 2, 4 + 2 * t : 16 + 2 * t] = tex[: 12 + t // 2]
+    span = torch.from_numpy(x).float().div(255.0)[None, None]
+    rec = model.frame_records(span, np.array([0, 4, 8]))
+    assert rec.flows == 15 + 3 and len(rec.row) == 16 and len(rec.obj) == 15 + 3
+    assert rec.row[rec.obj[rec.first]].tolist() == [0, 4, 8]
+    # measured as a clip's first frame, a box has no box before it: no change of height or aspect
+    assert np.all(rec.motion[rec.first, 3:] == 0) and np.any(rec.motion[~rec.first, 3] > 0)
+    # each clip's objects, measured clip by clip, are the span's: a clip's frame 0 its first measures, the rest their inner ones
+    starts = (0, 4, 8)
+    alone = model._detect(np.stack([x[s : s + 8] for s in starts]), model.background.numpy(), 10.0)
+    assert len(alone.frame) == 3 * 8
+    measured = {(int(rec.row[o]), bool(f)): (v, m) for o, f, v, m in zip(rec.obj, rec.first, rec.velocity, rec.motion)}
+    for c, f, box, v, m in zip(alone.clip, alone.frame, alone.box, alone.velocity, alone.motion):
+        row = starts[c] + f
+        assert np.array_equal(rec.box[rec.row == row][0], box)
+        assert np.array_equal(measured[row, f == 0][0], v) and np.array_equal(measured[row, f == 0][1], m)
