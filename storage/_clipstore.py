@@ -35,10 +35,15 @@ from vad.errors import IncompleteVideoError, ParameterError, StoreNotFoundError
 STORE_VERSION = 1
 ATTRS = "vad"
 
-# Chosen by measurement (benchmarks/codecs.py, docs/storage.md): zstd level 1 stores Ped2 frames
-# in about a third of their raw size at several times the speed of higher levels; Blosc's byte
-# shuffle does nothing for uint8, and LZ4, though faster, leaves files over 50% larger.
-FRAMES_CODEC = ZstdCodec(level=1)
+# Chosen by measurement (benchmarks/codecs.py, benchmarks/ingest.py, docs/storage.md). RGB: zstd's
+# fast level -3 compresses a 480x852 frame of real camera footage in about 1.8 ms of CPU against
+# 2.3 ms at level 1, for 6-11% more bytes; ingest shares two cores with FFmpeg, so that CPU is
+# frames/s. Blosc/LZ4 is faster still but leaves files over 40% larger, and writing those bytes costs
+# most of what it saves. Gray frames are a third of the bytes, so the codec costs ingest little, and
+# level -3 (no entropy coding of literals) stores them 33% larger: level 1. Zarr records the codec
+# in each array's metadata, so stores written before (level 1 for RGB too) read as before.
+FRAMES_CODEC = ZstdCodec(level=-3)
+GRAY_FRAMES_CODEC = ZstdCodec(level=1)
 
 
 def _open_group(url: str, mode: str, storage_options: Mapping[str, Any] | None, **kwargs: Any) -> zarr.Group:
@@ -182,7 +187,7 @@ class ClipStore:
             group.attrs[ATTRS] = {**attrs, "complete": False}
             frames = group.create_array(
                 "frames", shape=(0, height, width, channels), chunks=(chunk_frames, height, width, channels),
-                dtype="uint8", compressors=FRAMES_CODEC,
+                dtype="uint8", compressors=FRAMES_CODEC if channels == 3 else GRAY_FRAMES_CODEC,
                 # Zarr's default check for all-zero chunks costs more than compressing them.
                 config={"write_empty_chunks": True},
             )

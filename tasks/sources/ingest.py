@@ -222,6 +222,7 @@ def ingest_video(
         with read_frames(
             source.uri, spec, batch_frames=batch_frames(prep.chunk_frames, spec.frame_bytes), frame_files=frames,
             time_limit=decode_time_limit(duration=duration, size=source_size(source)), expected_frames=expected,
+            reuse_buffers=True,  # each batch is stored (compressed and written) before the next is read
         ) as batches:
             for batch in batches:
                 cuts, prev_hist = scene_cut_flags(batch, prev_hist)
