@@ -298,6 +298,7 @@ def train(
     flow: Annotated[bool, typer.Option("--flow", help="Model input: dense optical flow (x, y, speed; Lucas-Kanade on the luma) instead of frames. Such a model can teach --distill.")] = False,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Horizontal-flip augmentation.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initial weights and the batch order.")] = 0,
+    calibration_folds: Annotated[int, typer.Option("--calibration-folds", help="Fitted models: fit on all training videos and calibrate out of fold in this many folds (each scored by a fit on the others); 1: calibrate on a held-out split, one fit.")] = 2,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop after the epoch that passes this many minutes.")] = None,
     pseudo: Annotated[float, typer.Option("--pseudo", help="Weight of the pseudo-anomaly head's loss (erased, shuffled, jittered copies of training clips); 0: off. See docs/models.md.")] = 0.0,
     distill: Annotated[Optional[str], typer.Option("--distill", help="Checkpoint of an optical-flow model (trained with --flow) whose frame scores this model learns to match; see docs/models.md.")] = None,
@@ -322,7 +323,7 @@ def train(
     config = TrainConfig(
         role=model, arch=arch, epochs=epochs, batch=batch, lr=lr, size=parse_size(size) if size else None,
         channels=None if gray is None else (1 if gray else 3), clip_len=clip_len, stride=stride, motion=motion, flow=flow,
-        flip=flip, seed=seed, max_minutes=max_minutes, pseudo_weight=pseudo, distill=distill, distill_weight=distill_weight,
+        flip=flip, seed=seed, calibration_folds=calibration_folds, max_minutes=max_minutes, pseudo_weight=pseudo, distill=distill, distill_weight=distill_weight,
         model=parse_model_options(set_, arch or DEFAULT_ARCH.get(model, DEFAULT_ARCH["small"])), variant=variant,
     )
     target = out or checkpoint_path(base, dataset, model, str(config.arch))

@@ -40,7 +40,8 @@ def test_a_fitted_model_fits_a_lone_video_without_its_held_out_tail(tmp_path, mo
         return fit(self, recorded())
 
     monkeypatch.setattr(MotionPatch, "fit", spy)
-    config = TrainConfig(role="small", arch="motion_patch", clip_len=4, stride=2, window=2, batch=2, workers=0)
+    config = TrainConfig(role="small", arch="motion_patch", clip_len=4, stride=2, window=2, batch=2, workers=0,
+                         calibration_folds=1)  # the held-out split (out of fold: tests/test_calibration_folds.py)
     result = train_model(url, tmp_path / "m.pt", config)
     # 100 frames, val_fraction 0.2: frames [0, 80) train, [80, 100) calibrate. The fit sees frames
     # 0..79 once each (20 clips of 4 side by side); frame i is gray level i, i / 255 as model input.
@@ -58,7 +59,7 @@ def test_a_fit_runs_on_one_torch_thread_whatever_the_cores(tmp_path, monkeypatch
     fit = MotionPatch.fit
     monkeypatch.setattr(MotionPatch, "fit", lambda self, clips: threads.append(torch.get_num_threads()) or fit(self, clips))
     train_model(_ramp_store(tmp_path), tmp_path / "m.pt", TrainConfig(arch="motion_patch", clip_len=4, stride=2, window=2, workers=0))
-    assert threads == [1] and torch.get_num_threads() == 2  # restored after the fit
+    assert threads == [1, 1, 1] and torch.get_num_threads() == 2  # the final fit and 2 fold fits; restored after
 
 
 def test_split_records_the_training_part_of_each_video(tmp_path):
@@ -79,7 +80,7 @@ def test_frame_scores_have_their_own_calibration():
 
 
 def test_trained_checkpoints_calibrate_frame_mode_on_held_out_frame_scores(synthetic_store, tmp_path):
-    config = TrainConfig(role="small", arch="motion_patch", workers=0)
+    config = TrainConfig(role="small", arch="motion_patch", workers=0, calibration_folds=1)
     ckpt = load_checkpoint(train_model(synthetic_store, tmp_path / "m.pt", config).checkpoint)
     held_out = split_clips(list(ClipStore.open(synthetic_store).videos(split="train")), config).val
     frames = score_clips(ckpt, synthetic_store, held_out).frame_errors

@@ -83,11 +83,13 @@ def validation_store(root: str, dataset: str, *, seed: int = SEED) -> tuple[str,
 
 def _base_config(config: TrainConfig, root: str, dataset: str) -> TrainConfig:
     """`config` for fits on the validation store: frame folders carry no frame rate, so a model with
-    settings in seconds gets the real store's."""
+    settings in seconds gets the real store's; one fit per variant, calibrated on a held-out split
+    (the choice ranks frames within one model, and out-of-fold calibration would multiply the fits)."""
     video = next(iter(ClipStore.open(store_url(root, dataset)).videos(split="train")))
     fps = video.attrs.get("fps")
     has_fps = "fps" in {f.name for f in fields(model_class(str(config.arch)).config_class)}
-    return replace(config, model={**config.model, **({"fps": float(fps)} if fps and has_fps else {})}, workers=0)
+    return replace(config, model={**config.model, **({"fps": float(fps)} if fps and has_fps else {})}, workers=0,
+                   calibration_folds=1)
 
 
 def choose_fusion(val_store_url: str, small: Checkpoint, large: Checkpoint, *, large_passes: list | None = None,

@@ -32,6 +32,7 @@ class TrainConfig:
     motion: bool = False  # the model sees frame differences (see InputSpec)
     flow: bool = False  # the model sees optical flow (see InputSpec); channels are then 3
     val_fraction: float = 0.2
+    calibration_folds: int = 2  # fitted models: calibrated out of fold over all training videos (tasks/learning/split.py); 1: on a held-out split
     patience: int = 5  # epochs without improvement before stopping
     lr_patience: int = 2  # epochs without improvement before halving the learning rate
     min_delta: float = 1e-5  # smaller validation improvements do not count
@@ -61,6 +62,8 @@ class TrainConfig:
                 raise ParameterError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.train_stride is not None and self.train_stride < 1:
             raise ParameterError(f"train_stride must be >= 1, got {self.train_stride}")
+        if self.calibration_folds < 1:
+            raise ParameterError(f"calibration_folds must be >= 1, got {self.calibration_folds}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ParameterError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -150,7 +153,7 @@ class TrainResult:
             return (
                 f"checkpoint: {self.checkpoint}\n"
                 f"{self.arch} ({self.role}): fitted on {self.train_clips} normal clips (no gradient training), "
-                f"calibrated on {self.val_clips} held-out clips; {self.seconds:.1f} s on {self.device}"
+                f"calibrated on {self.val_clips} clips scored by a fit without them; {self.seconds:.1f} s on {self.device}"
             )
         return (
             f"checkpoint: {self.checkpoint}\n"

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from vad.models import make_config, model_class, trainable_parameters
-from vad.storage import ClipStore, Video
+from vad.storage import ClipStore, Video, clip_windows
 from vad.tasks.runtime.compute import available_cores, pick_device
 from vad.tasks.runtime.checkpoint import atomic_torch_save, dataset_fingerprint
 from vad.tasks.learning.distill import ScoreTeacher, check_student
@@ -38,7 +38,7 @@ from vad.tasks.learning.epochs import (
 from vad.tasks.learning.fitting import FIT_THREADS, fit_model, save_calibrated, torch_threads
 from vad.tasks.runtime.model_input import InputSpec
 from vad.tasks.learning.pseudo import PseudoAnomalyHead
-from vad.tasks.learning.split import Split, split_clips
+from vad.tasks.learning.split import Split, calibration_folds, split_clips
 from vad.tasks.learning.train_config import GEOMETRY, TrainConfig, TrainResult, parse_model_options
 
 from vad.errors import ParameterError, PipelineError
@@ -62,6 +62,10 @@ class TrainingPlan:
     def describe(self, config: TrainConfig) -> str:
         """One line: what is trained on what."""
         s = self.spec
+        if model_class(config.arch).fitted and config.calibration_folds > 1:
+            return (f"fitting {config.arch} ({config.role}) on {self.store.dataset}: all {len(self.videos)} training videos, "
+                    f"calibrated out of fold ({config.calibration_folds} folds, each scored by a fit on the others); "
+                    f"input {s.clip_len}x{s.height}x{s.width}x{s.channels}")
         return (f"training {config.arch} ({config.role}) on {self.store.dataset}: {len(self.split.train_videos)} training "
                 f"videos ({len(self.split.train)} clips), {len(self.split.val_videos)} held out ({len(self.split.val)} clips); "
                 f"input {s.clip_len}x{s.height}x{s.width}x{s.channels}")
@@ -106,7 +110,15 @@ def plan_training(store_url: str, out: str | Path, config: TrainConfig, *, overw
     if config.distill is not None:
         check_student(model_class(config.arch))
         teacher = ScoreTeacher.load(config.distill, spec, torch.device("cpu"))  # refuses a missing or mismatched teacher
-    split = split_clips(videos, config)
+    if cls.fitted and config.calibration_folds > 1:
+        # out of fold: every video is fitted and calibrates (refused here when too short for the folds)
+        cal = sorted(c for f in calibration_folds(videos, config) for c in f.clips)
+        ids = sorted(v.id for v in videos)
+        split = Split(train=[(v.id, s) for v in videos for s, _ in clip_windows(v.n_frames, config.clip_len, config.clip_len)],
+                      val=cal, train_videos=ids, val_videos=sorted({v for v, _ in cal}),
+                      train_frames={v.id: v.n_frames for v in videos})
+    else:
+        split = split_clips(videos, config)
     if len(split.train) < 2:
         raise PipelineError(f"only {len(split.train)} training clip fits in {split.train_videos}; batch normalisation needs two")
     longest = max(sum(1 for v, _ in split.val if v == vid) for vid in split.val_videos)
