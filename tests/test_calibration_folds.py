@@ -8,7 +8,7 @@ import pytest
 from vad.models import MotionPatch
 from vad.storage import ClipStore
 from vad.tasks.learning import fitting
-from vad.tasks.learning.split import calibration_folds
+from vad.tasks.learning.split import calibration_folds, footage_seconds, out_of_fold
 from vad.tasks.learning.training import TrainConfig, plan_training, train_model
 from vad.tasks.runtime.checkpoint import load_checkpoint
 from vad.tasks.runtime.passes import score_clips
@@ -83,3 +83,16 @@ def test_footage_too_short_for_two_folds_is_refused_before_any_fit(tmp_path, mon
         plan_training(url, tmp_path / "m.pt", _config(calibration_folds=2))
     with pytest.raises(Exception, match="calibration_folds must be >= 1"):
         _config(calibration_folds=0)
+
+
+def test_footage_longer_than_fold_max_s_keeps_the_held_out_split(tmp_path):
+    store = _store(tmp_path, [24] * 4)  # 4 videos of 24 frames at 10 fps: 9.6 s of footage
+    assert footage_seconds(list(store.videos())) == pytest.approx(9.6)
+    assert out_of_fold(list(store.videos()), _config(fold_max_s=9.6))
+    result = train_model(store.url, tmp_path / "m.pt", _config(fold_max_s=9.5))
+    ck = load_checkpoint(result.checkpoint)
+    # round(0.2 * 4) = 1 video held out: 11 clips at stride 2; the other 3 fitted (6 clips of 4 each)
+    assert result.val_clips == 11 and result.train_clips == 18 and len(ck.training["val_videos"]) == 1
+    assert ck.training["calibration"]["folds"] == 1 and "fold_max_s=9.5" in ck.training["calibration"]["why"]
+    with pytest.raises(Exception, match="fold_max_s must be a number of seconds > 0"):
+        _config(fold_max_s=0)

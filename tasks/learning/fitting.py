@@ -19,7 +19,7 @@ from vad.tasks.runtime.passes import score_clips
 from vad.tasks.runtime.calibration import Calibration
 from vad.tasks.runtime.checkpoint import Checkpoint, dataset_fingerprint, save_checkpoint, source_spec
 from vad.tasks.learning.epochs import Progress, make_loader, seed_everything
-from vad.tasks.learning.split import Fold, calibration_folds
+from vad.tasks.learning.split import Fold, calibration_folds, out_of_fold
 from vad.tasks.runtime.model_input import prepare_clips
 from vad.tasks.learning.train_config import TrainConfig, TrainResult
 from vad.tasks.records import package_versions
@@ -102,8 +102,9 @@ def fit_model(plan: TrainingPlan, config: TrainConfig, store_url: str, out: Path
               log: Callable[[str], None] | None = None, selection: dict[str, Any] | None = None) -> TrainResult:
     """A fitted model (`ClipModel.fitted`): no gradient steps; `model.fit` sets its state from normal
     footage (every frame once, in order, as clips side by side). With `calibration_folds` > 1 (the
-    default) the model is fitted on all of the training footage and calibrated out of fold: each fold
-    of `split.calibration_folds` scored by the model fitted on the other folds. With 1, it is fitted on
+    default, up to `fold_max_s` of footage) the model is fitted on all of the training footage and
+    calibrated out of fold: each fold of `split.calibration_folds` scored by the model fitted on the
+    other folds. Otherwise (or with 1) it is fitted on
     the split's training part and calibrated on its held-out clips, like a trained model. `epochs`,
     `lr` and the early-stopping settings do not apply."""
     say = log or (lambda _msg: None)
@@ -112,7 +113,7 @@ def fit_model(plan: TrainingPlan, config: TrainConfig, store_url: str, out: Path
     device = pick_device(config.device)
     t0 = time.perf_counter()
     t = plan.spec.clip_len
-    folds = calibration_folds(plan.videos, config) if config.calibration_folds > 1 else None
+    folds = calibration_folds(plan.videos, config) if out_of_fold(plan.videos, config) else None
     if folds is None:
         index = plan.split.fit_index(t)  # the training part only: the held-out clips calibrate
         train_videos, val_videos, cal_clips = plan.split.train_videos, plan.split.val_videos, plan.split.val
@@ -132,6 +133,8 @@ def fit_model(plan: TrainingPlan, config: TrainConfig, store_url: str, out: Path
         **({"selection": selection} if selection is not None else {}),
     }
     if folds is None:
+        if config.calibration_folds > 1:
+            training["calibration"] = {"folds": 1, "why": f"footage longer than fold_max_s={config.fold_max_s:g} s: a held-out split"}
         save_calibrated(plan, config, store_url, out, state, training, device)
     else:
         parts = []

@@ -8,7 +8,9 @@ training videos are dealt into `calibration_folds` folds (a seeded shuffle, then
 video is cut into that many equal runs of frames), each fold is scored by the model fitted on the
 other folds, and the final model is fitted on all of the footage. The calibration then sees every
 normal video, not the few a held-out split leaves: with 3 of UCSD Ped2's 16 training videos held
-out, the threshold came from the three calmest ones.
+out, the threshold came from the three calmest ones. Footage longer than `fold_max_s` (30 min by
+default) keeps the held-out split (`out_of_fold`): its held-out fifth is then at least 6 minutes,
+and the extra fits and the scoring of all of it would cost more than the fit itself.
 """
 
 from __future__ import annotations
@@ -54,6 +56,20 @@ class Fold:
     def fit_index(self, clip_len: int) -> list[tuple[str, int]]:
         """Every frame of the fit runs once, clips side by side (as `Split.fit_index`)."""
         return [(vid, lo + s) for vid, lo, hi in self.fit_runs for s, _ in clip_windows(hi - lo, clip_len, clip_len)]
+
+
+NOMINAL_FPS = 25.0  # the frame rate assumed for footage that records none (frame folders)
+
+
+def footage_seconds(videos: list[Video]) -> float:
+    """Seconds of footage in `videos`, at each video's stored frame rate (`NOMINAL_FPS` without one)."""
+    return sum(v.n_frames / float(v.attrs.get("fps") or NOMINAL_FPS) for v in videos)
+
+
+def out_of_fold(videos: list[Video], config: TrainConfig) -> bool:
+    """Whether a fitted model is calibrated out of fold: `calibration_folds` > 1 and the footage at
+    most `fold_max_s` seconds long."""
+    return config.calibration_folds > 1 and footage_seconds(videos) <= config.fold_max_s
 
 
 def calibration_folds(videos: list[Video], config: TrainConfig) -> list[Fold]:

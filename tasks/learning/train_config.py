@@ -33,6 +33,7 @@ class TrainConfig:
     flow: bool = False  # the model sees optical flow (see InputSpec); channels are then 3
     val_fraction: float = 0.2
     calibration_folds: int = 2  # fitted models: calibrated out of fold over all training videos (tasks/learning/split.py); 1: on a held-out split
+    fold_max_s: float = 1800.0  # longer training footage keeps the held-out split (`split.out_of_fold`)
     patience: int = 5  # epochs without improvement before stopping
     lr_patience: int = 2  # epochs without improvement before halving the learning rate
     min_delta: float = 1e-5  # smaller validation improvements do not count
@@ -64,6 +65,8 @@ class TrainConfig:
             raise ParameterError(f"train_stride must be >= 1, got {self.train_stride}")
         if self.calibration_folds < 1:
             raise ParameterError(f"calibration_folds must be >= 1, got {self.calibration_folds}")
+        if not (math.isfinite(self.fold_max_s) and self.fold_max_s > 0):
+            raise ParameterError(f"fold_max_s must be a number of seconds > 0, got {self.fold_max_s}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ParameterError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not (math.isfinite(self.lr) and self.lr > 0):

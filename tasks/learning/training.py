@@ -38,7 +38,7 @@ from vad.tasks.learning.epochs import (
 from vad.tasks.learning.fitting import FIT_THREADS, fit_model, save_calibrated, torch_threads
 from vad.tasks.runtime.model_input import InputSpec
 from vad.tasks.learning.pseudo import PseudoAnomalyHead
-from vad.tasks.learning.split import Split, calibration_folds, split_clips
+from vad.tasks.learning.split import Split, calibration_folds, out_of_fold, split_clips
 from vad.tasks.learning.train_config import GEOMETRY, TrainConfig, TrainResult, parse_model_options
 
 from vad.errors import ParameterError, PipelineError
@@ -62,7 +62,7 @@ class TrainingPlan:
     def describe(self, config: TrainConfig) -> str:
         """One line: what is trained on what."""
         s = self.spec
-        if model_class(config.arch).fitted and config.calibration_folds > 1:
+        if model_class(config.arch).fitted and out_of_fold(self.videos, config):
             return (f"fitting {config.arch} ({config.role}) on {self.store.dataset}: all {len(self.videos)} training videos, "
                     f"calibrated out of fold ({config.calibration_folds} folds, each scored by a fit on the others); "
                     f"input {s.clip_len}x{s.height}x{s.width}x{s.channels}")
@@ -110,7 +110,7 @@ def plan_training(store_url: str, out: str | Path, config: TrainConfig, *, overw
     if config.distill is not None:
         check_student(model_class(config.arch))
         teacher = ScoreTeacher.load(config.distill, spec, torch.device("cpu"))  # refuses a missing or mismatched teacher
-    if cls.fitted and config.calibration_folds > 1:
+    if cls.fitted and out_of_fold(videos, config):
         # out of fold: every video is fitted and calibrates (refused here when too short for the folds)
         cal = sorted(c for f in calibration_folds(videos, config) for c in f.clips)
         ids = sorted(v.id for v in videos)
