@@ -19,7 +19,6 @@ from vad.tasks.runtime.passes import score_clips
 from vad.tasks.runtime.calibration import Calibration
 from vad.tasks.runtime.checkpoint import Checkpoint, dataset_fingerprint, save_checkpoint, source_spec
 from vad.tasks.learning.epochs import Progress, make_loader, seed_everything
-from vad.tasks.learning.split import Fold, calibration_folds, out_of_fold
 from vad.tasks.runtime.model_input import prepare_clips
 from vad.tasks.learning.train_config import TrainConfig, TrainResult
 from vad.tasks.records import package_versions
@@ -102,26 +101,21 @@ def fit_model(plan: TrainingPlan, config: TrainConfig, store_url: str, out: Path
               log: Callable[[str], None] | None = None, selection: dict[str, Any] | None = None) -> TrainResult:
     """A fitted model (`ClipModel.fitted`): no gradient steps; `model.fit` sets its state from normal
     footage (every frame once, in order, as clips side by side). With `calibration_folds` > 1 (the
-    default, up to `fold_max_s` of footage) the model is fitted on all of the training footage and
-    calibrated out of fold: each fold of `split.calibration_folds` scored by the model fitted on the
-    other folds. Otherwise (or with 1) it is fitted on
-    the split's training part and calibrated on its held-out clips, like a trained model. `epochs`,
-    `lr` and the early-stopping settings do not apply."""
+    default, up to `fold_max_s` of footage: `plan.folds`) the model is fitted on all of the training
+    footage and calibrated out of fold: each fold scored by the model fitted on the other folds.
+    Otherwise it is fitted on the split's training part and calibrated on its held-out clips, like a
+    trained model. `epochs`, `lr` and the early-stopping settings do not apply."""
     say = log or (lambda _msg: None)
     cores = available_cores()
     torch.set_num_threads(cores)
     device = pick_device(config.device)
     t0 = time.perf_counter()
     t = plan.spec.clip_len
-    folds = calibration_folds(plan.videos, config) if out_of_fold(plan.videos, config) else None
-    if folds is None:
-        index = plan.split.fit_index(t)  # the training part only: the held-out clips calibrate
-        train_videos, val_videos, cal_clips = plan.split.train_videos, plan.split.val_videos, plan.split.val
-    else:
-        everything = Fold([(v.id, 0, v.n_frames) for v in sorted(plan.videos, key=lambda v: v.id)], [])
-        index = everything.fit_index(t)
-        train_videos, val_videos = sorted(v.id for v in plan.videos), []
-        cal_clips = sorted(c for f in folds for c in f.clips)
+    folds = plan.folds
+    # out of fold the split holds every video whole and the folds' clips calibrate; else its
+    # training part is fitted and its held-out clips calibrate
+    index, cal_clips = plan.split.fit_index(t), plan.split.val
+    train_videos, val_videos = plan.split.train_videos, [] if folds is not None else plan.split.val_videos
     state, record, seconds, parameters = _fit_state(plan, config, store_url, index, device, progress=progress, label=f"{config.arch} fit")
     say(f"fitted {config.arch} on {len(index)} normal clips in {seconds:.1f} s")
     training = {

@@ -38,7 +38,7 @@ from vad.tasks.learning.epochs import (
 from vad.tasks.learning.fitting import FIT_THREADS, fit_model, save_calibrated, torch_threads
 from vad.tasks.runtime.model_input import InputSpec
 from vad.tasks.learning.pseudo import PseudoAnomalyHead
-from vad.tasks.learning.split import Split, calibration_folds, out_of_fold, split_clips
+from vad.tasks.learning.split import Fold, Split, calibration_folds, out_of_fold, split_clips
 from vad.tasks.learning.train_config import GEOMETRY, TrainConfig, TrainResult, parse_model_options
 
 from vad.errors import ParameterError, PipelineError
@@ -58,11 +58,12 @@ class TrainingPlan:
     model_config: Any
     split: Split
     teacher: ScoreTeacher | None = None  # the distillation teacher, loaded on the CPU
+    folds: list[Fold] | None = None  # out-of-fold calibration of a fitted model (`split.out_of_fold`); the split then holds every video
 
     def describe(self, config: TrainConfig) -> str:
         """One line: what is trained on what."""
         s = self.spec
-        if model_class(config.arch).fitted and out_of_fold(self.videos, config):
+        if self.folds is not None:
             return (f"fitting {config.arch} ({config.role}) on {self.store.dataset}: all {len(self.videos)} training videos, "
                     f"calibrated out of fold ({config.calibration_folds} folds, each scored by a fit on the others); "
                     f"input {s.clip_len}x{s.height}x{s.width}x{s.channels}")
@@ -110,9 +111,10 @@ def plan_training(store_url: str, out: str | Path, config: TrainConfig, *, overw
     if config.distill is not None:
         check_student(model_class(config.arch))
         teacher = ScoreTeacher.load(config.distill, spec, torch.device("cpu"))  # refuses a missing or mismatched teacher
-    if cls.fitted and out_of_fold(videos, config):
-        # out of fold: every video is fitted and calibrates (refused here when too short for the folds)
-        cal = sorted(c for f in calibration_folds(videos, config) for c in f.clips)
+    folds = calibration_folds(videos, config) if cls.fitted and out_of_fold(videos, config) else None
+    if folds is not None:
+        # out of fold: every video is fitted and calibrates (refused above when too short for the folds)
+        cal = sorted(c for f in folds for c in f.clips)
         ids = sorted(v.id for v in videos)
         split = Split(train=[(v.id, s) for v in videos for s, _ in clip_windows(v.n_frames, config.clip_len, config.clip_len)],
                       val=cal, train_videos=ids, val_videos=sorted({v for v, _ in cal}),
@@ -129,7 +131,7 @@ def plan_training(store_url: str, out: str | Path, config: TrainConfig, *, overw
             f"{config.clip_len} and stride {config.stride}); the held-out {split.val_videos} give at most {longest}. "
             "Lower --stride or --clip-len, or add longer training videos"
         )
-    return TrainingPlan(store, videos, spec, model_cfg, split, teacher)
+    return TrainingPlan(store, videos, spec, model_cfg, split, teacher, folds)
 
 
 def train_model(
