@@ -67,9 +67,11 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Threads (t
 
 SmallOpt = Annotated[Optional[str], typer.Option(help="Small-model checkpoint (default: the one small-*.pt in <root>/checkpoints/<dataset>/).")]
 LargeOpt = Annotated[Optional[str], typer.Option(help="Large-model checkpoint (default: the one large-*.pt there).")]
-MarginOpt = Annotated[float, typer.Option(help="Gray-zone half-width around the threshold, in percentile units.")]
-OodOpt = Annotated[float, typer.Option("--ood-quantile", help="A clip is out of distribution above this quantile of held-out normal clips' embedding distances.")]
-UnstableOpt = Annotated[float, typer.Option("--instability-quantile", help="A clip is unstable above this quantile of normal score variances.")]
+_ROUTER_NOTE = " Any router option replaces the large checkpoint's router chosen on validation; the others take their defaults."
+MarginOpt = Annotated[Optional[float], typer.Option(help="Gray-zone half-width around the threshold, on the band's scale (default 0.05)." + _ROUTER_NOTE)]
+BandOpt = Annotated[Optional[str], typer.Option("--band", help="Gray-zone scale: rank (percentile distance) or odds (log factor of rarity against the threshold's; default rank).")]
+OodOpt = Annotated[Optional[float], typer.Option("--ood-quantile", help="A clip is out of distribution above this quantile of held-out normal clips' embedding distances (default 0.99).")]
+UnstableOpt = Annotated[Optional[float], typer.Option("--instability-quantile", help="A clip is unstable above this quantile of normal score variances (default 0.99).")]
 SignalsOpt = Annotated[Optional[str], typer.Option("--signals", metavar="NAMES", help="Signals that may escalate, comma-separated: gray_zone, ood, unstable, scene_cut (default: all).")]
 FrameModeOpt = Annotated[str, typer.Option("--frame-mode", help="Frame scores from covering clips' scores (clip) or their per-frame errors (frame).")]
 FusionOpt = Annotated[Optional[str], typer.Option("--fusion", help="Escalated clips' score: replace (the large model's), mean or logit_mean of both calibrated scores (default: the large checkpoint's choice on validation, else replace).")]
@@ -157,18 +159,21 @@ def _runner(runner: str, dask_address: str | None, workers: int | None):  # noqa
     return RunnerSpec(kind=runner, dask_address=dask_address, workers=workers)  # type: ignore[arg-type]
 
 
-def _score_settings(budget: float | None, bucket: str | None, margin: float, ood_quantile: float,
-                    instability_quantile: float, signals: str | None, frame_mode: str, device: str, batch: int | None,
+def _score_settings(budget: float | None, bucket: str | None, margin: float | None, ood_quantile: float | None,
+                    instability_quantile: float | None, signals: str | None, frame_mode: str, device: str, batch: int | None,
                     precision: str, compile: bool, min_event_s: float = 0.5, merge_gap_s: float = 1.0,
-                    fusion: str | None = None):  # noqa: ANN202
-    """The `ScoreSettings` of `vad score` and `vad backfill` from their options (checked as built)."""
+                    fusion: str | None = None, band: str | None = None):  # noqa: ANN202
+    """The `ScoreSettings` of `vad score` and `vad backfill` from their options (checked as built);
+    with no router option the router is None: the large checkpoint's choice."""
     from vad.tasks.inference.events import EventSettings
     from vad.tasks.runtime.compute import Compute
     from vad.tasks.inference.routing import parse_budget, router_config
     from vad.tasks.inference.scoring import ScoreSettings
 
     return ScoreSettings(
-        budget=parse_budget(budget, bucket), router=router_config(margin, ood_quantile, instability_quantile, signals),
+        budget=parse_budget(budget, bucket),
+        router=None if (margin, ood_quantile, instability_quantile, signals, band) == (None,) * 5
+        else router_config(margin, ood_quantile, instability_quantile, signals, band),
         frame_mode=frame_mode, compute=Compute(device=device, batch=batch, precision=precision, compile=compile),  # type: ignore[arg-type]
         events=EventSettings(min_event_s, merge_gap_s), fusion=fusion,
     )
@@ -349,9 +354,10 @@ def score(
     budget: Annotated[Optional[float], typer.Option(help="Escalate this fraction of clips, the hardest first (default 0.2).")] = None,
     bucket: Annotated[Optional[str], typer.Option(help="Token bucket per video instead: CAPACITY,REFILL (tokens added per clip).")] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Run id (default: the UTC time); re-using one replaces that run.")] = None,
-    margin: MarginOpt = 0.05,
-    ood_quantile: OodOpt = 0.99,
-    instability_quantile: UnstableOpt = 0.99,
+    margin: MarginOpt = None,
+    band: BandOpt = None,
+    ood_quantile: OodOpt = None,
+    instability_quantile: UnstableOpt = None,
     signals: SignalsOpt = None,
     frame_mode: FrameModeOpt = "clip",
     fusion: FusionOpt = None,
@@ -373,7 +379,7 @@ def score(
     # Fail in a second, before Prefect's server starts: settings are checked as they are built, and
     # the store and checkpoints are read by the same function the flow starts with.
     settings = _score_settings(budget, bucket, margin, ood_quantile, instability_quantile, signals, frame_mode, device,
-                               batch, precision, compile, min_event_s, merge_gap_s, fusion)
+                               batch, precision, compile, min_event_s, merge_gap_s, fusion, band)
     spec = _runner(runner, dask_address, workers)
     _prefect_defaults(base)  # before anything imports Prefect, whose logging reads them at import
     _, small_ck, large_ck = score_inputs(base, dataset, run_id or "now", small, large, settings.compute,
@@ -402,9 +408,10 @@ def backfill(
     large: LargeOpt = None,
     budget: Annotated[Optional[float], typer.Option(help="Escalate this fraction of each video's clips (default 0.2).")] = None,
     bucket: Annotated[Optional[str], typer.Option(help="Token bucket per video instead: CAPACITY,REFILL.")] = None,
-    margin: MarginOpt = 0.05,
-    ood_quantile: OodOpt = 0.99,
-    instability_quantile: UnstableOpt = 0.99,
+    margin: MarginOpt = None,
+    band: BandOpt = None,
+    ood_quantile: OodOpt = None,
+    instability_quantile: UnstableOpt = None,
     signals: SignalsOpt = None,
     frame_mode: FrameModeOpt = "clip",
     fusion: FusionOpt = None,
@@ -431,7 +438,7 @@ def backfill(
     first, last = (_parse_date(v, name) for v, name in ((since, "--since"), (until, "--until")))
     settings = BackfillSettings(
         scoring=_score_settings(budget, bucket, margin, ood_quantile, instability_quantile, signals, frame_mode, device,
-                                batch, precision, compile, min_event_s, merge_gap_s, fusion),
+                                batch, precision, compile, min_event_s, merge_gap_s, fusion, band),
         date_from=date_from, batch_size=batch_size, rescore=rescore, keep_frames=keep_frames,  # type: ignore[arg-type]
     )
     spec = _runner(runner, dask_address, workers)

@@ -70,8 +70,7 @@ def write_run_task(root: str, dataset: str, run_id: str, result: ScoreResult, sm
     """The run's tables (clips, frames, events) and run.json, then its summary as Prefect artifacts."""
     result.seconds["total"] = (datetime.now(timezone.utc) - started).total_seconds()
     summary = write_run(root, dataset, run_id, result, cached_checkpoint(small), cached_checkpoint(large), settings.budget,
-                        router=settings.router, frame_mode=settings.frame_mode, compute=settings.compute,
-                        events=settings.events)
+                        frame_mode=settings.frame_mode, compute=settings.compute, events=settings.events)
     publish_score_run(summary.dataset, summary.run_id, summary.text(), summary.record())
     return summary
 

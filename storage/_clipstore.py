@@ -18,6 +18,9 @@ takes it too. A store at an fsspec URL (`s3://...`) is not locked.
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -76,11 +79,29 @@ class ClipStore:
         """Create an empty store for `dataset`; an existing one is an error unless `overwrite`."""
         # The attributes go into the group's one metadata document, written atomically: no reader
         # ever finds the group without them (and so takes it for a foreign Zarr group).
+        # A local store is made beside its path and renamed into place, so that the folder appears
+        # with its metadata: a writer opening it at the same moment (another thread or process
+        # creating it too) finds either nothing or a complete store, never a folder still empty.
         attrs = {ATTRS: {"store_version": STORE_VERSION, "dataset": dataset}}
+        exists = ParameterError(f"{url}: a store already exists (pass overwrite=True to replace it)")
+        if not overwrite and "://" not in str(url):
+            final = Path(url)
+            if final.exists() and any(final.iterdir()):
+                raise exists
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.parent / f".{final.name}.new-{os.getpid()}-{threading.get_ident()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            _open_group(str(tmp), "w-", None, attributes=attrs)
+            try:
+                os.rename(tmp, final)  # over an empty folder too; a folder with contents refuses
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise exists from exc
+            return cls(_open_group(str(final), "r+", None), str(url))
         try:
             group = _open_group(str(url), "w" if overwrite else "w-", storage_options, attributes=attrs)
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
-            raise ParameterError(f"{url}: a store already exists (pass overwrite=True to replace it)") from exc
+            raise exists from exc
         return cls(group, str(url))
 
     @classmethod

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from vad.storage import SCORE_RUN_LOCK_WAIT_S, delete_manifest, run_lock, write_manifest, write_table
 from vad.tasks.inference.events import EventSettings, run_events
 from vad.tasks.runtime.compute import Compute
-from vad.tasks.inference.routing import Budget, RouterConfig, budget_record
+from vad.tasks.inference.routing import Budget, budget_record
 from vad.tasks.runtime.checkpoint import Checkpoint
 from vad.tasks.workspace import store_url as workspace_store_url
 
@@ -33,14 +33,13 @@ def package_versions(names: tuple[str, ...] = ("video-anomaly-router", "torch", 
 
 
 def run_manifest(result: ScoreResult, small: Checkpoint, large: Checkpoint | None, budget: Budget,
-                 router: RouterConfig, frame_mode: str) -> dict:
+                 frame_mode: str) -> dict:
     """What run.json records beside the tables (the caller adds ids, paths and versions)."""
     n_clips = len(result.clips)
     return {
         "small": {"path": small.path, "arch": small.arch, "fingerprint": small.fingerprint, "dataset": small.dataset},
         "large": None if large is None else {"path": large.path, "arch": large.arch, "fingerprint": large.fingerprint, "dataset": large.dataset},
-        "budget": budget_record(budget), "router": {"margin": router.margin, "ood_quantile": router.ood_quantile,
-        "instability_quantile": router.instability_quantile, "signals": list(router.signals)},
+        "budget": budget_record(budget), "router": result.router.record(),
         "frame_mode": frame_mode, "fusion": result.fusion, "clip_len": small.input.clip_len, "stride": small.input.stride,
         "videos": result.videos, "clips": n_clips, "frames": result.n_frames,
         "escalated": int(result.routing.escalated.sum()), "escalation_rate": float(result.routing.escalated.mean()) if n_clips else 0.0,
@@ -102,7 +101,7 @@ def compute_record(compute: Compute, result: ScoreResult) -> dict[str, Any]:
 
 def write_run(
     root: str, dataset: str, run_id: str, result: ScoreResult, small: Checkpoint, large: Checkpoint | None,
-    budget: Budget, *, router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip",
+    budget: Budget, *, frame_mode: FrameMode = "clip",
     compute: Compute = Compute(), events: EventSettings = EventSettings(),
 ) -> ScoreSummary:
     """Write a run's clip, frame and event tables, then its run.json, under the run's lock (another
@@ -120,7 +119,7 @@ def write_run(
         manifest = {
             "run": run_id, "dataset": dataset, "store": workspace_store_url(root, dataset),
             "created_at": datetime.now(timezone.utc).isoformat(),
-            **run_manifest(result, small, large, budget, router, frame_mode), "compute": compute_record(compute, result),
+            **run_manifest(result, small, large, budget, frame_mode), "compute": compute_record(compute, result),
             "events": {**event_record(events, threshold), "count": len(found), "footage_s": sum(footage.values()),
                        "video_s": footage},
             "versions": package_versions(),

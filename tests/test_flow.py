@@ -126,7 +126,7 @@ def test_score_flow_writes_a_run_and_the_cli_prints_it(synthetic_store, tmp_path
     ood = RouterConfig(margin=1.0, ood_quantile=0.5, instability_quantile=0.9, signals=("ood",))
     only_ood = score_flow(dataset="synthetic", root=str(root), run_id="ood", settings=ScoreSettings(BatchBudget(0.5), ood))
     router = read_manifest(root, "synthetic", "ood")["router"]
-    assert router == {"margin": 1.0, "ood_quantile": 0.5, "instability_quantile": 0.9, "signals": ["ood"]}
+    assert router == {"margin": 1.0, "ood_quantile": 0.5, "instability_quantile": 0.9, "signals": ["ood"], "band": "rank"}
     ood_clips = pd.read_parquet(root / "scores" / "clips", filters=[("run", "==", "ood")])
     assert not ood_clips.signal_gray_zone.any() and ood_clips.signal_ood.any()  # margin 1.0 would fire everywhere
     assert only_ood.clips == len(ood_clips)

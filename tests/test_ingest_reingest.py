@@ -5,6 +5,7 @@ layout a user is told about."""
 import shutil
 import subprocess
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -182,7 +183,7 @@ def test_two_creators_of_one_new_store_both_get_it(tmp_path, monkeypatch):
         if mode == "w-" and not other:
             other.append(None)
             monkeypatch.setattr(_clipstore, "_open_group", real)
-            other.append(ClipStore.open_or_create(u, dataset="d"))
+            other.append(ClipStore.open_or_create(url, dataset="d"))
         return real(u, mode, *args, **kwargs)
 
     monkeypatch.setattr(_clipstore, "_open_group", open_group)
@@ -207,6 +208,27 @@ def test_threads_creating_one_store_all_succeed(tmp_path):
         for t in threads:
             t.join()
         assert errors == [] and ClipStore.open(url).dataset == "d"
+
+
+def test_a_new_store_appears_whole_and_never_as_a_folder_without_metadata(tmp_path, monkeypatch):
+    # the race above, made certain: a writer that opened the folder while its creator had made it but
+    # not yet written its metadata found "no clip store here". The folder must appear with its metadata.
+    url, seen = tmp_path / "new.zarr", []
+    original = _clipstore._open_group
+
+    def watch(path, mode, *args, **kwargs):
+        if mode in ("w", "w-"):
+            seen.append((Path(path) == url, url.exists()))  # metadata written at the final path? is it there yet?
+        return original(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(_clipstore, "_open_group", watch)
+    ClipStore.open_or_create(str(url), dataset="d")
+    assert seen == [(False, False)] and ClipStore.open(str(url)).dataset == "d"
+    assert [p.name for p in tmp_path.iterdir()] == ["new.zarr"]  # nothing left beside it
+    with pytest.raises(ParameterError, match="a store already exists"):
+        ClipStore.create(str(url), dataset="d")
+    (tmp_path / "empty.zarr").mkdir()  # an empty folder (made by hand) takes a new store, as before
+    assert ClipStore.create(str(tmp_path / "empty.zarr"), dataset="e").dataset == "e"
 
 
 def test_a_folder_without_train_says_what_layout_it_expects(tiny_dataset, tmp_path):

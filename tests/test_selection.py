@@ -11,7 +11,8 @@ import pytest
 from vad.models.motion_patch import MotionPatch
 from vad.tasks.evaluation import choices
 from vad.tasks.learning import selection
-from vad.tasks.learning.selection import VariantResult, best, bootstrap_auc, evaluate_variants
+from vad.tasks.inference.routing import FUSIONS, ROUTERS, router_from_record
+from vad.tasks.learning.selection import VariantResult, best, best_paired, bootstrap_auc, evaluate_variants
 from vad.tasks.learning.training import TrainConfig, train_model
 from vad.tasks.runtime.checkpoint import load_checkpoint
 
@@ -86,8 +87,12 @@ def test_training_chooses_on_validation_records_it_and_validate_prints_it(worksp
     large_cfg, large_record = choices.choose_for_training(root, "cam", TrainConfig(role="large", arch="motion_patch",
                                                                                    variant="default", workers=0))
     fusion = large_record["fusion"]
-    assert [r["name"] for r in fusion["rules"]] == ["replace", "mean", "logit_mean"] and fusion["budget"] == 0.2
-    assert fusion["chosen"] == best([VariantResult(r["name"], {}, r["auc"], r["low"], r["high"]) for r in fusion["rules"]]).name
+    # every declared router with every fusion rule, the plain pair first, and the pick the paired gains favour
+    assert [(r["router"], r["fusion"]) for r in fusion["candidates"]] == [(r, f) for r in ROUTERS for f in FUSIONS]
+    assert fusion["budget"] == 0.2 and fusion["candidates"][0]["gain"] == 0
+    picked = fusion["candidates"][best_paired(fusion["candidates"])]
+    assert (fusion["router"], fusion["chosen"]) == (picked["router"], picked["fusion"])
+    assert router_from_record(fusion["router_settings"]) == router_from_record(ROUTERS[fusion["router"]])
     assert large_record["reason"] == "forced by --variant" and [r["name"] for r in large_record["variants"]] == ["default"]
     train_model(f"{root}/stores/cam.zarr", Path(root) / "checkpoints" / "cam" / "large-motion_patch.pt", large_cfg,
                 selection=large_record)
@@ -95,7 +100,9 @@ def test_training_chooses_on_validation_records_it_and_validate_prints_it(worksp
     code, text, err = vad_main("validate", "--dataset", "cam", "--root", root)
     assert code == 0, err
     assert f"* variant {record['chosen']}" in text and "minus_q" in text and "default" in text
-    assert f"* fusion  {fusion['chosen']}" in text and val["id"] in text
+    assert f"* routing {fusion['router']} / {fusion['chosen']}" in text and val["id"] in text
+    assert router_from_record(load_checkpoint(Path(root) / "checkpoints" / "cam" / "large-motion_patch.pt").chosen_router) == \
+        router_from_record(ROUTERS[fusion["router"]])
     code, text, err = vad_main("validate", "--dataset", "nothing", "--root", root)
     assert code == 1 and "no checkpoint for dataset 'nothing'" in text + err and "Traceback" not in text + err
 

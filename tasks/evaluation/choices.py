@@ -19,17 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from vad.models import model_class
 from vad.storage import ClipStore
 from vad.tasks.evaluation.validation import GENERATOR_VERSION, RECORD_NAME, make_validation_set
-from vad.tasks.inference.routing import FUSIONS, BatchBudget
+from vad.tasks.inference.routing import FUSIONS, ROUTERS, BatchBudget, RouterConfig, router_from_record
 from vad.tasks.inference.scoring import ReplayMap, VideoMap, score_videos
 from vad.tasks.learning.selection import (
     RESAMPLES,
     VariantResult,
     best,
-    bootstrap_auc,
+    best_paired,
     evaluate_variants,
+    paired_bootstrap,
     selection_wanted,
     variants_of,
 )
@@ -83,39 +85,49 @@ def validation_store(root: str, dataset: str, *, seed: int = SEED) -> tuple[str,
 
 def _base_config(config: TrainConfig, root: str, dataset: str) -> TrainConfig:
     """`config` for fits on the validation store: frame folders carry no frame rate, so a model with
-    settings in seconds gets the real store's; one fit per variant, calibrated on a held-out split
-    (the choice ranks frames within one model, and out-of-fold calibration would multiply the fits)."""
+    settings in seconds gets the real store's. The small model is calibrated as on the real store (out
+    of fold by default): the router's signals and its gray zone are read against that calibration, and
+    the router is chosen on validation. The large model gets one fit per variant, calibrated on a
+    held-out split (its variant choice ranks frames within one model, and its fits are the costly ones)."""
     video = next(iter(ClipStore.open(store_url(root, dataset)).videos(split="train")))
     fps = video.attrs.get("fps")
     has_fps = "fps" in {f.name for f in fields(model_class(str(config.arch)).config_class)}
     return replace(config, model={**config.model, **({"fps": float(fps)} if fps and has_fps else {})}, workers=0,
-                   calibration_folds=1)
+                   calibration_folds=config.calibration_folds if config.role == "small" else 1)
 
 
-def choose_fusion(val_store_url: str, small: Checkpoint, large: Checkpoint, *, large_passes: list | None = None,
-                  budget: float = FUSION_BUDGET, seed: int = SEED, resamples: int = RESAMPLES) -> dict[str, Any]:
-    """Every rule of `FUSIONS` replayed at `budget` over the validation test clips, scored once by each
-    model (`large_passes`: the large model's pass over them, when at hand): micro AUC and bootstrap
-    interval per rule, the best chosen (an exact tie keeps the earlier rule), the models alone beside."""
+def choose_escalation(val_store_url: str, small: Checkpoint, large: Checkpoint, *, large_passes: list | None = None,
+                      budget: float = FUSION_BUDGET, seed: int = SEED, resamples: int = RESAMPLES) -> dict[str, Any]:
+    """Every router of `ROUTERS` with every rule of `FUSIONS`, replayed at `budget` over the validation
+    test clips, scored once by each model (`large_passes`: the large model's pass over them, when at
+    hand): micro AUC, its bootstrap interval and the paired gain over the plain pair (the default router,
+    "replace") per candidate. A candidate replaces the plain pair only when its whole gain interval lies
+    above 0 (the highest AUC among those; an exact tie keeps the earlier); the models alone beside."""
     ids = ClipStore.open(val_store_url).video_ids(split="test")
     passes = VideoMap().pass1(val_store_url, small, large, ids, Compute())
     if large_passes is not None:
         large_all = {p.video: p.out for p in large_passes}
     else:
         large_all = VideoMap().pass2(val_store_url, large, {p.video: p.starts for p in passes}, Compute())
+    replay = ReplayMap(passes, large_all)
 
-    def figures(b: float, rule: str) -> tuple[float, float, float]:
-        frames = score_videos(val_store_url, small, large, BatchBudget(b), videos=ids, fusion=rule,
-                              mapper=ReplayMap(passes, large_all)).frames
-        groups = [g for _, g in frames.groupby("video", sort=False)]
-        labels = [g["label"].astype("float64").fillna(-1).to_numpy() for g in groups]
-        return bootstrap_auc(labels, [g["score"].to_numpy() for g in groups], seed=seed, resamples=resamples)
+    def frames(b: float, rule: str, router: RouterConfig) -> list[pd.DataFrame]:
+        table = score_videos(val_store_url, small, large, BatchBudget(b), videos=ids, fusion=rule, router=router,
+                             mapper=replay).frames
+        return [g for _, g in table.groupby("video", sort=False)]
 
-    rules = [VariantResult(rule, {}, *figures(budget, rule)) for rule in FUSIONS]
-    chosen = best(rules)
-    alone = {"small": figures(0.0, "replace")[0], "large": figures(1.0, "replace")[0]}
-    return {"budget": budget, "rules": [{k: v for k, v in r.to_dict().items() if k in ("name", "auc", "low", "high")} for r in rules],
-            "chosen": chosen.name, "alone": alone, "reason": "replace unless another rule is surely better on validation"}
+    names = [(r, f) for r in ROUTERS for f in FUSIONS]
+    tables = [frames(budget, f, router_from_record(ROUTERS[r])) for r, f in names]
+    labels = [g["label"].astype("float64").fillna(-1).to_numpy() for g in tables[0]]
+    figures = paired_bootstrap(labels, [[g["score"].to_numpy() for g in t] for t in tables], seed=seed, resamples=resamples)
+    rows = [{"name": f"{r} / {f}", "router": r, "fusion": f, **fig} for (r, f), fig in zip(names, figures)]
+    pick = best_paired(rows)
+    alone = {k: paired_bootstrap(labels, [[g["score"].to_numpy() for g in frames(b, "replace", RouterConfig())]],
+                                 seed=seed, resamples=0)[0]["auc"] for k, b in (("small", 0.0), ("large", 1.0))}
+    chosen_router = rows[pick]["router"]
+    return {"budget": budget, "candidates": rows, "chosen": rows[pick]["fusion"], "router": chosen_router,
+            "router_settings": router_from_record(ROUTERS[chosen_router]).record(), "alone": alone,
+            "reason": "the default router and replace unless another pair's paired gain on validation is surely above 0"}
 
 
 def _small_on_validation(root: str, dataset: str, val_id: str, val_url: str, config: TrainConfig) -> Checkpoint | None:
@@ -125,15 +137,22 @@ def _small_on_validation(root: str, dataset: str, val_id: str, val_url: str, con
         small = load_checkpoint(find_checkpoint(root, dataset, "small"))
     except PipelineError:
         return None
-    kept = small.selection.get("validation") or {}
-    if kept.get("id") == val_id and kept.get("checkpoint") and Path(kept["checkpoint"]).is_file():
-        return load_checkpoint(kept["checkpoint"])
     recorded = {f.name: small.training.get("config", {}).get(f.name) for f in fields(TrainConfig)
                 if f.name in small.training.get("config", {})}
+    kept = small.selection.get("validation") or {}
+    if kept.get("id") == val_id and kept.get("checkpoint") and Path(kept["checkpoint"]).is_file():
+        fitted = load_checkpoint(kept["checkpoint"])
+        if _folds(fitted) == (recorded.get("calibration_folds") or 1):
+            return fitted  # calibrated as the small model's settings calibrate (one from before was held out)
     small_cfg = TrainConfig(**{**recorded, "role": "small", "arch": small.arch, "variant": None})
     fitted = evaluate_variants(val_url, small.arch, "small", {"as-trained": {}}, _base_config(small_cfg, root, dataset),
                                out_dir=Path(val_url).parent / "checkpoints")
     return load_checkpoint(fitted[0].checkpoint)
+
+
+def _folds(checkpoint: Checkpoint) -> int:
+    """How many folds the checkpoint's calibration was scored out of (1: a held-out split)."""
+    return int((checkpoint.training.get("calibration") or {}).get("folds", 1))
 
 
 def choose_for_training(root: str, dataset: str, config: TrainConfig, *,
@@ -163,7 +182,7 @@ def choose_for_training(root: str, dataset: str, config: TrainConfig, *,
     record: dict[str, Any] = {"variants": [], "chosen": chosen,
                               "reason": "forced by --variant" if forced else "the only variant", "validation": None}
     if need_fusion:
-        record["fusion"] = {"chosen": "replace", "rules": [], "reason": "not chosen"}
+        record["fusion"] = {"chosen": "replace", "candidates": [], "reason": "not chosen"}
     if need_variants or need_fusion:
         try:
             val_id, val_url = validation_store(root, dataset)
@@ -181,16 +200,16 @@ def choose_for_training(root: str, dataset: str, config: TrainConfig, *,
             if need_fusion:
                 small = _small_on_validation(root, dataset, val_id, val_url, config)
                 if small is not None:
-                    record["fusion"] = choose_fusion(val_url, small, load_checkpoint(picked.checkpoint),
-                                                     large_passes=picked.passes)
-                    say("  fusion: " + ", ".join(f"{r['name']} {r['auc']:.3f}" for r in record["fusion"]["rules"])
-                        + f" -> {record['fusion']['chosen']}")
+                    record["fusion"] = choose_escalation(val_url, small, load_checkpoint(picked.checkpoint),
+                                                         large_passes=picked.passes)
+                    say("  router and fusion: " + ", ".join(f"{r['name']} {r['auc']:.3f}" for r in record["fusion"]["candidates"])
+                        + f" -> {record['fusion']['router']} / {record['fusion']['chosen']}")
         except PipelineError as exc:
             why = str(exc).splitlines()[0]
             say(f"  no validation-based choice ({why}); keeping {chosen}" + (" and replace" if need_fusion else ""))
             record.update(reason=f"validation failed: {why}")
             if need_fusion:
-                record["fusion"] = {"chosen": "replace", "rules": [], "reason": f"validation failed: {why}"}
+                record["fusion"] = {"chosen": "replace", "candidates": [], "reason": f"validation failed: {why}"}
     record["seconds"] = time.perf_counter() - t0
     return replace(config, model={**config.model, **variants[chosen]}, variant=chosen), record
 
@@ -215,14 +234,27 @@ def format_table(record: dict[str, Any]) -> list[str]:
         lines.append(f"  * variant {record.get('chosen')}")
     fusion = record.get("fusion")
     if fusion:
-        for r in fusion.get("rules") or []:
-            mark = "*" if r["name"] == fusion.get("chosen") else " "
-            lines.append(f"  {mark} fusion  {r['name']:<26} AUC {_f(r['auc'])} [{_f(r['low'])}, {_f(r['high'])}] at budget {fusion.get('budget', FUSION_BUDGET):g}")
+        rows = escalation_rows(fusion)
+        for r in rows:
+            mark = "*" if r["chosen"] else " "
+            gain = (f"  gain {r['gain']:+.3f} [{r['gain_low']:+.3f}, {r['gain_high']:+.3f}]"
+                    if np.isfinite(r.get("gain_low", np.nan)) else "")
+            lines.append(f"  {mark} routing {r['name']:<34} AUC {_f(r['auc'])} [{_f(r['low'])}, {_f(r['high'])}]{gain}"
+                         f" at budget {fusion.get('budget', FUSION_BUDGET):g}")
         if fusion.get("alone"):
             lines.append(f"    (alone on the same clips: small {_f(fusion['alone']['small'])}, large {_f(fusion['alone']['large'])})")
-        if not fusion.get("rules"):
-            lines.append(f"  * fusion  {fusion.get('chosen')} ({fusion.get('reason')})")
+        if not rows:
+            lines.append(f"  * routing {fusion.get('router', 'default')} / {fusion.get('chosen')} ({fusion.get('reason')})")
     return lines
+
+
+def escalation_rows(fusion: dict[str, Any]) -> list[dict[str, Any]]:
+    """The router-and-fusion candidates of a large checkpoint's record, `chosen` marked; a record
+    from before routers were chosen has fusion rules only (the default router)."""
+    if "candidates" in fusion:
+        chosen = f"{fusion.get('router', 'default')} / {fusion.get('chosen')}"
+        return [{**r, "chosen": r["name"] == chosen} for r in fusion["candidates"]]
+    return [{**r, "name": f"default / {r['name']}", "chosen": r["name"] == fusion.get("chosen")} for r in fusion.get("rules") or []]
 
 
 def _f(x: Any) -> str:
@@ -235,9 +267,9 @@ def selection_rows(checkpoint: Checkpoint) -> list[dict[str, Any]]:
     rows = [{"model": f"{checkpoint.role} ({checkpoint.arch})", "choice": "variant", "name": r["name"], "micro_auc": r["auc"],
              "low": r["low"], "high": r["high"], "chosen": r["name"] == record.get("chosen")} for r in record.get("variants") or []]
     fusion = record.get("fusion") or {}
-    rows += [{"model": f"{checkpoint.role} ({checkpoint.arch})", "choice": f"fusion @ {fusion.get('budget', FUSION_BUDGET):g}",
+    rows += [{"model": f"{checkpoint.role} ({checkpoint.arch})", "choice": f"router / fusion @ {fusion.get('budget', FUSION_BUDGET):g}",
               "name": r["name"], "micro_auc": r["auc"], "low": r["low"], "high": r["high"],
-              "chosen": r["name"] == fusion.get("chosen")} for r in fusion.get("rules") or []]
+              "chosen": r["chosen"]} for r in escalation_rows(fusion)]
     return rows
 
 
@@ -255,7 +287,8 @@ def selection_text(root: str, dataset: str) -> str:
             continue
         record = ck.selection
         lines.append(f"{role}: {ck.path} ({ck.arch}, variant {record.get('chosen', '-')}"
-                     + (f", fusion {ck.chosen_fusion})" if role == "large" else ")"))
+                     + (f", router {(ck.selection.get('fusion') or {}).get('router', 'default')}, fusion {ck.chosen_fusion})"
+                        if role == "large" else ")"))
         lines += format_table(record) if record else ["  no validation choice recorded (settings given, or trained before selection)"]
     if all(line.endswith("no checkpoint") for line in lines):
         raise NotFoundError(f"no checkpoint for dataset {dataset!r} in {root}/checkpoints/{dataset}/; train one with `vad train --dataset {dataset}`")

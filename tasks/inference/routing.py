@@ -1,8 +1,15 @@
 """The router: which clips the large model re-scores, from four signals and a budget.
 
 Signals, per clip, all levels from the small model's calibration on normal data:
-- `gray_zone`: |calibrated score - quantile| < margin (in percentile space the threshold is the
-  calibration quantile, 0.95 by default): the small model is near its own decision boundary;
+- `gray_zone`: the gray distance of the clip from the threshold (the calibration quantile q, 0.95
+  by default) is below `margin`: the small model is near its own decision boundary. The distance is
+  measured on one of two `band` scales:
+  - "rank" (default): |calibrated - q|, in percentile space. Its upper side is only 1 - q wide, so
+    every clip above q - margin is in the zone, the surest anomalies included;
+  - "odds": |log((1 - calibrated) / (1 - q))| / log(1 / (1 - q)): how many times rarer or more common
+    among normal clips than the threshold the clip is, on a log scale, 0 at the threshold and 1 at a
+    calibrated score of 0 (20 times more common at q = 0.95) or of 1 - (1 - q)^2 (20 times rarer).
+    The zone is symmetric in those factors: margin 0.25 is a factor 2.1 either way (0.89 to 0.976);
 - `ood`: the cosine distance of the clip's embedding from the normal centroid is above the
   distance that `ood_quantile` of normal clips stay under;
 - `unstable`: the variance of the last `window` calibrated scores of the same video (this clip
@@ -14,8 +21,12 @@ Budgets:
   clip whose signals fire takes a token and is escalated if one is there, else it is held back;
   after each clip `refill` tokens are added, up to the capacity;
 - **batch budget**: the `fraction` of clips with the highest difficulty are escalated, where
-  difficulty = number of signals fired + (1 - |calibrated score - quantile|), so clips with more
+  difficulty = number of signals fired + (1 - min(gray distance, 1)), so clips with more
   signals come first and, among equals, those nearest the threshold.
+
+`ROUTERS` declares the router settings `vad train` chooses among on the camera's validation set,
+together with the fusion rule (`tasks/evaluation/choices.py`); a run uses the large checkpoint's
+choice unless router settings are given.
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ from vad.errors import ParameterError
 
 Signal = Literal["gray_zone", "ood", "unstable", "scene_cut"]
 SIGNALS: tuple[str, ...] = get_args(Signal)
+Band = Literal["rank", "odds"]
+BANDS: tuple[str, ...] = get_args(Band)
 
 
 # The limits below are also in the annotations (`Field`), so that the JSON schema of a flow's
@@ -48,10 +61,13 @@ class RouterConfig:
     ood_quantile: OpenFraction = 0.99
     instability_quantile: OpenFraction = 0.99
     signals: tuple[Signal, ...] = SIGNALS  # which signals may escalate
+    band: Band = "rank"  # the scale of the gray distance (module docstring)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.margin <= 1.0:
             raise ParameterError(f"gray-zone margin must be in [0, 1], got {self.margin}")
+        if self.band not in BANDS:
+            raise ParameterError(f"gray-zone band must be one of {', '.join(BANDS)}, got {self.band!r}")
         for name in ("ood_quantile", "instability_quantile"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ParameterError(f"{name} must be in (0, 1), got {getattr(self, name)}")
@@ -60,14 +76,42 @@ class RouterConfig:
             raise ParameterError(f"unknown signal(s) {unknown}; choose from {', '.join(SIGNALS)}")
 
 
-def router_config(margin: float = 0.05, ood_quantile: float = 0.99, instability_quantile: float = 0.99,
-                  signals: str | list[str] | tuple[str, ...] | None = None) -> RouterConfig:
-    """A router from the flat settings the CLI and the flows take: `signals` as names or one
-    comma-separated string ("gray_zone,ood"); None: all four."""
+    def record(self) -> dict[str, Any]:
+        """The settings as run.json and the checkpoint's choice record keep them (JSON-able)."""
+        return {"margin": self.margin, "ood_quantile": self.ood_quantile, "instability_quantile": self.instability_quantile,
+                "signals": list(self.signals), "band": self.band}
+
+
+def router_config(margin: float | None = None, ood_quantile: float | None = None, instability_quantile: float | None = None,
+                  signals: str | list[str] | tuple[str, ...] | None = None, band: str | None = None) -> RouterConfig:
+    """A router from the flat settings the CLI and the flows take, each None for its default:
+    `signals` as names or one comma-separated string ("gray_zone,ood"; None: all four)."""
     if isinstance(signals, str):
         signals = [s.strip() for s in signals.split(",") if s.strip()]
-    return RouterConfig(margin=margin, ood_quantile=ood_quantile, instability_quantile=instability_quantile,
-                        signals=tuple(signals) if signals is not None else SIGNALS)
+    given = {"margin": margin, "ood_quantile": ood_quantile, "instability_quantile": instability_quantile,
+             "signals": tuple(signals) if signals is not None else None, "band": band}
+    return RouterConfig(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
+
+
+def router_from_record(settings: dict[str, Any]) -> RouterConfig:
+    """A router from `RouterConfig.record()`'s dict (or a part of it: the rest default)."""
+    known = {f for f in RouterConfig.__dataclass_fields__}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ParameterError(f"unknown router setting(s) {unknown}; known: {', '.join(sorted(known))}")
+    return router_config(**settings)
+
+
+# The router settings `vad train` chooses among on validation (with the fusion rule); the first is
+# the plain default. "odds" bands keep the surest anomalies (far above the threshold) out of the gray
+# zone, so the budget goes to the clips the small model is unsure about on both sides of it;
+# "gray zone only" ranks by nearness alone, with no out-of-distribution or instability signal.
+ROUTERS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "gray zone only": {"signals": ("gray_zone",)},
+    "odds": {"band": "odds", "margin": 0.25},
+    "odds, gray zone only": {"band": "odds", "margin": 0.25, "signals": ("gray_zone",)},
+}
 
 
 @dataclass(frozen=True)
@@ -115,7 +159,7 @@ def parse_budget(budget: float | None = None, bucket: str | None = None) -> Budg
 class Signals:
     """Per-clip signal values and flags, arrays of length N in stream order."""
 
-    gray_distance: np.ndarray  # |calibrated - quantile|
+    gray_distance: np.ndarray  # distance from the threshold on the router's band scale (`gray_distance`)
     ood_distance: np.ndarray  # cosine distance to the normal centroid
     instability: np.ndarray  # window variance; NaN before a video has `window` clips
     flags: dict[str, np.ndarray]  # signal name -> bool (N,)
@@ -135,13 +179,25 @@ def trailing_variance(calibrated: np.ndarray, video_ids: np.ndarray, window: int
     return out
 
 
+def gray_distance(calibrated: np.ndarray, quantile: float, band: str = "rank") -> np.ndarray:
+    """Each clip's distance from the threshold `quantile` on the `band` scale (module docstring)."""
+    calibrated = np.asarray(calibrated, dtype=np.float64)
+    if band == "rank":
+        return np.abs(calibrated - quantile)
+    if band != "odds":
+        raise ParameterError(f"gray-zone band must be one of {', '.join(BANDS)}, got {band!r}")
+    tail = 1.0 - float(quantile)
+    exceed = np.clip(1.0 - calibrated, tail * tail / 10, 1.0)  # a calibrated 1 stays finite, beyond the scale's 1
+    return np.abs(np.log(exceed / tail)) / np.log(1.0 / tail)
+
+
 def compute_signals(
     *, calibrated: np.ndarray, embeddings_distance: np.ndarray, video_ids: np.ndarray, scene_cut: np.ndarray,
     calibration: Calibration, config: RouterConfig,
 ) -> Signals:
     calibrated = np.asarray(calibrated, dtype=np.float64)
     video_ids = np.asarray(video_ids)
-    gray = np.abs(calibrated - calibration.quantile)
+    gray = gray_distance(calibrated, calibration.quantile, config.band)
     ood = np.asarray(embeddings_distance, dtype=np.float64)
     instability = trailing_variance(calibrated, video_ids, calibration.window)
     ood_level = calibration.ood.quantile(config.ood_quantile)
@@ -220,6 +276,10 @@ def fuse(rule: str, small: np.ndarray, large: np.ndarray) -> np.ndarray:
     s, g = (np.clip(x, _EPS, 1 - _EPS) for x in (small, large))
     z = (np.log(s / (1 - s)) + np.log(g / (1 - g))) / 2
     return 1 / (1 + np.exp(-z))
+
+
+def router_record(router: RouterConfig | None) -> dict[str, Any] | None:
+    return None if router is None else router.record()
 
 
 def budget_record(budget: Budget) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from vad.tasks.inference.routing import (
     compute_signals,
     fuse,
     route,
+    router_from_record,
 )
 from vad.tasks.runtime.checkpoint import Checkpoint, check_pair, load_pair
 from vad.tasks.records import ScoreSummary, write_run
@@ -61,6 +62,15 @@ def resolve_fusion(fusion: str | None, large: Checkpoint | None) -> str:
     if fusion is not None:
         return check_fusion(fusion)
     return check_fusion(large.chosen_fusion if large is not None else "replace")
+
+
+def resolve_router(router: RouterConfig | None, large: Checkpoint | None) -> RouterConfig:
+    """The router a run uses: `router` when given, else the large checkpoint's choice on validation
+    (`Checkpoint.chosen_router`), else the default `RouterConfig()`."""
+    if router is not None:
+        return router
+    chosen = large.chosen_router if large is not None else None
+    return router_from_record(chosen) if chosen is not None else RouterConfig()
 
 
 def budget_from_fields(value: object) -> object:
@@ -94,7 +104,7 @@ class ScoreSettings:
     when built. Everything in it is recorded in the run's run.json."""
 
     budget: BudgetParameter = BatchBudget(0.2)
-    router: RouterConfig = RouterConfig()
+    router: RouterConfig | None = None  # None: the large checkpoint's choice on validation (`resolve_router`)
     frame_mode: FrameMode = "clip"
     compute: Compute = Compute()
     events: EventSettings = EventSettings()  # how frame scores become the run's events table
@@ -158,6 +168,7 @@ class ScoreResult:
     videos: list[str] = field(default_factory=list)
     passes: list[VideoPass] = field(default_factory=list, repr=False)  # pass 1 per video (a benchmark replays it)
     fusion: str = "replace"  # the rule that made escalated clips' scores (routing.fuse)
+    router: RouterConfig = field(default_factory=RouterConfig)  # the router that chose them
 
     @property
     def n_frames(self) -> int:
@@ -172,6 +183,7 @@ class RoutePlan:
     routing: Routing
     video_of: np.ndarray  # (N,) video id of each clip
     seconds: float
+    router: RouterConfig = field(default_factory=RouterConfig)
 
     def escalated_starts(self, passes: list[VideoPass]) -> dict[str, np.ndarray]:
         """Start frames of the escalated clips, per video that has any."""
@@ -197,7 +209,7 @@ def plan_routes(
         scene_cut=np.concatenate([p.cuts for p in passes]), calibration=small.calibration, config=router,
     )
     routing = route(signals, video_of, budget if has_large else BatchBudget(0.0))
-    return RoutePlan(signals, routing, video_of, time.perf_counter() - t0)
+    return RoutePlan(signals, routing, video_of, time.perf_counter() - t0, router)
 
 
 def video_frame_scores(
@@ -275,7 +287,7 @@ def assemble(
         }))
     frames = pd.concat(frame_tables, ignore_index=True)
     seconds = {"pass1": p1.seconds, "routing": plan.seconds, "pass2": p2.seconds, "frames": time.perf_counter() - t0}
-    return ScoreResult(clips, frames, p1, p2, routing, seconds, [p.video for p in passes], passes, fusion)
+    return ScoreResult(clips, frames, p1, p2, routing, seconds, [p.video for p in passes], passes, fusion, plan.router)
 
 
 def video_list(store_url: str, videos: list[str] | None, split: str | None) -> list[str]:
@@ -343,15 +355,17 @@ class ReplayMap(VideoMap):
 
 def score_videos(
     store_url: str, small: Checkpoint, large: Checkpoint | None, budget: Budget, *, videos: list[str] | None = None,
-    split: str | None = "test", router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip",
+    split: str | None = "test", router: RouterConfig | None = None, frame_mode: FrameMode = "clip",
     compute: Compute = Compute(), mapper: VideoMap | None = None, fusion: str | None = None,
 ) -> ScoreResult:
     """Score the store's videos (the test split by default): pass 1 over every clip, the router over
     all clips together, pass 2 on the escalated ones, then clip and frame tables. The one
     orchestration of scoring; `mapper` says how the per-video passes run (a plain loop by default);
-    `fusion` is the rule for escalated clips (None: the large checkpoint's choice, `resolve_fusion`)."""
+    `fusion` is the rule for escalated clips and `router` the router (None: the large checkpoint's
+    choices, `resolve_fusion` and `resolve_router`)."""
     check_frame_mode(frame_mode)
     rule = resolve_fusion(fusion, large)
+    router = resolve_router(router, large)
     check_pair(small, large)
     if frame_mode == "frame":  # refused before the passes, not after them
         for ck in (small, large):
@@ -376,7 +390,7 @@ def score_videos(
 
 def score_dataset(
     root: str, dataset: str, *, small_path: str | None = None, large_path: str | None = None, budget: Budget,
-    run_id: str, router: RouterConfig = RouterConfig(), frame_mode: FrameMode = "clip", split: str | None = "test",
+    run_id: str, router: RouterConfig | None = None, frame_mode: FrameMode = "clip", split: str | None = "test",
     compute: Compute = Compute(), progress: bool = False, events: EventSettings = EventSettings(),
     fusion: str | None = None,
 ) -> ScoreSummary:
@@ -386,5 +400,5 @@ def score_dataset(
     url = workspace_store_url(root, dataset)
     result = score_videos(url, small, large, budget, split=split, router=router, frame_mode=frame_mode,
                           compute=compute, mapper=VideoMap(progress=progress), fusion=fusion)
-    return write_run(root, dataset, run_id, result, small, large, budget, router=router, frame_mode=frame_mode,
+    return write_run(root, dataset, run_id, result, small, large, budget, frame_mode=frame_mode,
                      compute=compute, events=events)

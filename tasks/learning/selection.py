@@ -29,7 +29,8 @@ from vad.tasks.runtime.passes import VideoPass, first_pass
 
 from vad.errors import ParameterError
 
-__all__ = ["RESAMPLES", "VariantResult", "best", "bootstrap_auc", "evaluate_variants", "selection_wanted", "variants_of"]
+__all__ = ["RESAMPLES", "VariantResult", "best", "best_paired", "bootstrap_auc", "evaluate_variants", "paired_bootstrap", "selection_wanted",
+           "variants_of"]
 
 RESAMPLES = 200
 LEVEL = 0.95
@@ -116,6 +117,44 @@ def bootstrap_auc(labels: list[np.ndarray], scores: list[np.ndarray], *, seed: i
     return point, float(low), float(high)
 
 
+def paired_bootstrap(labels: list[np.ndarray], candidates: list[list[np.ndarray]], *, seed: int = 0,
+                     resamples: int = RESAMPLES, level: float = LEVEL) -> list[dict[str, float]]:
+    """Micro AUC of each candidate's frame scores (per video, as `bootstrap_auc` takes them) over the
+    same videos, its `level` interval, and its gain over the first candidate with that gain's interval,
+    all from the same draws of videos: candidates that differ only in a few clips (another router, a
+    fusion rule) differ far less than either's interval, and a paired draw sees it. A draw with one
+    class only is drawn again (up to `resamples` more times); nan without both classes."""
+    from sklearn.metrics import roc_auc_score  # here: scikit-learn's import costs every `vad` process 2-3 s
+
+    keep = [np.asarray(y) >= 0 for y in labels]
+    ys = [np.asarray(y)[k] for y, k in zip(labels, keep)]
+    cands = [[np.asarray(s, float)[k] for s, k in zip(c, keep)] for c in candidates]
+
+    def aucs(idx: np.ndarray) -> np.ndarray | None:
+        y = np.concatenate([ys[i] for i in idx])
+        if y.min(initial=1) == y.max(initial=0):
+            return None
+        return np.array([roc_auc_score(y, np.concatenate([c[i] for i in idx])) for c in cands])
+
+    point = aucs(np.arange(len(ys)))
+    if point is None:
+        return [dict.fromkeys(("auc", "low", "high", "gain", "gain_low", "gain_high"), float("nan")) for _ in candidates]
+    rng = np.random.default_rng(seed)
+    draws: list[np.ndarray] = []
+    for _ in range(2 * resamples):
+        if len(draws) == resamples:
+            break
+        value = aucs(rng.integers(0, len(ys), len(ys)))
+        if value is not None:
+            draws.append(value)
+    tail = (1 - level) / 2 * 100
+    table = np.stack(draws) if draws else point[None, :]
+    low, high = np.percentile(table, [tail, 100 - tail], axis=0)
+    gain_low, gain_high = np.percentile(table - table[:, :1], [tail, 100 - tail], axis=0)
+    return [{"auc": float(point[i]), "low": float(low[i]), "high": float(high[i]), "gain": float(point[i] - point[0]),
+             "gain_low": float(gain_low[i]), "gain_high": float(gain_high[i])} for i in range(len(candidates))]
+
+
 def score_validation(val_store_url: str, checkpoint_path: str | Path) -> list[VideoPass]:
     """The checkpoint's pass over every test video of the validation store (its synthetic anomalies)."""
     ck = load_checkpoint(checkpoint_path)
@@ -140,6 +179,14 @@ def best(results: list[VariantResult]) -> VariantResult:
         return max(finite, key=lambda r: r.auc) if finite else default
     sure = [r for r in results[1:] if np.isfinite(r.auc) and r.low > default.auc]
     return max(sure, key=lambda r: r.auc) if sure else default
+
+
+def best_paired(rows: list[dict[str, float]]) -> int:
+    """The index of the row `paired_bootstrap` figures favour: the first (the plain default) unless
+    another's whole gain interval over it lies above 0; among those, the highest AUC (an exact tie
+    keeps the earlier)."""
+    sure = [i for i, row in enumerate(rows) if i and np.isfinite(row["gain_low"]) and row["gain_low"] > 0]
+    return max(sure, key=lambda i: (rows[i]["auc"], -i)) if sure else 0
 
 
 def evaluate_variants(

@@ -215,9 +215,7 @@ class ArchiveSettings:
             "small": {"path": self.small, "sha": file_digest(self.small)},
             "large": {"path": self.large, "sha": file_digest(self.large)},
             "budget": budget_record(self.scoring.budget),
-            "router": {"margin": self.scoring.router.margin, "ood_quantile": self.scoring.router.ood_quantile,
-                       "instability_quantile": self.scoring.router.instability_quantile,
-                       "signals": list(self.scoring.router.signals)},
+            **({"router": self.scoring.router.record()} if self.scoring.router else {}),  # None: the large checkpoint's
             "frame_mode": self.scoring.frame_mode,
             **({"fusion": self.scoring.fusion} if self.scoring.fusion else {}),  # None: the large checkpoint's (in its sha)
             "events": {"min_event_s": self.scoring.events.min_event_s, "merge_gap_s": self.scoring.events.merge_gap_s},

@@ -86,6 +86,14 @@ class Checkpoint:
         """The fusion rule for escalated clips chosen on validation for this (large) checkpoint; "replace" when none."""
         return str((self.selection.get("fusion") or {}).get("chosen") or "replace")
 
+    @property
+    def chosen_router(self) -> dict[str, Any] | None:
+        """The router settings chosen on validation with the fusion rule for this (large) checkpoint,
+        as `RouterConfig.record()` keeps them (`routing.router_from_record` builds the router); None
+        when none were (an earlier checkpoint, or no small model at training)."""
+        settings = (self.selection.get("fusion") or {}).get("router_settings")
+        return None if settings is None else dict(settings)
+
     def build_model(self, device: torch.device | str = "cpu") -> ClipModel:
         """The network with the checkpoint's weights, in eval mode (deterministic scores)."""
         model = model_class(self.arch)(make_config(self.arch, self.model_config))
