@@ -48,3 +48,13 @@ def test_runtime_sits_below_learning_and_inference():
     graph = package_imports()
     assert not graph["runtime"] & {"learning", "inference", "evaluation", "operations"}
     assert "inference" not in graph["learning"] and "learning" not in graph["inference"]
+
+
+def test_the_ingest_flow_and_the_runners_load_without_torch():
+    # torch's import costs every process that starts a flow 1-2 s; ingest never runs a model
+    import subprocess
+    import sys
+
+    code = "import sys, vad.flows.ingest, vad.tasks.operations.runners; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
-from vad.tasks.runtime.compute import available_cores, machine_cores
+from vad.tasks.runtime.cores import available_cores, machine_cores
 
 from vad.errors import ParameterError, PipelineError
 

@@ -8,7 +8,6 @@ on the same device and precision, that later scores with it.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import threading
 import time
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 import torch
 from pydantic import Field
 from vad.models import model_class
+from vad.tasks.runtime.cores import available_cores, machine_cores  # noqa: F401 - re-exported; `cores` is free of torch
 from vad.tasks.runtime.model_input import prepare_clips
 
 from vad.errors import ParameterError, PipelineError
@@ -28,24 +28,6 @@ if TYPE_CHECKING:
 Precision = Literal["auto", "float32", "bfloat16"]
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-
-
-def machine_cores() -> int:
-    """CPU cores of this machine that this process may run on: the affinity mask (which containers
-    and taskset narrow), else the core count (not on Linux)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-def available_cores() -> int:
-    """CPU cores this process may use for torch: `$VAD_TORCH_THREADS` when set (a local Dask cluster
-    sets it to share the cores among its worker processes, the test suite among its workers), else
-    `machine_cores`."""
-    if os.environ.get("VAD_TORCH_THREADS", "").isdigit() and int(os.environ["VAD_TORCH_THREADS"]) > 0:
-        return int(os.environ["VAD_TORCH_THREADS"])
-    return machine_cores()
 
 
 def pick_device(device: str = "auto") -> torch.device:
