@@ -96,3 +96,16 @@ def test_the_cli_leaves_the_router_to_the_checkpoint_unless_an_option_is_given()
     assert given.router == RouterConfig(band="odds")  # the other settings at their defaults
     with pytest.raises(ParameterError, match="band must be one of"):
         _score_settings(margin=None, ood_quantile=None, instability_quantile=None, signals=None, band="log", **args)
+
+
+def test_a_pair_must_gain_surely_at_every_budget():
+    from vad.tasks.evaluation.choices import worst_gain_low
+
+    # surely better at 0.2 alone (the Le2i validation case: +0.001 at 0.2, -0.006 at 0.1) does not count
+    once = {"gain_low": 0.001, "auc": 0.9, "gain_low_by_budget": {"0.1": -0.006, "0.2": 0.001, "0.3": -0.004}}
+    every = {"gain_low": 0.002, "auc": 0.85, "gain_low_by_budget": {"0.1": 0.003, "0.2": 0.002, "0.3": 0.001}}
+    assert worst_gain_low(once) == -0.006 and worst_gain_low(every) == 0.001
+    plain = {"gain_low": 0.0, "auc": 0.8, "gain_low_by_budget": {"0.1": 0.0, "0.2": 0.0, "0.3": 0.0}}
+    rows = [plain, once, every]
+    assert best_paired([{**r, "gain_low": worst_gain_low(r)} for r in rows]) == 2
+    assert np.isnan(worst_gain_low({"gain_low": 0.1, "gain_low_by_budget": {"0.1": float("nan"), "0.2": 0.1}}))

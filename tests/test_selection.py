@@ -90,7 +90,11 @@ def test_training_chooses_on_validation_records_it_and_validate_prints_it(worksp
     # every declared router with every fusion rule, the plain pair first, and the pick the paired gains favour
     assert [(r["router"], r["fusion"]) for r in fusion["candidates"]] == [(r, f) for r in ROUTERS for f in FUSIONS]
     assert fusion["budget"] == 0.2 and fusion["candidates"][0]["gain"] == 0
-    picked = fusion["candidates"][best_paired(fusion["candidates"])]
+    # a pair must be surely better at every budget of 0.1, 0.2 and 0.3: its lowest gain bound decides
+    assert fusion["budgets"] == [0.1, 0.2, 0.3] and all(set(r["gain_low_by_budget"]) == {"0.1", "0.2", "0.3"}
+                                                         for r in fusion["candidates"])
+    picked = fusion["candidates"][best_paired([{**r, "gain_low": min(r["gain_low_by_budget"].values())}
+                                               for r in fusion["candidates"]])]
     assert (fusion["router"], fusion["chosen"]) == (picked["router"], picked["fusion"])
     assert router_from_record(fusion["router_settings"]) == router_from_record(ROUTERS[fusion["router"]])
     assert large_record["reason"] == "forced by --variant" and [r["name"] for r in large_record["variants"]] == ["default"]

@@ -45,6 +45,7 @@ from vad.tasks.workspace import check_dataset_name, store_url
 from vad.errors import PipelineError
 
 FUSION_BUDGET = 0.2  # the default routed budget: the rule is chosen where it is used
+CHOICE_BUDGETS = (0.1, 0.2, 0.3)  # a router and rule must hold over the budgets a user picks from
 SEED = 0
 
 
@@ -97,12 +98,15 @@ def _base_config(config: TrainConfig, root: str, dataset: str) -> TrainConfig:
 
 
 def choose_escalation(val_store_url: str, small: Checkpoint, large: Checkpoint, *, large_passes: list | None = None,
-                      budget: float = FUSION_BUDGET, seed: int = SEED, resamples: int = RESAMPLES) -> dict[str, Any]:
-    """Every router of `ROUTERS` with every rule of `FUSIONS`, replayed at `budget` over the validation
-    test clips, scored once by each model (`large_passes`: the large model's pass over them, when at
-    hand): micro AUC, its bootstrap interval and the paired gain over the plain pair (the default router,
-    "replace") per candidate. A candidate replaces the plain pair only when its whole gain interval lies
-    above 0 (the highest AUC among those; an exact tie keeps the earlier); the models alone beside."""
+                      budget: float = FUSION_BUDGET, budgets: tuple[float, ...] = CHOICE_BUDGETS, seed: int = SEED,
+                      resamples: int = RESAMPLES) -> dict[str, Any]:
+    """Every router of `ROUTERS` with every rule of `FUSIONS`, replayed over the validation test clips,
+    scored once by each model (`large_passes`: the large model's pass over them, when at hand): at
+    `budget` (the default run's) micro AUC, its bootstrap interval and the paired gain over the plain
+    pair (the default router, "replace"); at each of `budgets` (the range a user picks from) the
+    lower end of that gain's interval. A candidate replaces the plain pair only when its gain is surely
+    above 0 at every one of `budgets` (the highest AUC at `budget` among those; an exact tie keeps the
+    earlier); the models alone beside."""
     ids = ClipStore.open(val_store_url).video_ids(split="test")
     passes = VideoMap().pass1(val_store_url, small, large, ids, Compute())
     if large_passes is not None:
@@ -117,17 +121,30 @@ def choose_escalation(val_store_url: str, small: Checkpoint, large: Checkpoint, 
         return [g for _, g in table.groupby("video", sort=False)]
 
     names = [(r, f) for r in ROUTERS for f in FUSIONS]
-    tables = [frames(budget, f, router_from_record(ROUTERS[r])) for r, f in names]
-    labels = [g["label"].astype("float64").fillna(-1).to_numpy() for g in tables[0]]
-    figures = paired_bootstrap(labels, [[g["score"].to_numpy() for g in t] for t in tables], seed=seed, resamples=resamples)
-    rows = [{"name": f"{r} / {f}", "router": r, "fusion": f, **fig} for (r, f), fig in zip(names, figures)]
-    pick = best_paired(rows)
+    labels: list[np.ndarray] = []
+
+    def figures(b: float) -> list[dict[str, float]]:
+        tables = [frames(b, f, router_from_record(ROUTERS[r])) for r, f in names]
+        labels[:] = [g["label"].astype("float64").fillna(-1).to_numpy() for g in tables[0]]
+        return paired_bootstrap(labels, [[g["score"].to_numpy() for g in t] for t in tables], seed=seed, resamples=resamples)
+
+    at = {b: figures(b) for b in dict.fromkeys((budget, *budgets))}
+    rows = [{"name": f"{r} / {f}", "router": r, "fusion": f, **at[budget][i],
+             "gain_low_by_budget": {f"{b:g}": at[b][i]["gain_low"] for b in budgets}} for i, (r, f) in enumerate(names)]
+    pick = best_paired([{**row, "gain_low": worst_gain_low(row)} for row in rows])
     alone = {k: paired_bootstrap(labels, [[g["score"].to_numpy() for g in frames(b, "replace", RouterConfig())]],
                                  seed=seed, resamples=0)[0]["auc"] for k, b in (("small", 0.0), ("large", 1.0))}
     chosen_router = rows[pick]["router"]
-    return {"budget": budget, "candidates": rows, "chosen": rows[pick]["fusion"], "router": chosen_router,
-            "router_settings": router_from_record(ROUTERS[chosen_router]).record(), "alone": alone,
-            "reason": "the default router and replace unless another pair's paired gain on validation is surely above 0"}
+    return {"budget": budget, "budgets": list(budgets), "candidates": rows, "chosen": rows[pick]["fusion"],
+            "router": chosen_router, "router_settings": router_from_record(ROUTERS[chosen_router]).record(), "alone": alone,
+            "reason": "the default router and replace unless another pair's paired gain on validation is surely above 0 "
+                      "at every budget of " + ", ".join(f"{b:g}" for b in budgets)}
+
+
+def worst_gain_low(row: dict[str, Any]) -> float:
+    """The lowest end of a candidate's gain interval over the budgets it was replayed at (nan if any is)."""
+    lows = list((row.get("gain_low_by_budget") or {}).values()) or [row["gain_low"]]
+    return float(np.min(np.asarray(lows, dtype=float)))
 
 
 def _small_on_validation(root: str, dataset: str, val_id: str, val_url: str, config: TrainConfig) -> Checkpoint | None:
@@ -239,6 +256,8 @@ def format_table(record: dict[str, Any]) -> list[str]:
             mark = "*" if r["chosen"] else " "
             gain = (f"  gain {r['gain']:+.3f} [{r['gain_low']:+.3f}, {r['gain_high']:+.3f}]"
                     if np.isfinite(r.get("gain_low", np.nan)) else "")
+            if r.get("gain_low_by_budget"):
+                gain += "  gain low at " + ", ".join(f"{b}: {v:+.3f}" for b, v in r["gain_low_by_budget"].items())
             lines.append(f"  {mark} routing {r['name']:<34} AUC {_f(r['auc'])} [{_f(r['low'])}, {_f(r['high'])}]{gain}"
                          f" at budget {fusion.get('budget', FUSION_BUDGET):g}")
         if fusion.get("alone"):
