@@ -281,13 +281,17 @@ def _f(x: Any) -> str:
 
 
 def selection_rows(checkpoint: Checkpoint) -> list[dict[str, Any]]:
-    """The checkpoint's choices as table rows: choice (variant or fusion), name, AUC, interval, chosen."""
+    """The checkpoint's choices as table rows: choice (variant, or router / fusion), name, AUC,
+    interval, for a router-and-fusion pair `sure_gain` (the lowest bound of its paired gain over the
+    default pair at the budgets it was replayed at: above 0 is what a choice needs), chosen."""
     record = checkpoint.selection
     rows = [{"model": f"{checkpoint.role} ({checkpoint.arch})", "choice": "variant", "name": r["name"], "micro_auc": r["auc"],
-             "low": r["low"], "high": r["high"], "chosen": r["name"] == record.get("chosen")} for r in record.get("variants") or []]
+             "low": r["low"], "high": r["high"], "sure_gain": None, "chosen": r["name"] == record.get("chosen")}
+            for r in record.get("variants") or []]
     fusion = record.get("fusion") or {}
     rows += [{"model": f"{checkpoint.role} ({checkpoint.arch})", "choice": f"router / fusion @ {fusion.get('budget', FUSION_BUDGET):g}",
               "name": r["name"], "micro_auc": r["auc"], "low": r["low"], "high": r["high"],
+              "sure_gain": worst_gain_low(r) if "gain_low" in r else None,
               "chosen": r["chosen"]} for r in escalation_rows(fusion)]
     return rows
 
