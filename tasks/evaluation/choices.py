@@ -258,8 +258,8 @@ def format_table(record: dict[str, Any]) -> list[str]:
                     if np.isfinite(r.get("gain_low", np.nan)) else "")
             if r.get("gain_low_by_budget"):
                 gain += "  gain low at " + ", ".join(f"{b}: {v:+.3f}" for b, v in r["gain_low_by_budget"].items())
-            lines.append(f"  {mark} routing {r['name']:<34} AUC {_f(r['auc'])} [{_f(r['low'])}, {_f(r['high'])}]{gain}"
-                         f" at budget {fusion.get('budget', FUSION_BUDGET):g}")
+            lines.append(f"  {mark} routing {r['name']:<34} AUC at {fusion.get('budget', FUSION_BUDGET):g} {_f(r['auc'])}"
+                         f" [{_f(r['low'])}, {_f(r['high'])}]{gain}")
         if fusion.get("alone"):
             lines.append(f"    (alone on the same clips: small {_f(fusion['alone']['small'])}, large {_f(fusion['alone']['large'])})")
         if not rows:
