@@ -121,19 +121,17 @@ def choose_escalation(val_store_url: str, small: Checkpoint, large: Checkpoint, 
         return [g for _, g in table.groupby("video", sort=False)]
 
     names = [(r, f) for r in ROUTERS for f in FUSIONS]
-    labels: list[np.ndarray] = []
+    labels = [g["label"].astype("float64").fillna(-1).to_numpy() for g in frames(0.0, "replace", RouterConfig())]
 
-    def figures(b: float) -> list[dict[str, float]]:
-        tables = [frames(b, f, router_from_record(ROUTERS[r])) for r, f in names]
-        labels[:] = [g["label"].astype("float64").fillna(-1).to_numpy() for g in tables[0]]
-        return paired_bootstrap(labels, [[g["score"].to_numpy() for g in t] for t in tables], seed=seed, resamples=resamples)
+    def figures(b: float, pairs: list[tuple[str, str]], draws: int) -> list[dict[str, float]]:
+        scores = [[g["score"].to_numpy() for g in frames(b, f, router_from_record(ROUTERS[r]))] for r, f in pairs]
+        return paired_bootstrap(labels, scores, seed=seed, resamples=draws)
 
-    at = {b: figures(b) for b in dict.fromkeys((budget, *budgets))}
+    at = {b: figures(b, names, resamples) for b in dict.fromkeys((budget, *budgets))}
     rows = [{"name": f"{r} / {f}", "router": r, "fusion": f, **at[budget][i],
              "gain_low_by_budget": {f"{b:g}": at[b][i]["gain_low"] for b in budgets}} for i, (r, f) in enumerate(names)]
     pick = best_paired([{**row, "gain_low": worst_gain_low(row)} for row in rows])
-    alone = {k: paired_bootstrap(labels, [[g["score"].to_numpy() for g in frames(b, "replace", RouterConfig())]],
-                                 seed=seed, resamples=0)[0]["auc"] for k, b in (("small", 0.0), ("large", 1.0))}
+    alone = {k: figures(b, [("default", "replace")], 0)[0]["auc"] for k, b in (("small", 0.0), ("large", 1.0))}
     chosen_router = rows[pick]["router"]
     return {"budget": budget, "budgets": list(budgets), "candidates": rows, "chosen": rows[pick]["fusion"],
             "router": chosen_router, "router_settings": router_from_record(ROUTERS[chosen_router]).record(), "alone": alone,
