@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -52,6 +53,32 @@ GRAY_FRAMES_CODEC = ZstdCodec(level=1)
 def _open_group(url: str, mode: str, storage_options: Mapping[str, Any] | None, **kwargs: Any) -> zarr.Group:
     opts = dict(storage_options) if storage_options and "://" in url else None
     return zarr.open_group(url, mode=mode, storage_options=opts, **kwargs)  # type: ignore[arg-type]
+
+
+
+def _clear_abandoned(final: Path) -> None:
+    """Remove the hidden `.NAME.new-PID-THREAD` folders of creations whose process is gone (killed
+    between writing the metadata and renaming the folder into place). Those of live processes stay, and
+    so do any younger than a minute (a creation takes milliseconds; the age guards one under way on
+    another machine that shares the folder, whose process id means nothing here)."""
+    for tmp in final.parent.glob(f".{final.name}.new-*"):
+        pid = tmp.name.rsplit(".new-", 1)[1].split("-", 1)[0]
+        try:
+            old = time.time() - tmp.stat().st_mtime > 60
+        except OSError:  # removed meanwhile
+            continue
+        if old and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class ClipStore:
@@ -86,9 +113,12 @@ class ClipStore:
         exists = ParameterError(f"{url}: a store already exists (pass overwrite=True to replace it)")
         if not overwrite and "://" not in str(url):
             final = Path(url)
+            if final.exists() and not final.is_dir():
+                raise ParameterError(f"{url}: is a file, not a folder; a clip store is a folder (choose another path)")
             if final.exists() and any(final.iterdir()):
                 raise exists
             final.parent.mkdir(parents=True, exist_ok=True)
+            _clear_abandoned(final)
             tmp = final.parent / f".{final.name}.new-{os.getpid()}-{threading.get_ident()}"
             shutil.rmtree(tmp, ignore_errors=True)
             _open_group(str(tmp), "w-", None, attributes=attrs)

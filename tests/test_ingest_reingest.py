@@ -2,8 +2,10 @@
 FFmpeg outliving a failed ingest, stretched archive footage, racing store creation, and the folder
 layout a user is told about."""
 
+import os
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -245,3 +247,30 @@ def test_a_folder_without_train_says_what_layout_it_expects(tiny_dataset, tmp_pa
     assert all(s in message for s in ("train/", "test/", "labels.csv", "video,frame,label"))
     # Training footage in the listing, or already in the store: nothing to refuse.
     require_training_footage(discover(tiny_dataset, "folder"), str(tiny_dataset), store_url=str(tmp_path / "none.zarr"))
+
+
+def test_a_store_path_that_is_a_file_is_one_clear_error(tmp_path):
+    # a plain file where the store should go raised NotADirectoryError from deep inside the check
+    url = tmp_path / "cam.zarr"
+    url.write_text("not a store")
+    with pytest.raises(ParameterError, match="is a file, not a folder") as err:
+        ClipStore.create(str(url), dataset="d")
+    assert str(url) in str(err.value) and url.read_text() == "not a store"  # left as it was
+
+
+def test_a_store_creation_cut_short_leaves_nothing_behind_for_the_next(tmp_path):
+    # a process killed between writing the metadata beside the store and renaming it left a hidden
+    # `.NAME.new-PID-THREAD` folder for good; the next creation clears those of processes that are gone
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    stale = tmp_path / f".cam.zarr.new-{dead}-1"
+    stale.mkdir()
+    (stale / "zarr.json").write_text("{}")
+    os.utime(stale, (1e9, 1e9))  # long ago
+    young = tmp_path / f".cam.zarr.new-{dead}-2"  # a minute old at most: perhaps another machine's, kept
+    young.mkdir()
+    alive = tmp_path / f".cam.zarr.new-{os.getpid()}-999"  # a creation under way in a live process: kept
+    alive.mkdir()
+    os.utime(alive, (1e9, 1e9))
+    ClipStore.create(str(tmp_path / "cam.zarr"), dataset="d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cam.zarr", alive.name, young.name])
