@@ -66,6 +66,19 @@ def encode_720p(video: Path, out: Path, loops: int = 1) -> Path:
     return out
 
 
+def loop_copy(one: Path, out: Path, loops: int) -> Path:
+    """`one` repeated `loops` times without re-encoding (stream copy): an hour of 720p H.264 in
+    seconds, where encoding it took longer than scoring it. Kept under `--root` for the next run."""
+    if not out.exists():
+        part = out.with_name(f".{out.name}.part.mp4")
+        subprocess.run([
+            ffmpeg_exe(), "-nostdin", "-v", "error", "-stream_loop", str(loops - 1), "-i", str(one),
+            "-c", "copy", "-an", "-y", str(part),
+        ], check=True)
+        part.rename(out)
+    return out
+
+
 def duration_s(path: Path) -> float:
     """The file's length in seconds, as FFmpeg reads it."""
     probe = subprocess.run([ffmpeg_exe(), "-nostdin", "-i", str(path)], capture_output=True, text=True)
@@ -92,10 +105,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vad-hours-") as tmp:
         root = args.root or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        one = encode_720p(args.video, root / "camera-720p.mp4")
+        one = root / "camera-720p.mp4"
+        if not one.exists():
+            encode_720p(args.video, one)
         loops = max(1, round(args.minutes * 60 / duration_s(one)))
-        say(f"archive file: the recording looped {loops} times")
-        archive = encode_720p(args.video, root / "archive-720p.mp4", loops)
+        say(f"archive file: the recording looped {loops} times (stream copy)")
+        archive = loop_copy(one, root / f"archive-720p-x{loops}.mp4", loops)
         footage_s = duration_s(archive)
 
         train_url = str(root / "camera.zarr")
