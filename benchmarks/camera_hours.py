@@ -105,12 +105,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vad-hours-") as tmp:
         root = args.root or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        one = root / "camera-720p.mp4"
+        one = root / f"{args.video.stem}-720p.mp4"
         if not one.exists():
             encode_720p(args.video, one)
         loops = max(1, round(args.minutes * 60 / duration_s(one)))
         say(f"archive file: the recording looped {loops} times (stream copy)")
-        archive = loop_copy(one, root / f"archive-720p-x{loops}.mp4", loops)
+        archive = loop_copy(one, root / f"{args.video.stem}-720p-x{loops}.mp4", loops)
         footage_s = duration_s(archive)
 
         train_url = str(root / "camera.zarr")
