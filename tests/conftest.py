@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
-# pytest-xdist runs the suite in several worker processes, and torch in each would use every core:
-# each worker gets its share instead (`available_cores` reads VAD_TORCH_THREADS). Two workers with
-# two torch threads each on 2 cores made a 9 s training test take 36 s.
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").isdigit():
-    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    _share = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-    os.environ.setdefault("VAD_TORCH_THREADS", _share)
-    os.environ.setdefault("OMP_NUM_THREADS", _share)
+# One torch thread per test process (`available_cores` reads VAD_TORCH_THREADS), on any machine and
+# with or without pytest-xdist's workers. A short training's float sums depend on the thread count:
+# resnet18_ae's 5-epoch clip AUC is 0.766 with one thread and 0.648 with two, so a share of the
+# machine's cores would make outcomes depend on the machine. On 2 cores, two workers with two
+# threads each also made a 9 s training test take 36 s. Tests of the thread setting set their own.
+os.environ.setdefault("VAD_TORCH_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # torch.compile (tests/test_inference.py) compiles in a pool of worker processes by default; starting
 # that pool on 2 cores cost 30 s of a 44 s test. Compiling in the test's own process gives the same code.
