@@ -12,7 +12,7 @@ from vad.models.motion_patch import MotionPatch
 from vad.tasks.evaluation import choices
 from vad.tasks.learning import selection
 from vad.tasks.inference.routing import FUSIONS, ROUTERS, router_from_record
-from vad.tasks.learning.selection import VariantResult, best, best_paired, bootstrap_auc, evaluate_variants
+from vad.tasks.learning.selection import VariantResult, best, best_paired, bootstrap_auc, evaluate_variants, rank_auc
 from vad.tasks.learning.training import TrainConfig, train_model
 from vad.tasks.runtime.checkpoint import load_checkpoint
 
@@ -134,3 +134,25 @@ def test_variant_forces_and_too_little_footage_keeps_the_first(workspace, tiny_d
     assert config.variant == "default" and config.model == {} and record["variants"] == []
     assert record["reason"].startswith("validation failed: ")
     assert replace(config, variant=None) == TrainConfig(role="small")
+
+
+def test_the_rank_auc_counts_pairs_and_ties_by_hand():
+    # positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of the 4 pairs ordered right
+    assert rank_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
+    # a tie counts half: the positive at 0.4 ties one negative and beats the other
+    assert rank_auc(np.array([0, 0, 1]), np.array([0.1, 0.4, 0.4])) == 0.75
+    assert rank_auc(np.array([1, 0]), np.array([0.5, 0.5])) == 0.5
+    for bad in ((np.array([1, 1]), np.array([0.1, 0.2])), (np.array([0, 1]), np.array([0.1, np.nan])),
+                (np.array([0, 1, 0]), np.array([0.1, 0.2]))):
+        with pytest.raises(ValueError):
+            rank_auc(*bad)
+
+
+def test_the_rank_auc_is_scikit_learns_on_scores_with_many_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    for n in (2, 7, 500):
+        y = np.r_[0, 1, rng.integers(0, 2, n - 2)]
+        s = np.round(rng.normal(size=n) + y, 1)  # rounded: runs of equal scores across both classes
+        assert abs(rank_auc(y, s) - roc_auc_score(y, s)) < 1e-12
