@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import zarr
 from vad.storage._clips import Clip, clip_windows
-from vad.storage._locks import _BREAK_STALE_S, GROUP_LOCK_WAIT_S, FileLock, acquire, process_alive
+from vad.storage._locks import BREAK_STALE_S, GROUP_LOCK_WAIT_S, FileLock, acquire, process_alive
 from zarr.codecs import ZstdCodec
 
 from vad.errors import IncompleteVideoError, ParameterError, StoreNotFoundError
@@ -58,7 +58,7 @@ def _open_group(url: str, mode: str, storage_options: Mapping[str, Any] | None, 
 def _clear_abandoned(final: Path) -> None:
     """Remove the hidden `.NAME.new-PID-THREAD` folders of creations whose process is gone (killed
     between writing the metadata and renaming the folder into place). Those of live processes stay, and
-    so do any younger than `_BREAK_STALE_S` (a creation takes milliseconds; the age guards one under way
+    so do any younger than `BREAK_STALE_S` (a creation takes milliseconds; the age guards one under way
     on another machine that shares the folder, whose process id means nothing here)."""
     for tmp in final.parent.glob(f".{final.name}.new-*"):
         pid = tmp.name.rsplit(".new-", 1)[1].split("-", 1)[0]
@@ -66,7 +66,7 @@ def _clear_abandoned(final: Path) -> None:
             made = tmp.stat().st_mtime
         except OSError:  # removed meanwhile
             continue
-        if time.time() - made > _BREAK_STALE_S and pid.isdigit() and not process_alive(int(pid)):
+        if time.time() - made > BREAK_STALE_S and pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

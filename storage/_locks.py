@@ -42,7 +42,7 @@ SCORE_RUN_LOCK_WAIT_S = 600.0  # a scoring run (`vad score`) writes its tables i
 ARCHIVE_RUN_LOCK_WAIT_S = 12 * 3600.0  # an archive run (nightly, backfill) can take hours
 GROUP_LOCK_WAIT_S = 3600.0  # another process ingesting or deleting the same video group
 FOLDER_LOCK_WAIT_S = 600.0  # another process building the same folder (`atomic_folder`: a report)
-_BREAK_STALE_S = 60.0  # a takeover takes milliseconds; a `.break` file older than this was left by a crash
+BREAK_STALE_S = 60.0  # a takeover takes milliseconds; a `.break` file older than this was left by a crash
 HOST = socket.gethostname()
 
 
@@ -172,7 +172,7 @@ def _break(path: Path, seen: dict[str, Any] | None, *, stale_after: float) -> No
         fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         with contextlib.suppress(FileNotFoundError):
-            if time.time() - guard.stat().st_mtime > _BREAK_STALE_S:
+            if time.time() - guard.stat().st_mtime > BREAK_STALE_S:
                 guard.unlink()
         time.sleep(0.05)
         return

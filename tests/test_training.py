@@ -84,9 +84,9 @@ _TEST_TRAIN_STRIDE = {"ae3d": 8, "topheavy": 8, "vae3d": 8}
 # forecaster: 8 epochs. With the pinned versions (constraints.txt) 5 epochs leave it at clip AUC
 # 0.700 on these videos (full width), at the last commit before this change too; 8 give 0.831.
 _TEST_EPOCHS = {"forecaster": 8}
+
+
 @pytest.mark.parametrize("arch", [a for a in sorted(REGISTRY) if not REGISTRY[a].fitted])  # fitted: own tests
-
-
 def test_short_training_scores_synthetic_anomalies_above_normal_clips(arch, synthetic_store, tmp_path):
     workers = 1 if arch == "vae3d" else 0  # one run goes through a spawned worker process
     epochs = _TEST_EPOCHS.get(arch, 5)
