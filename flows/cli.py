@@ -212,6 +212,16 @@ def _watchdog(message: str) -> None:
     os._exit(130)
 
 
+def _silence_prefect_internal() -> None:
+    """Switch off Prefect's internal loggers (prefect._internal and every one below it). They
+    decide what to emit by a setting, not by their level (Prefect's SafeLogger), so a level does
+    not silence them; a disabled logger emits nothing."""
+    names = [name for name in list(logging.root.manager.loggerDict)
+             if name == "prefect._internal" or name.startswith("prefect._internal.")]
+    for name in {"prefect._internal", *names}:
+        logging.getLogger(name).disabled = True
+
+
 @contextlib.contextmanager
 def _interruptible(on_interrupt: str):
     """Run a flow for the CLI: Prefect's own run logs are silenced (the CLI prints the outcome, and
@@ -232,7 +242,7 @@ def _interruptible(on_interrupt: str):
             interrupted.set()
             # prefect._internal does not propagate to "prefect" (Prefect's logging.yml): its services
             # would log their unsent items as an ERROR after the interrupt line
-            logging.getLogger("prefect._internal").setLevel(logging.CRITICAL + 1)
+            _silence_prefect_internal()
             if _owns_process:
                 threading.Thread(target=_watchdog, args=(on_interrupt,), daemon=True).start()
 

@@ -48,3 +48,31 @@ def test_sigterm_to_the_process_group_during_training_is_one_line_and_exit_130(t
     assert code == 130, "".join(err)
     assert len(lines) == 1 and lines[0].startswith("interrupted; "), "".join(err)
     assert "Traceback" not in "".join(err)
+
+
+def test_after_an_interrupt_prefects_services_add_no_line(monkeypatch):
+    """Prefect's event and log services report their unsent items as an ERROR on the logger
+    prefect._internal.concurrency once the temporary server is gone. That logger decides by a
+    setting, not by its level (Prefect's SafeLogger), so the interrupt must switch it off."""
+    import logging
+
+    from prefect._internal.concurrency import logger as concurrency
+    from vad.flows.cli import Interrupted, _interruptible
+
+    internal = logging.getLogger("prefect._internal")
+    for name in list(logging.root.manager.loggerDict):  # put back afterwards: the process's other tests log as before
+        if name.startswith("prefect._internal"):
+            monkeypatch.setattr(logging.getLogger(name), "disabled", logging.getLogger(name).disabled)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    internal.addHandler(handler)
+    try:
+        concurrency.error("before the interrupt")
+        with pytest.raises(Interrupted):
+            with _interruptible("interrupted"):
+                os.kill(os.getpid(), signal.SIGINT)
+        concurrency.error("Service 'EventsWorker' failed with 7 pending items.")
+    finally:
+        internal.removeHandler(handler)
+    assert [r.getMessage() for r in records] == ["before the interrupt"]

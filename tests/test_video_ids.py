@@ -2,7 +2,6 @@
 clashes resolved and reported, the original name kept, an unusable video failing alone in one line."""
 
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -130,12 +129,12 @@ def test_an_expected_failure_is_logged_in_one_line_after_the_retries(awkward, pr
     assert len(final) == 1 and final[0].exc_info is None and "\n" not in final[0].getMessage()
 
 
-def test_vad_ingest_of_awkward_names(awkward, tmp_path):
-    """The installed entry point, as a user runs it: one line per problem, no traceback."""
+def test_vad_ingest_of_awkward_names(awkward, tmp_path, prefect_api_env):
+    """The installed entry point, as a user runs it: one line per problem, no traceback. (On the
+    session's Prefect API: the CLI with its own temporary server is tests/test_cli_signals.py's.)"""
     vad = Path(sys.executable).with_name("vad")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}  # the CLI's own defaults
     proc = subprocess.run([str(vad), "ingest", str(awkward), "--dataset", "awkward", "--root", str(tmp_path / "ws")],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=prefect_api_env, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "Traceback" not in out
