@@ -12,7 +12,10 @@ time (the ingest flow runs one task per video on a thread pool), for each codec,
 before each codec's ingests. The figure of merit is (3) / (2). Rows with codec "none" store frames
 uncompressed, to separate the pipeline's own cost from the codec's. `ffmpeg_cpu_ms` and
 `ingest_cpu_ms` are CPU milliseconds per frame (ours and FFmpeg's, user and system), and
-`cpu_ratio` their ratio: what the speed ratio comes to when the machine is saturated. `load_avg`
+`cpu_ratio` their ratio: what the speed ratio comes to when the machine is saturated. `read_cpu_ms`
+and `read_fps` are those of ingest's decoder alone (`read_frames`: FFmpeg writing the frames into
+a pipe and our reader filling the batches, nothing stored), timed just before each codec's ingests:
+`ingest_cpu_ms - read_cpu_ms` is what storing costs (scene cuts, compression, writes). `load_avg`
 is the machine's 1-minute load average when the row was measured.
 """
 
@@ -33,8 +36,8 @@ import pandas as pd
 import vad.storage._clipstore as clipstore
 from vad.storage import ClipStore
 from vad.tasks.sources.datasets import VideoSource, discover
-from vad.tasks.sources.ffmpeg_io import ffmpeg_exe, numbered_pattern, probe
-from vad.tasks.sources.ingest import Preprocess, ingest_video
+from vad.tasks.sources.ffmpeg_io import DecodeSpec, ffmpeg_exe, numbered_pattern, probe, read_frames
+from vad.tasks.sources.ingest import Preprocess, batch_frames, ingest_video
 from vad.tasks.sources.synthetic import SyntheticSpec, make_synthetic
 from zarr.codecs import BloscCodec, ZstdCodec
 
@@ -47,6 +50,16 @@ def _ffmpeg_null(source: VideoSource, scale: tuple[int, int] | None) -> None:
         inp = ["-i", source.uri]
     filters = ["-vf", f"scale={scale[1]}:{scale[0]}:flags=area,format=rgb24"] if scale else []
     subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", *inp, *filters, "-f", "null", "-"], check=True)
+
+
+def _read_only(source: VideoSource, prep: Preprocess, size: tuple[int, int]) -> None:
+    """Decode `source` as ingest does (same size, pixel format and batches) and store nothing."""
+    spec = DecodeSpec(size[0], size[1], 1 if prep.gray else 3, prep.fps)
+    frames = source.frame_files if source.kind == "frames" else None
+    with read_frames(source.uri, spec, batch_frames=batch_frames(prep.chunk_frames, spec.frame_bytes),
+                     frame_files=frames, reuse_buffers=True) as batches:
+        for _ in batches:
+            pass
 
 
 def codec_label(codec) -> str:
@@ -100,6 +113,7 @@ def bench(
     default = clipstore.FRAMES_CODEC
     for codec in codecs:
         scale, scale_cpu = _timed(lambda s: _ffmpeg_null(s, size), sources)
+        read, read_cpu = _timed(lambda s: _read_only(s, prep, size), sources)
         for workers in (1, 2):
             url = str(out / f"{name}-{workers}-{codec_label(codec)}.zarr")
             clipstore.FRAMES_CODEC = codec
@@ -119,7 +133,8 @@ def bench(
                 "compression_ratio": raw / stored, "bytes_per_frame": stored / frames,
                 # CPU per frame: on a saturated machine the wall ratio follows the CPU ratio
                 "ffmpeg_cpu_ms": 1000 * scale_cpu / frames, "ingest_cpu_ms": 1000 * cpu / frames,
-                "cpu_ratio": scale_cpu / cpu, "load_avg": os.getloadavg()[0],
+                "cpu_ratio": scale_cpu / cpu, "read_fps": frames / read, "read_cpu_ms": 1000 * read_cpu / frames,
+                "load_avg": os.getloadavg()[0],
             })
     return rows
 

@@ -60,9 +60,10 @@ def test_after_an_interrupt_prefects_services_add_no_line(monkeypatch):
     from vad.flows.cli import Interrupted, _interruptible
 
     internal = logging.getLogger("prefect._internal")
-    for name in list(logging.root.manager.loggerDict):  # put back afterwards: the process's other tests log as before
+    # on from the start (an interrupt tested earlier in this process switched them off), and put back afterwards
+    for name in [*logging.root.manager.loggerDict, "prefect._internal"]:
         if name.startswith("prefect._internal"):
-            monkeypatch.setattr(logging.getLogger(name), "disabled", logging.getLogger(name).disabled)
+            monkeypatch.setattr(logging.getLogger(name), "disabled", False)
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]

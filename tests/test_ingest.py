@@ -158,6 +158,18 @@ def test_scene_cut_histogram_samples_a_grid_sized_to_the_frame():
         assert hist.reshape(3, 32)[:, 200 >> 3].tolist() == [per_channel] * 3
 
 
+def test_scene_cut_histograms_count_the_grids_pixels_per_channel():
+    # The batched histogram against one np.histogram per frame and channel over the same grid
+    # (every `step`-th row and column: step 2 at 120x180, 4 at 240x360), colour and gray
+    rng = np.random.default_rng(3)
+    for shape, step in (((5, 120, 180, 3), 2), ((4, 240, 360, 3), 4), ((3, 240, 360, 1), 4)):
+        frames = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        _, last = scene_cut_flags(frames, None)
+        grid = frames[-1, ::step, ::step, :]
+        want = np.concatenate([np.histogram(grid[..., c], bins=32, range=(0, 256))[0] for c in range(shape[3])])
+        assert last.tolist() == want.tolist()
+
+
 def test_parameters_are_validated():
     assert parse_size("240x360") == (240, 360)
     for bad in ("240", "ax3", "240x"):
