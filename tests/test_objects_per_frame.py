@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.neighbors import KDTree
+from vad.errors import ParameterError
 from vad.models import build
-from vad.models.objects import Objects
+from vad.models.objects import Objects, _knn_mean, _luma_uint8, _p90, _to_uint8
 from vad.storage import ClipStore
 from vad.tasks.runtime.calibration import Calibration
 from vad.tasks.runtime.checkpoint import Checkpoint, source_spec
@@ -93,3 +95,59 @@ def test_a_span_takes_one_flow_per_frame_and_one_per_clip_start():
         row = starts[c] + f
         assert np.array_equal(rec.box[rec.row == row][0], box)
         assert np.array_equal(measured[row, f == 0][0], v) and np.array_equal(measured[row, f == 0][1], m)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_stored_frames_give_the_gray_levels_of_the_float_round_trip(channels):
+    # every gray level and random colours: `_luma_uint8` is what `prepare_clips` then `_to_uint8` give
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(4, 24, 32, channels), dtype=np.uint8)
+    frames.reshape(-1)[:256] = np.arange(256, dtype=np.uint8)
+    spec = InputSpec(4, 4, 24, 32, 1)
+    want = _to_uint8(prepare_clips(torch.from_numpy(frames)[None], spec, (0.0, 1.0)))[0]
+    np.testing.assert_array_equal(_luma_uint8(frames), want)
+    if channels == 3:  # the luma of pure red, green and blue, by hand: 0.299, 0.587, 0.114 of 255
+        primaries = np.zeros((1, 1, 3, 3), np.uint8)
+        primaries[0, 0, [0, 1, 2], [0, 1, 2]] = 255
+        assert _luma_uint8(primaries).ravel().tolist() == [76, 150, 29]
+
+
+def test_the_90th_percentile_of_an_object_is_numpys():
+    rng = np.random.default_rng(1)
+    for n in range(1, 500):  # sizes where numpy's interpolation weight falls on either side of 0.5
+        values = rng.gamma(2.0, 1.5, size=n).astype(np.float32)
+        assert _p90(values) == np.percentile(values, 90) and _p90(values).dtype == np.float32, n
+    # 0.9 x 10 = position 9 of 0..10 exactly: the 10th smallest; 0.9 x 4 = 3.6: 3 + 0.6 x (4 - 3)
+    assert _p90(np.arange(11, dtype=np.float32)[::-1].copy()) == 9.0
+    assert _p90(np.array([4, 0, 2, 1, 3], np.float32)) == pytest.approx(3.6)
+
+
+def test_stored_frames_are_refused_at_another_size():
+    model = build("objects", clip_len=T, height=32, width=32).eval()
+    with pytest.raises(ParameterError, match=r"expected stored frames \(L, 32, 32, 1 or 3\), got \(5, 16, 32, 1\)"):
+        model.stored_frame_records(np.zeros((5, 16, 32, 1), np.uint8), np.array([0]))
+
+
+def test_the_tree_search_gives_the_brute_force_distances():
+    # by hand: from (0, 0) the 2 nearest of (0, 0), (3, 4), (6, 8) are 0 and 5 away, mean 2.5
+    bank = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
+    tree = KDTree(bank.double().numpy())
+    assert _knn_mean(torch.zeros(1, 2), bank, 2, tree).tolist() == [2.5]
+    assert _knn_mean(torch.zeros(1, 2), bank, 9, tree).tolist() == pytest.approx([(0 + 5 + 10) / 3])  # k above the bank's size
+    rng = np.random.default_rng(2)
+    for d in (2, 5):
+        bank, q = (torch.from_numpy(rng.normal(size=(n, d)).astype(np.float32)) for n in (3000, 200))
+        got = _knn_mean(q, bank, 5, KDTree(bank.double().numpy()))
+        assert got.dtype == torch.float32
+        assert got.numpy() == pytest.approx(_knn_mean(q, bank, 5).numpy(), rel=1e-4, abs=1e-4)
+
+
+def test_a_bank_tree_follows_its_bank():
+    model = build("objects", clip_len=T, height=32, width=32).eval()
+    model.vel_bank = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    first = model._bank_tree("vel", model.vel_bank)
+    assert model._bank_tree("vel", model.vel_bank) is first  # kept while the bank stays
+    model.vel_bank.copy_(torch.tensor([[1.0, 1.0], [2.0, 2.0]]))  # written in place, as a loaded state may be
+    assert model._bank_tree("vel", model.vel_bank) is not first
+    assert model._distance("vel", torch.tensor([[1.0, 1.0]])).tolist() == pytest.approx([0.5 * 2**0.5 / float(model.vel_scale)])
+    assert model._bank_tree("app", model.app_bank) is None  # 32 dimensions: brute force

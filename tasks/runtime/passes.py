@@ -179,8 +179,7 @@ def score_clips(
                 m, s = len(offsets), model.score_features(feats[offsets.to(dev)[:, None] + rows])
             elif records:  # the same, the per-frame results the model's own
                 span, offsets = clips
-                x = prepare_clips(span[None], spec, model.value_range, device=dev)
-                m, s = len(offsets), model.score_records(model.frame_records(x, offsets), offsets)
+                m, s = len(offsets), model.score_records(span_records(model, span, offsets, spec, dev), offsets)
             else:
                 m = len(clips)
                 if compile and m < batch:
@@ -228,6 +227,16 @@ def span_features(model: torch.nn.Module, span: torch.Tensor, spec: InputSpec, d
         x = prepare_clips(span[None, lo : i + FRAME_CHUNK], spec, model.value_range, device=dev)
         parts.append(model.frame_features(x)[i - lo :])
     return torch.cat(parts)
+
+
+def span_records(model: torch.nn.Module, span: torch.Tensor, offsets: torch.Tensor, spec: InputSpec, dev: torch.device) -> Any:
+    """uint8 frames (L, H, W, C), (B,) each clip's first row -> the model's per-frame records
+    (`frame_records`); on a CPU, frames stored at the model's size go to the model's own uint8 path
+    when it has one (`stored_frame_records`), which skips the span's conversion to float."""
+    stored = tuple(span.shape[1:3]) == (spec.height, spec.width) and spec.channels == 1 and span.shape[-1] in (1, 3)
+    if dev.type == "cpu" and stored and hasattr(model, "stored_frame_records") and model.value_range == (0.0, 1.0):
+        return model.stored_frame_records(span.numpy(), offsets)
+    return model.frame_records(prepare_clips(span[None], spec, model.value_range, device=dev), offsets)
 
 
 def check_finite(checkpoint: Checkpoint, index: list[tuple[str, int]], raw: np.ndarray, frames: np.ndarray,
