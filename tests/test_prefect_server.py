@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -75,13 +76,25 @@ def server(tmp_path):
         log.close()
 
 
-def _api(env, path: str, body: dict | None = None) -> dict:
-    """GET `path` of the server's API, or POST `body` to it as JSON."""
+RETRIED = (408, 429, 502, 503)  # the statuses Prefect's own client retries (prefect/client/base.py)
+
+
+def _api(env, path: str, body: dict | None = None, attempts: int = 6) -> dict:
+    """GET `path` of the server's API, or POST `body` to it as JSON. A busy server answers 503 while
+    its SQLite database is locked by another writer (the worker, a flow run); like Prefect's own
+    client, the call is retried then, with waits of 0.5, 1, 2, ... s."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(env["PREFECT_API_URL"] + path, data=data,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as r:
-        return json.loads(r.read())
+    for attempt in range(attempts):
+        request = urllib.request.Request(env["PREFECT_API_URL"] + path, data=data,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if e.code not in RETRIED or attempt == attempts - 1:
+                raise
+        time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _run_deployment(env, name: str, parameters: dict, timeout: float = 400) -> None:
