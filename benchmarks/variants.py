@@ -78,7 +78,8 @@ def run_variant(url: str, out: Path, arch: str, role: str, name: str, overrides:
     got = json.loads(cache.read_text()) if cache.exists() else {}
     if got.get("overrides") != overrides:
         out.mkdir(parents=True, exist_ok=True)
-        (r,) = evaluate_variants(url, arch, role, {name: overrides}, config, out_dir=out, log=say)
+        (r,) = evaluate_variants(url, arch, role, {name: overrides}, config, out_dir=out, log=say,
+                                  split_name="validation" if split == "val" else "test")
         got = {"overrides": overrides, "auc": r.auc, "low": r.low, "high": r.high, "seconds": r.seconds,
                **({"by_kind": by_kind(r.passes, config.clip_len)} if split == "val" else {})}
         cache.write_text(json.dumps(got))

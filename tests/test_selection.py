@@ -44,12 +44,16 @@ def test_bootstrap_and_the_pick_by_hand():
 def test_evaluate_variants_favours_the_variant_that_is_not_crippled(synthetic_store, tmp_path):
     # the base config lags 15 frames (a difference across the whole clip); the variant puts it back to 1
     base = TrainConfig(role="small", arch="motion_patch", model={"lag": 15}, workers=0)
+    lines: list[str] = []
     results = evaluate_variants(synthetic_store, "motion_patch", "small", {"default": {}, "lag1": {"lag": 1}}, base,
-                                out_dir=tmp_path)
+                                out_dir=tmp_path, log=lines.append, split_name="test")
     assert [r.name for r in results] == ["default", "lag1"]
     assert results[1].auc > results[0].auc + 0.1 and best(results).name == "lag1"
     assert all(r.low <= r.auc <= r.high for r in results)
     assert load_checkpoint(results[1].checkpoint).model_config["lag"] == 1
+    # one line per variant, its figure named after the split it was measured on
+    assert [line.split(":")[0].strip() for line in lines] == ["variant motion_patch/default", "variant motion_patch/lag1"]
+    assert all(f"test micro AUC {r.auc:.3f}" in line for r, line in zip(results, lines, strict=True))
 
 
 @pytest.fixture

@@ -212,13 +212,14 @@ def best_paired(rows: list[dict[str, float]]) -> int:
 def evaluate_variants(
     val_store_url: str, arch: str, role: str, variants: dict[str, dict[str, Any]] | None = None,
     base_config: TrainConfig | None = None, *, out_dir: str | Path | None = None, seed: int = 0,
-    resamples: int = RESAMPLES, log: Callable[[str], None] | None = None,
+    resamples: int = RESAMPLES, log: Callable[[str], None] | None = None, split_name: str = "validation",
 ) -> list[VariantResult]:
     """Fit each variant of `arch` (`variants`: name -> config overrides, default `variants_of(arch)`)
     on the validation store's train split with `train_model` (what `vad train` runs, from
     `base_config` with the variant's overrides on its `model` settings), score the store's test split
     once, and return every variant's micro AUC with its bootstrap interval (seeded by `seed`), in the
-    order given. Checkpoints go to `out_dir` (default: a `checkpoints` folder beside the store)."""
+    order given. Checkpoints go to `out_dir` (default: a `checkpoints` folder beside the store); `log`
+    gets one line per variant, its figure called `split_name`'s."""
     say = log or (lambda _msg: None)
     variants = variants if variants is not None else variants_of(arch)
     if not variants:
@@ -235,6 +236,6 @@ def evaluate_variants(
         passes = score_validation(val_store_url, path)
         auc, low, high = pass_auc(passes, config.clip_len, seed=seed, resamples=resamples)
         result = VariantResult(name, dict(overrides), auc, low, high, time.perf_counter() - t0, str(path), passes)
-        say(f"  variant {arch}/{name}: validation micro AUC {auc:.3f} [{low:.3f}, {high:.3f}] ({result.seconds:.0f} s)")
+        say(f"  variant {arch}/{name}: {split_name} micro AUC {auc:.3f} [{low:.3f}, {high:.3f}] ({result.seconds:.0f} s)")
         results.append(result)
     return results
