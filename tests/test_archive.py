@@ -84,8 +84,12 @@ def test_listing_dates_videos_by_path_or_modification_time(tmp_path):
 
 
 def test_listing_refuses_a_missing_folder_and_resolves_clashing_ids(tmp_path):
-    with pytest.raises(NotFoundError, match="not a folder"):
-        list_archive(str(tmp_path / "nope"))
+    (tmp_path / "a file.mp4").touch()
+    for missing in (tmp_path / "nope", tmp_path / "a file.mp4"):
+        with pytest.raises(NotFoundError) as refused:
+            list_archive(str(missing))
+        # one sentence naming the folder once and the problem
+        assert str(refused.value) == f"archive {missing} is not a folder (or does not exist)"
     when = datetime(2026, 1, 5, tzinfo=timezone.utc)
     _touch(tmp_path / "2026-01-02" / "a.mp4", when)
     _touch(tmp_path / "2026-01-02" / "a.avi", when)

@@ -170,11 +170,12 @@ def list_archive(
         raise ParameterError(f"archive {location}: {exc}") from exc
     base = base.rstrip("/")
     try:
-        if not fs.isdir(base):
-            raise NotFoundError(f"archive {location} is not a folder (or does not exist)")
-        entries = fs.find(base, detail=True)
+        is_folder = fs.isdir(base)
+        entries = fs.find(base, detail=True) if is_folder else {}
     except OSError as exc:
         raise NotFoundError(f"archive {location} cannot be read: {exc}") from exc
+    if not is_folder:
+        raise NotFoundError(f"archive {location} is not a folder (or does not exist)")
     found = {}
     for path, info in sorted(entries.items()):
         relative = path[len(base):].lstrip("/")
