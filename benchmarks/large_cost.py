@@ -2,9 +2,10 @@
 ratios measured side by side in one run.
 
     python benchmarks/large_cost.py --store STORE_URL --checkpoint LARGE.pt [--videos 3] [--rounds 3]
-        [--presets medium,fast,ultrafast] [--clip-by-clip] [--escalated CLIPS.parquet]
+        [--presets medium,fast,ultrafast,medium@0.5] [--clip-by-clip] [--escalated CLIPS.parquet]
 
-The checkpoint's fitted state is used as it is; only the flow preset of its config is swapped, so
+The checkpoint's fitted state is used as it is; only the flow preset of its config (and, written
+`PRESET@S`, the scale `flow_scale` = S its flow is found at) is swapped, so
 the scores of the swapped rows are not those of a model fitted with that preset (the fit measures
 its normal speeds with its own preset): this script measures cost, `benchmarks/variants.py`
 measures quality. For each preset, alternated `--rounds` times, `run_pass` scores (a) every clip of
@@ -41,8 +42,11 @@ CLIPWISE = "clip by clip"
 
 
 def with_preset(checkpoint, preset: str):
-    """The checkpoint with its model config's flow preset replaced (and no cached model)."""
-    return dataclasses.replace(checkpoint, model_config={**checkpoint.model_config, "flow_preset": preset})
+    """The checkpoint with its model config's flow preset replaced (and no cached model); `PRESET@S`
+    also sets `flow_scale` S (DIS on frames shrunk to that fraction of the stored size)."""
+    name, _, scale = preset.partition("@")
+    swapped = {"flow_preset": name, **({"flow_scale": float(scale)} if scale else {})}
+    return dataclasses.replace(checkpoint, model_config={**checkpoint.model_config, **swapped})
 
 
 def cpu_seconds(checkpoint, url: str, index: list[tuple[str, int]]) -> float:
@@ -81,7 +85,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", required=True, help="a fitted objects checkpoint for that store")
     ap.add_argument("--videos", type=int, default=3, help="test videos to score")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--presets", default="medium,fast,ultrafast")
+    ap.add_argument("--presets", default="medium,fast,ultrafast", help="DIS presets, each PRESET or PRESET@SCALE")
     ap.add_argument("--clip-by-clip", action="store_true", help="also time the first preset clip by clip")
     ap.add_argument("--escalated", default=None, help="a routed run's clip table (part-0.parquet): also time its escalated clips")
     args = ap.parse_args()
@@ -107,7 +111,7 @@ def main() -> None:
             for name, index in sets.items():
                 per_clip = cpu_seconds(models[preset], args.store, index) / len(index)
                 best[preset, name] = min(best.get((preset, name), float("inf")), per_clip)
-                print(f"round {r + 1}: {preset:9s} {name:11s} {per_clip * 1000:7.1f} ms CPU per clip", flush=True)
+                print(f"round {r + 1}: {preset:11s} {name:11s} {per_clip * 1000:7.1f} ms CPU per clip", flush=True)
         if args.clip_by_clip:
             for name, index in sets.items():
                 per_clip = clip_by_clip_seconds(models[presets[0]], args.store, index) / len(index)

@@ -112,6 +112,7 @@ class ObjectsConfig(ClipConfig):
     close_frac: float = 7 / 240  # closing ellipse side, of the frame height (the nearest odd px: 7 at 240 rows)
     min_box_frac: float = 10 / 240  # of the frame height, both sides of an object's box (10 px at 240 rows)
     flow_preset: str = "medium"  # DIS preset, one of PRESETS
+    flow_scale: float = 1.0  # of the stored size, where DIS runs (0.5: a quarter of the pixels); the flow is scaled back
     crop: int = 32  # appearance crops are crop x crop (a multiple of 8)
     margin: float = 0.1  # of the box's width / height added on each side of a crop
     ae_dim: int = 32  # appearance embedding size
@@ -157,6 +158,8 @@ class ObjectsConfig(ClipConfig):
         for name in ("position_grid", "position_min", "ae_dim", "ae_width", "ae_epochs", "ae_batch", "ae_max_crops", "k"):
             if getattr(self, name) < 1:
                 raise ParameterError(f"objects: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0.1 <= self.flow_scale <= 1.0:
+            raise ParameterError(f"objects: flow_scale must be in [0.1, 1], got {self.flow_scale}")
         if self.flow_preset not in PRESETS:
             raise ParameterError(f"objects: flow_preset must be one of {tuple(PRESETS)}, got {self.flow_preset!r}")
         if self.crop < 8 or self.crop % 8:
@@ -525,6 +528,22 @@ class Objects(ClipModel):
         _opencv_threads()
         return _blur(background, cfg.blur), kernel, cv2.DISOpticalFlow_create(PRESETS[cfg.flow_preset])
 
+    def _flow(self, dis: Any, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
+        """(H, W, 2) float32 DIS flow from `prev` to `cur` in px of the stored size; with `flow_scale`
+        below 1 found on both frames shrunk (area averaging) to that fraction, then enlarged back
+        (bilinear) and its vectors divided by the fraction."""
+        s = self.config.flow_scale
+        if s >= 1.0:
+            return dis.calc(prev, cur, None)
+        h, w = cur.shape
+        size = (max(8, round(w * s)), max(8, round(h * s)))
+        small = dis.calc(cv2.resize(prev, size, interpolation=cv2.INTER_AREA),
+                         cv2.resize(cur, size, interpolation=cv2.INTER_AREA), None)
+        flow = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        flow[..., 0] *= w / size[0]
+        flow[..., 1] *= h / size[1]
+        return flow
+
     def _components(self, cur: np.ndarray, bg: np.ndarray, thresh: np.ndarray | float,
                     kernel: np.ndarray | None) -> tuple[np.ndarray, list[tuple[int, int, int, int, int]]]:
         """(H, W) uint8 frame -> its component labels (H, W) and the kept components (label, x0, y0, w, h)."""
@@ -570,7 +589,7 @@ class Objects(ClipModel):
                     prev = []
                     continue  # no object: the flow is not needed
                 partner = t - 1 if t > 0 else min(1, n - 1)
-                flow = dis.calc(video[partner], cur, None)  # (H, W, 2) float32, partner -> cur
+                flow = self._flow(dis, video[partner], cur)  # (H, W, 2) float32, partner -> cur
                 v, m = self._measures(flow, labels, keep, prev)
                 vel += v
                 motion += m
@@ -615,7 +634,7 @@ class Objects(ClipModel):
             # frame 0 of a clip takes the flow from frame 1 (itself in a 1-frame clip), the others from the frame before
             for starts, partner, before in ((True, r + 1 if t > 1 else r, []), (False, r - 1, prev)):
                 if keep and (first if starts else inner)[r]:
-                    v, m = self._measures(dis.calc(frames[partner], cur, None), labels, keep, before)
+                    v, m = self._measures(self._flow(dis, frames[partner], cur), labels, keep, before)
                     flows += 1
                     vel += v
                     motion += m

@@ -123,6 +123,18 @@ def test_fit_is_deterministic(fitted):
         assert torch.equal(again.state_dict()[name], value), name
 
 
+def test_flow_at_half_the_size_measures_the_speed_in_stored_pixels():
+    """`flow_scale` 0.5: DIS runs on frames shrunk to 32 x 32 and its vectors come back in the stored
+    64 x 64 pixels, so a square moving 4 px a frame measures about 4, not 2."""
+    model = _model(flow_scale=0.5)
+    model.background.fill_(BG)
+    moving = model.objects(_clip(4.0))["velocity"]
+    still = model.objects(_clip(0.0))["velocity"]
+    assert len(moving) == len(still) == T
+    assert moving[:, 0].mean() == pytest.approx(4.0, abs=1.0)
+    assert still.abs().max() < 0.1
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ParameterError, match="gray input only"):
         _model(in_channels=3)
@@ -132,6 +144,8 @@ def test_bad_settings_are_refused():
         _model(noise_k=-1.0)
     with pytest.raises(ParameterError, match="flow_preset"):
         _model(flow_preset="slow")
+    with pytest.raises(ParameterError, match="flow_scale"):
+        _model(flow_scale=0.05)
     with pytest.raises(ParameterError, match="expected gray clips"):
         _model().score(torch.zeros(1, 1, T, 32, 32))
 

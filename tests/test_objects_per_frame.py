@@ -24,11 +24,14 @@ SPEC = InputSpec(T, STRIDE, 32, 32, 1)
 MODEL = {"min_box_frac": 2 / 32, "ae_epochs": 2, "self_window_s": 1.0, "fps": 25.0, "position_min": 5}
 
 
-@pytest.fixture(scope="module", params=list(Objects.VARIANTS))
+SETTINGS = {**Objects.VARIANTS, "half-size flow": {"flow_scale": 0.5}}
+
+
+@pytest.fixture(scope="module", params=list(SETTINGS))
 def checkpoint(request, synthetic_store):
-    """The variant fitted on the store's normal videos (non-overlapping clips, as `vad train` streams them)."""
+    """The variant (or setting) fitted on the store's normal videos (non-overlapping clips, as `vad train` streams them)."""
     store = ClipStore.open(synthetic_store)
-    model = build("objects", clip_len=T, height=32, width=32, **MODEL, **Objects.VARIANTS[request.param]).eval()
+    model = build("objects", clip_len=T, height=32, width=32, **MODEL, **SETTINGS[request.param]).eval()
     videos = list(store.videos(split="train"))
     batches = [prepare_clips(torch.from_numpy(v.read(0, 9 * T)).view(9, T, 32, 32, 1), SPEC, (0.0, 1.0)) for v in videos]
     model.fit(batches)
